@@ -1,0 +1,449 @@
+//! The typed event log: the single source of truth of what the hub saw.
+//!
+//! Every packet and state change of every connection is one [`Event`], stamped with virtual wall time
+//! and virtual elapsed time. Assertions, reports and the Connections records read only this log. It is
+//! kept in memory (for assertions and [`EventStream`]s that start from the beginning) and, when the hub
+//! has an output directory, written as JSON Lines as it happens, with the Connections records derived
+//! alongside.
+
+pub mod records;
+pub mod series;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::clock::VirtualClock;
+use crate::iothub::properties::PropertyBag;
+
+/// Who ended a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Closer {
+    Device,
+    Hub,
+}
+
+/// How the connection ended on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseHow {
+    /// An MQTT DISCONNECT packet, then the close.
+    Disconnect,
+    /// An orderly close (TCP FIN, with a TLS close_notify when the hub closed).
+    Fin,
+    /// A TCP reset.
+    Rst,
+    /// The hub closed an idle connection (keep-alive or handshake/CONNECT timeout).
+    Timeout,
+}
+
+/// Why a connection ended. Records derive their result codes from this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseCause {
+    /// The device sent DISCONNECT.
+    DeviceDisconnect,
+    /// The device closed or reset the socket without DISCONNECT (or its process died).
+    DeviceClosed,
+    /// No inbound packet within the keep-alive window.
+    KeepAliveTimeout,
+    /// The SAS token the connection authenticated with expired (plus grace).
+    TokenExpired,
+    /// Another connection with the same identity took over.
+    Takeover,
+    /// The device broke a protocol or hub rule (malformed packet, forbidden topic, QoS 2, …).
+    ProtocolViolation,
+    /// The TLS handshake failed or timed out.
+    TlsFailed,
+    /// No CONNECT arrived in time, or the first packet was not CONNECT.
+    NoConnect,
+    /// The CONNECT was refused (CONNACK ≠ 0), then the hub closed.
+    Refused,
+    /// A fault closed it.
+    Fault,
+    /// The hub shut down.
+    HubShutdown,
+    /// The message core ended the session.
+    CoreClosed,
+}
+
+/// Direction of a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Device to hub.
+    In,
+    /// Hub to device.
+    Out,
+}
+
+/// How a device authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthKind {
+    Sas,
+    X509,
+    None,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventKind {
+    /// The hub started listening.
+    HubStarted {
+        listen: SocketAddr,
+        host_name: String,
+    },
+    /// The hub stopped.
+    HubStopped,
+    /// A TCP connection was accepted.
+    Accepted {
+        peer: SocketAddr,
+    },
+    /// The TLS handshake finished.
+    Tls {
+        version: String,
+    },
+    /// A CONNECT arrived. Never carries the password.
+    Connect {
+        client_id: String,
+        username: String,
+        keep_alive: u16,
+        clean_session: bool,
+        auth: AuthKind,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sdk: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_time")]
+        token_expiry: Option<SystemTime>,
+        #[serde(default)]
+        will: bool,
+    },
+    /// The hub answered a CONNECT. `result` is the IoT Hub error code of a refusal (e.g. 401003).
+    Connack {
+        code: u8,
+        session_present: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// A PUBLISH in either direction.
+    Publish {
+        dir: Direction,
+        topic: String,
+        qos: u8,
+        pkid: u16,
+        dup: bool,
+        #[serde(default)]
+        retain: bool,
+        size: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message_id: Option<String>,
+        #[serde(default, skip_serializing_if = "is_empty_bag")]
+        properties: PropertyBag,
+    },
+    /// A PUBACK in either direction.
+    Puback {
+        dir: Direction,
+        pkid: u16,
+    },
+    /// A SUBSCRIBE from the device: filters with requested QoS.
+    Subscribe {
+        pkid: u16,
+        filters: Vec<(String, u8)>,
+    },
+    /// The SUBACK: granted QoS per filter, 128 for failure.
+    Suback {
+        pkid: u16,
+        codes: Vec<u8>,
+    },
+    Unsubscribe {
+        pkid: u16,
+        filters: Vec<String>,
+    },
+    Unsuback {
+        pkid: u16,
+    },
+    /// PINGREQ from the device.
+    Ping,
+    /// PINGRESP from the hub.
+    Pingresp,
+    /// The device sent DISCONNECT.
+    DisconnectPacket,
+    /// The connection ended.
+    Closed {
+        by: Closer,
+        how: CloseHow,
+        cause: CloseCause,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
+    /// The number of connected (CONNACK 0, not yet closed) identities changed.
+    ConnectedDevices {
+        count: usize,
+    },
+}
+
+fn is_empty_bag(b: &PropertyBag) -> bool {
+    b.system.is_empty() && b.application.is_empty()
+}
+
+mod opt_time {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::time::SystemTime;
+
+    pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        t.map(|t| humantime::format_rfc3339_millis(t).to_string())
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+        let s = Option::<String>::deserialize(d)?;
+        s.map(|s| humantime::parse_rfc3339(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+mod time_ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::SystemTime;
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_millis(*t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_rfc3339(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+mod elapsed_ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+/// One entry of the event log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in the log, from 0.
+    pub seq: u64,
+    /// Virtual wall time.
+    #[serde(with = "time_ms")]
+    pub time: SystemTime,
+    /// Virtual elapsed time since the hub's clock started, in milliseconds.
+    #[serde(rename = "elapsed_ms", with = "elapsed_ms")]
+    pub elapsed: Duration,
+    /// The connection, when the event belongs to one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conn: Option<u64>,
+    /// The device id, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// The module id, for module connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// Who an event is about.
+#[derive(Debug, Clone, Default)]
+pub struct Subject {
+    pub conn: Option<u64>,
+    pub device: Option<String>,
+    pub module: Option<String>,
+}
+
+/// Where the log also goes, as it happens.
+struct Sinks {
+    events: Option<Box<dyn Write + Send>>,
+    records: Option<(Box<dyn Write + Send>, records::RecordDeriver)>,
+}
+
+struct LogState {
+    events: Vec<Arc<Event>>,
+    sinks: Sinks,
+    write_error: Option<String>,
+}
+
+/// The event log of one hub. Cheap to clone.
+#[derive(Clone)]
+pub struct EventLog {
+    inner: Arc<LogInner>,
+}
+
+struct LogInner {
+    clock: VirtualClock,
+    state: Mutex<LogState>,
+    appended: Notify,
+}
+
+impl EventLog {
+    pub fn new(clock: VirtualClock) -> Self {
+        EventLog {
+            inner: Arc::new(LogInner {
+                clock,
+                state: Mutex::new(LogState {
+                    events: Vec::new(),
+                    sinks: Sinks {
+                        events: None,
+                        records: None,
+                    },
+                    write_error: None,
+                }),
+                appended: Notify::new(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LogState> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Also write every event (JSON Lines) and the Connections records derived from them.
+    pub fn write_to(
+        &self,
+        events: Box<dyn Write + Send>,
+        records: Box<dyn Write + Send>,
+        context: records::RecordContext,
+    ) {
+        let mut s = self.lock();
+        s.sinks.events = Some(events);
+        s.sinks.records = Some((records, records::RecordDeriver::new(context)));
+    }
+
+    /// Append an event stamped with the clock's current readings.
+    pub fn emit(&self, subject: &Subject, kind: EventKind) -> Arc<Event> {
+        let time = self.inner.clock.now();
+        let elapsed = self.inner.clock.elapsed();
+        let mut s = self.lock();
+        let event = Arc::new(Event {
+            seq: s.events.len() as u64,
+            time,
+            elapsed,
+            conn: subject.conn,
+            device: subject.device.clone(),
+            module: subject.module.clone(),
+            kind,
+        });
+        s.events.push(event.clone());
+        let state = &mut *s;
+        if let Err(e) = write_sinks(&mut state.sinks, &event) {
+            state.write_error.get_or_insert(e.to_string());
+        }
+        drop(s);
+        self.inner.appended.notify_waiters();
+        event
+    }
+
+    /// A copy of every event so far.
+    pub fn snapshot(&self) -> Vec<Arc<Event>> {
+        self.lock().events.clone()
+    }
+
+    /// How many events so far.
+    pub fn len(&self) -> usize {
+        self.lock().events.len()
+    }
+
+    /// Whether nothing happened yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A stream of every event from the beginning, then live ones; it never misses one.
+    pub fn stream(&self) -> EventStream {
+        EventStream {
+            log: self.clone(),
+            next: 0,
+        }
+    }
+
+    /// Flush the output files. Returns the first write error seen, if any.
+    pub fn flush(&self) -> Result<(), String> {
+        let mut s = self.lock();
+        if let Some(w) = s.sinks.events.as_mut() {
+            if let Err(e) = w.flush() {
+                s.write_error.get_or_insert(e.to_string());
+            }
+        }
+        if let Some((w, _)) = s.sinks.records.as_mut() {
+            if let Err(e) = w.flush() {
+                s.write_error.get_or_insert(e.to_string());
+            }
+        }
+        match s.write_error.clone() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+fn write_sinks(sinks: &mut Sinks, event: &Event) -> std::io::Result<()> {
+    if let Some(w) = sinks.events.as_mut() {
+        serde_json::to_writer(&mut *w, event)?;
+        w.write_all(b"\n")?;
+    }
+    if let Some((w, deriver)) = sinks.records.as_mut() {
+        for record in deriver.push(event) {
+            serde_json::to_writer(&mut *w, &record)?;
+            w.write_all(b"\n")?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads the log in order, waiting for new events at the end.
+pub struct EventStream {
+    log: EventLog,
+    next: usize,
+}
+
+impl EventStream {
+    /// The next event, waiting for it if needed.
+    pub async fn next(&mut self) -> Arc<Event> {
+        loop {
+            let notified = self.log.inner.appended.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(e) = self.log.lock().events.get(self.next).cloned() {
+                self.next += 1;
+                return e;
+            }
+            notified.await;
+        }
+    }
+
+    /// Wait (up to `timeout` of real time) for an event that matches.
+    pub async fn wait_for(
+        &mut self,
+        timeout: Duration,
+        mut pred: impl FnMut(&Event) -> bool,
+    ) -> Option<Arc<Event>> {
+        tokio::time::timeout(timeout, async {
+            loop {
+                let e = self.next().await;
+                if pred(&e) {
+                    return e;
+                }
+            }
+        })
+        .await
+        .ok()
+    }
+}

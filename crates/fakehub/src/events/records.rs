@@ -1,0 +1,456 @@
+//! Connections records in the Azure Monitor resource-log shape (research §6), derived from events.
+//!
+//! `properties` is a JSON *string*, `maskedIpAddress` ends in `XXX`, `sdkVersion` is the username's
+//! `DeviceClientType`. A graceful DISCONNECT is an `Information` record with no result code; every
+//! other end of an authenticated connection is an `Error` with the code its cause implies.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+use super::{AuthKind, CloseCause, Event, EventKind};
+
+/// Where the records say they come from.
+#[derive(Debug, Clone)]
+pub struct RecordContext {
+    pub resource_id: String,
+    pub location: String,
+}
+
+impl RecordContext {
+    /// The context of a hub with this host name (`myhub.azure-devices.net` → hub `MYHUB`).
+    pub fn for_host(host_name: &str) -> Self {
+        let hub = host_name
+            .split('.')
+            .next()
+            .unwrap_or(host_name)
+            .to_ascii_uppercase();
+        RecordContext {
+            resource_id: format!(
+                "/SUBSCRIPTIONS/00000000-0000-0000-0000-000000000000/RESOURCEGROUPS/FAKEHUB/PROVIDERS/MICROSOFT.DEVICES/IOTHUBS/{hub}"
+            ),
+            location: "local".to_owned(),
+        }
+    }
+}
+
+/// One Connections record, field for field as Azure Monitor exports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionRecord {
+    pub time: String,
+    #[serde(rename = "resourceId")]
+    pub resource_id: String,
+    #[serde(rename = "operationName")]
+    pub operation_name: String,
+    pub category: String,
+    pub level: String,
+    #[serde(
+        rename = "resultType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub result_type: Option<String>,
+    #[serde(
+        rename = "resultDescription",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub result_description: Option<String>,
+    pub properties: String,
+    pub location: String,
+}
+
+impl ConnectionRecord {
+    /// The result code as a number, for errors.
+    pub fn code(&self) -> Option<u32> {
+        self.result_type.as_deref().and_then(|c| c.parse().ok())
+    }
+
+    /// The decoded `properties` string.
+    pub fn properties(&self) -> Option<RecordProperties> {
+        serde_json::from_str(&self.properties).ok()
+    }
+}
+
+/// The contents of the `properties` string.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordProperties {
+    #[serde(rename = "deviceId")]
+    pub device_id: String,
+    #[serde(rename = "moduleId", default, skip_serializing_if = "Option::is_none")]
+    pub module_id: Option<String>,
+    #[serde(
+        rename = "sdkVersion",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sdk_version: Option<String>,
+    pub protocol: String,
+    #[serde(rename = "authType")]
+    pub auth_type: Option<String>,
+    #[serde(rename = "maskedIpAddress")]
+    pub masked_ip_address: String,
+    #[serde(rename = "statusCode")]
+    pub status_code: Option<String>,
+    #[serde(rename = "errorMessage")]
+    pub error_message: String,
+}
+
+/// The name and HTTP-style status of an IoT Hub error code.
+pub fn describe(code: u32) -> (&'static str, &'static str) {
+    match code {
+        404104 => ("DeviceConnectionClosedRemotely", "404"),
+        401003 => ("IoTHubUnauthorized", "401"),
+        400027 => ("ConnectionForcefullyClosedOnNewConnection", "400"),
+        429001 => ("ThrottlingException", "429"),
+        429002 => ("ThrottleBacklogLimitExceeded", "429"),
+        403002 => ("IoTHubQuotaExceeded", "403"),
+        500001 => ("ServerError", "500"),
+        500008 => ("GenericTimeout", "500"),
+        _ => ("Error", "500"),
+    }
+}
+
+/// The codes the hub logs when a connection ends for `cause`, in order. Empty for a graceful end.
+pub fn close_codes(cause: CloseCause) -> &'static [u32] {
+    match cause {
+        CloseCause::DeviceDisconnect => &[],
+        CloseCause::TokenExpired => &[401003, 404104],
+        CloseCause::Takeover => &[400027],
+        _ => &[404104],
+    }
+}
+
+fn error_message(code: u32, reason: Option<&str>) -> String {
+    match (code, reason) {
+        (404104, _) => {
+            "Device disconnected, see cause and resolution at https://aka.ms/iothub404104"
+                .to_owned()
+        }
+        (_, Some(r)) => r.to_owned(),
+        (c, None) => describe(c).0.to_owned(),
+    }
+}
+
+/// Mask the last part of an address as the hub does: `24.9.142.XXX`.
+pub fn mask_ip(addr: IpAddr) -> String {
+    match addr {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.XXX", o[0], o[1], o[2])
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!(
+                "{:x}:{:x}:{:x}:{:x}:{:x}:{:x}:{:x}:XXX",
+                s[0], s[1], s[2], s[3], s[4], s[5], s[6]
+            )
+        }
+    }
+}
+
+#[derive(Default)]
+struct ConnInfo {
+    peer: Option<SocketAddr>,
+    sdk: Option<String>,
+    auth: Option<AuthKind>,
+    connected: bool,
+}
+
+/// Turns events into records, one event at a time.
+pub struct RecordDeriver {
+    context: RecordContext,
+    conns: HashMap<u64, ConnInfo>,
+}
+
+impl RecordDeriver {
+    pub fn new(context: RecordContext) -> Self {
+        RecordDeriver {
+            context,
+            conns: HashMap::new(),
+        }
+    }
+
+    /// The records this event causes (usually none).
+    pub fn push(&mut self, event: &Event) -> Vec<ConnectionRecord> {
+        let Some(conn) = event.conn else {
+            return Vec::new();
+        };
+        match &event.kind {
+            EventKind::Accepted { peer } => {
+                self.conns.entry(conn).or_default().peer = Some(*peer);
+                Vec::new()
+            }
+            EventKind::Connect { sdk, auth, .. } => {
+                let info = self.conns.entry(conn).or_default();
+                info.sdk = sdk.clone();
+                info.auth = Some(*auth);
+                Vec::new()
+            }
+            EventKind::Connack { code: 0, .. } => {
+                self.conns.entry(conn).or_default().connected = true;
+                vec![self.record(event, "deviceConnect", None, None)]
+            }
+            EventKind::Connack { result, reason, .. } => {
+                let code = result.unwrap_or(401003);
+                vec![self.record(event, "deviceConnect", Some(code), reason.as_deref())]
+            }
+            EventKind::Closed { cause, detail, .. } => {
+                let Some(info) = self.conns.remove(&conn) else {
+                    return Vec::new();
+                };
+                if !info.connected {
+                    return Vec::new();
+                }
+                self.conns.insert(conn, info);
+                let codes = close_codes(*cause);
+                let out = if codes.is_empty() {
+                    vec![self.record(event, "deviceDisconnect", None, None)]
+                } else {
+                    codes
+                        .iter()
+                        .map(|c| {
+                            self.record(event, "deviceDisconnect", Some(*c), detail.as_deref())
+                        })
+                        .collect()
+                };
+                self.conns.remove(&conn);
+                out
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn record(
+        &self,
+        event: &Event,
+        operation: &str,
+        code: Option<u32>,
+        reason: Option<&str>,
+    ) -> ConnectionRecord {
+        let info = event.conn.and_then(|c| self.conns.get(&c));
+        let masked = info
+            .and_then(|i| i.peer)
+            .map(|p| mask_ip(p.ip()))
+            .unwrap_or_default();
+        let scope = if event.module.is_some() {
+            "module"
+        } else {
+            "device"
+        };
+        let auth_type = info.and_then(|i| i.auth).and_then(|a| {
+            let kind = match a {
+                AuthKind::Sas => "sas",
+                AuthKind::X509 => "x509",
+                AuthKind::None => return None,
+            };
+            Some(
+                serde_json::json!({"scope": scope, "type": kind, "issuer": "iothub", "acceptingIpFilterRule": null})
+                    .to_string(),
+            )
+        });
+        let properties = RecordProperties {
+            device_id: event.device.clone().unwrap_or_default(),
+            module_id: event.module.clone(),
+            sdk_version: if operation == "deviceConnect" {
+                info.and_then(|i| i.sdk.clone())
+            } else {
+                None
+            },
+            protocol: "Mqtt".to_owned(),
+            auth_type,
+            masked_ip_address: masked,
+            status_code: code.map(|c| describe(c).1.to_owned()),
+            error_message: code.map(|c| error_message(c, reason)).unwrap_or_default(),
+        };
+        ConnectionRecord {
+            time: humantime::format_rfc3339_millis(event.time).to_string(),
+            resource_id: self.context.resource_id.clone(),
+            operation_name: operation.to_owned(),
+            category: "Connections".to_owned(),
+            level: if code.is_some() {
+                "Error"
+            } else {
+                "Information"
+            }
+            .to_owned(),
+            result_type: code.map(|c| c.to_string()),
+            result_description: code.map(|c| describe(c).0.to_owned()),
+            properties: serde_json::to_string(&properties).unwrap_or_default(),
+            location: self.context.location.clone(),
+        }
+    }
+}
+
+/// Derive every record of a whole log.
+pub fn derive_all<'a>(
+    context: RecordContext,
+    events: impl IntoIterator<Item = &'a Event>,
+) -> Vec<ConnectionRecord> {
+    let mut deriver = RecordDeriver::new(context);
+    events.into_iter().flat_map(|e| deriver.push(e)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{CloseHow, Closer};
+    use std::time::{Duration, SystemTime};
+
+    fn ev(seq: u64, kind: EventKind) -> Event {
+        Event {
+            seq,
+            time: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + seq),
+            elapsed: Duration::from_secs(seq),
+            conn: Some(1),
+            device: Some("sensor-1".into()),
+            module: None,
+            kind,
+        }
+    }
+
+    fn session(close: CloseCause) -> Vec<ConnectionRecord> {
+        let events = [
+            ev(
+                0,
+                EventKind::Accepted {
+                    peer: "10.1.2.3:5000".parse().unwrap(),
+                },
+            ),
+            ev(
+                1,
+                EventKind::Connect {
+                    client_id: "sensor-1".into(),
+                    username: "h/sensor-1/?api-version=x".into(),
+                    keep_alive: 60,
+                    clean_session: false,
+                    auth: AuthKind::Sas,
+                    sdk: Some("azure-iot-device-iothub-py/2.14.0".into()),
+                    token_expiry: None,
+                    will: false,
+                },
+            ),
+            ev(
+                2,
+                EventKind::Connack {
+                    code: 0,
+                    session_present: false,
+                    result: None,
+                    reason: None,
+                },
+            ),
+            ev(
+                3,
+                EventKind::Closed {
+                    by: Closer::Hub,
+                    how: CloseHow::Fin,
+                    cause: close,
+                    detail: Some("token expired".into()),
+                },
+            ),
+        ];
+        derive_all(RecordContext::for_host("myhub.azure-devices.net"), &events)
+    }
+
+    #[test]
+    fn connect_record_has_the_azure_shape() {
+        let recs = session(CloseCause::DeviceDisconnect);
+        let connect = &recs[0];
+        let v: serde_json::Value = serde_json::to_value(connect).unwrap();
+        assert_eq!(v["operationName"], "deviceConnect");
+        assert_eq!(v["category"], "Connections");
+        assert_eq!(v["level"], "Information");
+        assert!(v.get("resultType").is_none());
+        assert!(v["resourceId"]
+            .as_str()
+            .unwrap()
+            .ends_with("/IOTHUBS/MYHUB"));
+        let props = v["properties"]
+            .as_str()
+            .expect("properties is a JSON string");
+        let p: serde_json::Value = serde_json::from_str(props).unwrap();
+        assert_eq!(p["deviceId"], "sensor-1");
+        assert_eq!(p["sdkVersion"], "azure-iot-device-iothub-py/2.14.0");
+        assert_eq!(p["maskedIpAddress"], "10.1.2.XXX");
+        assert_eq!(p["protocol"], "Mqtt");
+        assert!(p["statusCode"].is_null());
+        let auth: serde_json::Value =
+            serde_json::from_str(p["authType"].as_str().unwrap()).unwrap();
+        assert_eq!(auth["type"], "sas");
+    }
+
+    #[test]
+    fn graceful_disconnect_is_information_without_code() {
+        let recs = session(CloseCause::DeviceDisconnect);
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[1].operation_name, "deviceDisconnect");
+        assert_eq!(recs[1].level, "Information");
+        assert_eq!(recs[1].code(), None);
+    }
+
+    #[test]
+    fn close_without_disconnect_is_404104() {
+        let recs = session(CloseCause::DeviceClosed);
+        assert_eq!(recs[1].level, "Error");
+        assert_eq!(recs[1].code(), Some(404104));
+        assert_eq!(
+            recs[1].result_description.as_deref(),
+            Some("DeviceConnectionClosedRemotely")
+        );
+        let p = recs[1].properties().unwrap();
+        assert_eq!(p.status_code.as_deref(), Some("404"));
+        assert!(p.error_message.contains("aka.ms/iothub404104"));
+    }
+
+    #[test]
+    fn token_expiry_is_401003_then_404104_in_the_same_second() {
+        let recs = session(CloseCause::TokenExpired);
+        let codes: Vec<_> = recs.iter().map(|r| r.code()).collect();
+        assert_eq!(codes, vec![None, Some(401003), Some(404104)]);
+        assert_eq!(recs[1].time, recs[2].time);
+    }
+
+    #[test]
+    fn refused_connect_is_a_connect_error() {
+        let events = [
+            ev(
+                0,
+                EventKind::Accepted {
+                    peer: "[::1]:5000".parse().unwrap(),
+                },
+            ),
+            ev(
+                1,
+                EventKind::Connack {
+                    code: 5,
+                    session_present: false,
+                    result: Some(401003),
+                    reason: Some("the signature does not match".into()),
+                },
+            ),
+            ev(
+                2,
+                EventKind::Closed {
+                    by: Closer::Hub,
+                    how: CloseHow::Fin,
+                    cause: CloseCause::Refused,
+                    detail: None,
+                },
+            ),
+        ];
+        let recs = derive_all(RecordContext::for_host("h"), &events);
+        assert_eq!(
+            recs.len(),
+            1,
+            "no disconnect record for a connection that never connected"
+        );
+        assert_eq!(recs[0].operation_name, "deviceConnect");
+        assert_eq!(recs[0].code(), Some(401003));
+        assert!(recs[0]
+            .properties()
+            .unwrap()
+            .masked_ip_address
+            .ends_with(":XXX"));
+    }
+}

@@ -1,0 +1,492 @@
+//! Building, starting and stopping a hub.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::BufWriter;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::clock::VirtualClock;
+use crate::core::{Core, CoreLimits};
+use crate::events::records::{self, ConnectionRecord, RecordContext};
+use crate::events::{CloseCause, EventKind, EventLog, EventStream, Subject};
+use crate::frontdoor::{self, Control, FrontDoorConfig, Shared, WireClose};
+use crate::registry::{
+    Device, Identity, IdentityRef, Policy, Registry, RegistryData, SymmetricKeys,
+};
+use crate::sas;
+use crate::tls::{HubCertificates, TlsError};
+
+/// Errors starting or stopping a hub.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("certificates: {0}")]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Output {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the event log could not be written: {0}")]
+    EventLog(String),
+}
+
+/// Router ids only name the router thread (`router-N`); unique per process for readable thread lists.
+static NEXT_ROUTER_ID: AtomicUsize = AtomicUsize::new(0);
+
+/// Configures a hub. Defaults: host `fakehub.azure-devices.net`, listen `127.0.0.1:0`, token grace
+/// 5 minutes (the 65-minute pattern), keep-alive cap 1767 s, TLS handshake and CONNECT timeouts 10 s.
+pub struct HubBuilder {
+    host_name: String,
+    listen: SocketAddr,
+    registry: RegistryData,
+    token_grace: Duration,
+    keepalive_cap: Duration,
+    tls_handshake_timeout: Duration,
+    connect_timeout: Duration,
+    max_packet_size: usize,
+    clock: Option<VirtualClock>,
+    certificates: Option<HubCertificates>,
+    out_dir: Option<PathBuf>,
+    core_limits: CoreLimits,
+}
+
+impl Default for HubBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HubBuilder {
+    pub fn new() -> Self {
+        HubBuilder {
+            host_name: "fakehub.azure-devices.net".to_owned(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            registry: RegistryData::default(),
+            token_grace: Duration::from_secs(5 * 60),
+            keepalive_cap: Duration::from_secs(1767),
+            tls_handshake_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            // 256 KiB of telemetry plus room for the topic and property bag.
+            max_packet_size: 256 * 1024 + 8 * 1024,
+            clock: None,
+            certificates: None,
+            out_dir: None,
+            core_limits: CoreLimits::default(),
+        }
+    }
+
+    /// The IoT Hub host name devices put in their username and SAS audience.
+    pub fn host_name(mut self, host: impl Into<String>) -> Self {
+        self.host_name = host.into();
+        self
+    }
+
+    /// Where to listen (port 0 picks a free port).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// Register a device with fresh random keys.
+    pub fn device(self, id: impl Into<String>) -> Self {
+        self.device_with_keys(id, SymmetricKeys::generate())
+    }
+
+    /// Register a device with the given primary key (base64).
+    pub fn device_with_key(self, id: impl Into<String>, primary_key: impl Into<String>) -> Self {
+        self.device_with_keys(id, SymmetricKeys::primary(primary_key))
+    }
+
+    /// Register a device with the given keys.
+    pub fn device_with_keys(mut self, id: impl Into<String>, keys: SymmetricKeys) -> Self {
+        let id = id.into();
+        self.registry.devices.insert(
+            id.clone(),
+            Device {
+                id,
+                identity: Identity {
+                    keys,
+                    enabled: true,
+                },
+                modules: BTreeMap::new(),
+            },
+        );
+        self
+    }
+
+    /// Register a module of an already registered device, with fresh keys.
+    pub fn module(mut self, device_id: &str, module_id: impl Into<String>) -> Self {
+        if let Some(d) = self.registry.devices.get_mut(device_id) {
+            d.modules.insert(
+                module_id.into(),
+                Identity {
+                    keys: SymmetricKeys::generate(),
+                    enabled: true,
+                },
+            );
+        }
+        self
+    }
+
+    /// Add a shared access policy; with `device_connect` its tokens may connect as any device.
+    pub fn policy(
+        mut self,
+        name: impl Into<String>,
+        keys: SymmetricKeys,
+        device_connect: bool,
+    ) -> Self {
+        let name = name.into();
+        self.registry.policies.insert(
+            name.clone(),
+            Policy {
+                name,
+                keys,
+                device_connect,
+            },
+        );
+        self
+    }
+
+    /// Time after a token's `se` before the hub drops the connection (0 → drops at 60 min for
+    /// 60-minute tokens, 5 min → 65 min).
+    pub fn token_grace(mut self, grace: Duration) -> Self {
+        self.token_grace = grace;
+        self
+    }
+
+    /// The longest idle window, whatever the device's keep-alive.
+    pub fn keepalive_cap(mut self, cap: Duration) -> Self {
+        self.keepalive_cap = cap;
+        self
+    }
+
+    /// Real time allowed for the TLS handshake.
+    pub fn tls_handshake_timeout(mut self, t: Duration) -> Self {
+        self.tls_handshake_timeout = t;
+        self
+    }
+
+    /// Real time allowed between the TLS handshake and the CONNECT.
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
+
+    /// Share a clock (e.g. with in-process devices). Default: a fresh clock at real time.
+    pub fn clock(mut self, clock: VirtualClock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Use these certificates instead of generating a CA.
+    pub fn certificates(mut self, certs: HubCertificates) -> Self {
+        self.certificates = Some(certs);
+        self
+    }
+
+    /// Write `ca.pem` (before listening), `events.jsonl` and `connections.jsonl` here.
+    pub fn out_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.out_dir = Some(dir.into());
+        self
+    }
+
+    /// Size the message core.
+    pub fn core_limits(mut self, limits: CoreLimits) -> Self {
+        self.core_limits = limits;
+        self
+    }
+
+    /// Make the certificates; nothing listens yet.
+    pub fn build(mut self) -> Result<Hub, HubError> {
+        let certificates = match self.certificates.take() {
+            Some(c) => c,
+            None => HubCertificates::generate(&self.host_name)?,
+        };
+        Ok(Hub {
+            builder: self,
+            certificates,
+        })
+    }
+}
+
+/// A configured hub, not yet listening.
+pub struct Hub {
+    builder: HubBuilder,
+    certificates: HubCertificates,
+}
+
+fn output_file(dir: &Path, name: &str) -> Result<BufWriter<File>, HubError> {
+    let path = dir.join(name);
+    File::create(&path)
+        .map(BufWriter::new)
+        .map_err(|source| HubError::Output { path, source })
+}
+
+impl Hub {
+    /// A builder with the defaults.
+    pub fn builder() -> HubBuilder {
+        HubBuilder::new()
+    }
+
+    /// The CA certificate devices must trust (available before the hub listens).
+    pub fn ca_pem(&self) -> String {
+        self.certificates.ca_pem()
+    }
+
+    /// Bind, start the core and the front door.
+    pub async fn start(self) -> Result<HubHandle, HubError> {
+        let Hub {
+            builder: b,
+            certificates,
+        } = self;
+        let clock = b.clock.unwrap_or_default();
+        let events = EventLog::new(clock.clone());
+        let context = RecordContext::for_host(&b.host_name);
+        if let Some(dir) = &b.out_dir {
+            std::fs::create_dir_all(dir).map_err(|source| HubError::Output {
+                path: dir.clone(),
+                source,
+            })?;
+            let ca_path = dir.join("ca.pem");
+            std::fs::write(&ca_path, certificates.ca_pem()).map_err(|source| HubError::Output {
+                path: ca_path,
+                source,
+            })?;
+            events.write_to(
+                Box::new(output_file(dir, "events.jsonl")?),
+                Box::new(output_file(dir, "connections.jsonl")?),
+                context.clone(),
+            );
+        }
+        let listener = TcpListener::bind(b.listen)
+            .await
+            .map_err(|source| HubError::Bind {
+                addr: b.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| HubError::Bind {
+            addr: b.listen,
+            source,
+        })?;
+        let core = Core::start(
+            NEXT_ROUTER_ID.fetch_add(1, Ordering::Relaxed),
+            b.core_limits,
+        );
+        let tls = TlsAcceptor::from(certificates.server_config()?);
+        let config = FrontDoorConfig {
+            host_name: b.host_name.clone(),
+            token_grace: b.token_grace,
+            keepalive_cap: b.keepalive_cap,
+            tls_handshake_timeout: b.tls_handshake_timeout,
+            connect_timeout: b.connect_timeout,
+            max_packet_size: b.max_packet_size,
+        };
+        let registry = Registry::new(b.registry);
+        let shared = Arc::new(Shared::new(
+            config,
+            registry,
+            clock.clone(),
+            events.clone(),
+            core,
+            tls,
+        ));
+        events.emit(
+            &Subject::default(),
+            EventKind::HubStarted {
+                listen: local_addr,
+                host_name: b.host_name.clone(),
+            },
+        );
+        let accept = tokio::spawn(frontdoor::accept_loop(listener, shared.clone()));
+        Ok(HubHandle {
+            shared,
+            local_addr,
+            certificates: Arc::new(certificates),
+            context,
+            accept: Some(accept),
+        })
+    }
+}
+
+/// A running hub. Dropping it stops the hub without waiting; [`HubHandle::shutdown`] waits.
+pub struct HubHandle {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    certificates: Arc<HubCertificates>,
+    context: RecordContext,
+    accept: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl HubHandle {
+    /// The address the hub listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The IoT Hub host name.
+    pub fn host_name(&self) -> &str {
+        &self.shared.config.host_name
+    }
+
+    /// The CA certificate devices must trust, PEM.
+    pub fn ca_pem(&self) -> String {
+        self.certificates.ca_pem()
+    }
+
+    /// The hub's certificates (CA and server).
+    pub fn certificates(&self) -> &HubCertificates {
+        &self.certificates
+    }
+
+    /// The hub's clock.
+    pub fn clock(&self) -> &VirtualClock {
+        &self.shared.clock
+    }
+
+    /// The identity registry (shared with the running hub).
+    pub fn registry(&self) -> &Registry {
+        &self.shared.registry
+    }
+
+    /// `GatewayHostName` for connection strings: `localhost` on loopback, with `:port` unless the hub
+    /// listens on 8883 (the port every Azure SDK hard-codes).
+    pub fn gateway_host(&self) -> String {
+        let ip = self.local_addr.ip();
+        let host = if ip.is_loopback() || ip.is_unspecified() {
+            "localhost".to_owned()
+        } else {
+            ip.to_string()
+        };
+        match self.local_addr.port() {
+            8883 => host,
+            port => format!("{host}:{port}"),
+        }
+    }
+
+    fn identity_string(&self, who: &IdentityRef) -> Option<String> {
+        let identity = self.shared.registry.identity(who)?;
+        let module = who
+            .module_id
+            .as_ref()
+            .map(|m| format!("ModuleId={m};"))
+            .unwrap_or_default();
+        Some(format!(
+            "HostName={};DeviceId={};{}SharedAccessKey={};GatewayHostName={}",
+            self.host_name(),
+            who.device_id,
+            module,
+            identity.keys.primary_key,
+            self.gateway_host()
+        ))
+    }
+
+    /// A device connection string (contains the key: never log it).
+    pub fn connection_string(&self, device_id: &str) -> Option<String> {
+        self.identity_string(&IdentityRef {
+            device_id: device_id.to_owned(),
+            module_id: None,
+        })
+    }
+
+    /// A module connection string (contains the key: never log it).
+    pub fn module_connection_string(&self, device_id: &str, module_id: &str) -> Option<String> {
+        self.identity_string(&IdentityRef {
+            device_id: device_id.to_owned(),
+            module_id: Some(module_id.to_owned()),
+        })
+    }
+
+    /// A SAS token for an identity, signed with its primary key, valid until `expiry`.
+    pub fn sas_token(&self, who: &IdentityRef, expiry: SystemTime) -> Option<String> {
+        let identity = self.shared.registry.identity(who)?;
+        let resource =
+            sas::resource_uri(self.host_name(), &who.device_id, who.module_id.as_deref());
+        sas::mint(&resource, &identity.keys.primary_key, None, expiry).ok()
+    }
+
+    /// The event log.
+    pub fn events(&self) -> &EventLog {
+        &self.shared.events
+    }
+
+    /// A stream of all events from the start, then live ones.
+    pub fn event_stream(&self) -> EventStream {
+        self.shared.events.stream()
+    }
+
+    /// The Connections records so far.
+    pub fn records(&self) -> Vec<ConnectionRecord> {
+        let events = self.shared.events.snapshot();
+        records::derive_all(self.context.clone(), events.iter().map(|e| e.as_ref()))
+    }
+
+    /// How many identities are connected now.
+    pub fn connected_count(&self) -> usize {
+        self.shared.sessions.connected()
+    }
+
+    /// Client ids with a live connection.
+    pub fn connected_clients(&self) -> Vec<String> {
+        self.shared.sessions.client_ids()
+    }
+
+    /// Close one identity's connection from the hub side. False when it is not connected.
+    pub fn close_connection(
+        &self,
+        client_id: &str,
+        wire: WireClose,
+        cause: CloseCause,
+        detail: &str,
+    ) -> bool {
+        self.shared.sessions.control(
+            client_id,
+            Control::Close {
+                wire,
+                cause,
+                detail: detail.to_owned(),
+            },
+        )
+    }
+
+    /// Stop: no new connections, every connection closed, every task ended, the port freed and the
+    /// output files flushed.
+    pub async fn shutdown(mut self) -> Result<(), HubError> {
+        self.stop().await
+    }
+
+    async fn stop(&mut self) -> Result<(), HubError> {
+        self.shared.shutdown.cancel();
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.await;
+        }
+        self.shared.tasks.close();
+        // Connection tasks see the cancellation at their next await and close within a moment.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.shared.tasks.wait()).await;
+        self.shared
+            .events
+            .emit(&Subject::default(), EventKind::HubStopped);
+        self.shared.events.flush().map_err(HubError::EventLog)
+    }
+}
+
+impl Drop for HubHandle {
+    fn drop(&mut self) {
+        self.shared.shutdown.cancel();
+        if let Some(accept) = self.accept.take() {
+            accept.abort();
+        }
+        let _ = self.shared.events.flush();
+    }
+}

@@ -1,0 +1,33 @@
+//! fakehub: a fake Azure IoT Hub (MQTT 3.1.1 over TLS) for device tests, with a virtual clock and
+//! fault injection.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), fakehub::HubError> {
+//! let hub = fakehub::Hub::builder().device("sensor-1").build()?.start().await?;
+//! let conn = hub.connection_string("sensor-1").unwrap(); // give this and hub.ca_pem() to the device
+//! # let _ = conn;
+//! hub.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The layout follows DESIGN.md: `clock` (virtual time), `tls` (certificates), `registry`
+//! (identities), `sas` (tokens), `frontdoor` (the device-facing connection handling), `iothub` (the
+//! Azure dialect), `core` (the embedded rumqttd router) and `events` (the event log, Connections
+//! records and the connected-devices series).
+
+pub mod clock;
+pub mod core;
+pub mod events;
+pub mod frontdoor;
+mod hub;
+pub mod iothub;
+pub mod registry;
+pub mod sas;
+pub mod tls;
+
+pub use clock::VirtualClock;
+pub use events::records::ConnectionRecord;
+pub use events::{CloseCause, CloseHow, Closer, Event, EventKind, EventLog, EventStream};
+pub use frontdoor::WireClose;
+pub use hub::{Hub, HubBuilder, HubError, HubHandle};
+pub use registry::{IdentityRef, SymmetricKeys};

@@ -1,0 +1,168 @@
+//! Device and module identities, shared access policies, and their state (enabled, keys).
+//!
+//! The registry is shared between the front door (which reads it on every CONNECT) and the service
+//! API and faults (which change it: disable a device, rotate a key). It is a plain map behind a lock;
+//! every read copies out what it needs, so no lock is held across an await.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+use crate::sas;
+
+/// The symmetric keys of an identity or a policy. Either key signs valid tokens.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SymmetricKeys {
+    pub primary_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secondary_key: Option<String>,
+}
+
+impl std::fmt::Debug for SymmetricKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SymmetricKeys(<redacted>)")
+    }
+}
+
+impl SymmetricKeys {
+    /// A fresh random primary and secondary key.
+    pub fn generate() -> Self {
+        SymmetricKeys {
+            primary_key: sas::generate_key(),
+            secondary_key: Some(sas::generate_key()),
+        }
+    }
+
+    /// Keys with just a primary.
+    pub fn primary(key: impl Into<String>) -> Self {
+        SymmetricKeys {
+            primary_key: key.into(),
+            secondary_key: None,
+        }
+    }
+
+    /// The keys in the order the hub tries them.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.primary_key.as_str()).chain(self.secondary_key.as_deref())
+    }
+}
+
+/// A device or module identity.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub keys: SymmetricKeys,
+    pub enabled: bool,
+}
+
+/// A device: its own identity and its modules.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub id: String,
+    pub identity: Identity,
+    pub modules: BTreeMap<String, Identity>,
+}
+
+/// A shared access policy (e.g. `device`, `iothubowner`).
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub name: String,
+    pub keys: SymmetricKeys,
+    /// Whether tokens signed with this policy may connect as any device (`DeviceConnect`).
+    pub device_connect: bool,
+}
+
+/// Which identity a connection claims: a device, or a module of a device.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct IdentityRef {
+    pub device_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module_id: Option<String>,
+}
+
+impl IdentityRef {
+    /// The MQTT client id of this identity: `device` or `device/module`.
+    pub fn client_id(&self) -> String {
+        match &self.module_id {
+            Some(m) => format!("{}/{}", self.device_id, m),
+            None => self.device_id.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for IdentityRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.client_id())
+    }
+}
+
+/// The registry contents.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryData {
+    pub devices: BTreeMap<String, Device>,
+    pub policies: BTreeMap<String, Policy>,
+}
+
+/// A shared, mutable registry.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    inner: Arc<RwLock<RegistryData>>,
+}
+
+impl Registry {
+    pub fn new(data: RegistryData) -> Self {
+        Registry {
+            inner: Arc::new(RwLock::new(data)),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, RegistryData> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, RegistryData> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The identity, if it exists.
+    pub fn identity(&self, who: &IdentityRef) -> Option<Identity> {
+        let data = self.read();
+        let device = data.devices.get(&who.device_id)?;
+        match &who.module_id {
+            None => Some(device.identity.clone()),
+            Some(m) => device.modules.get(m).cloned(),
+        }
+    }
+
+    /// A policy by name.
+    pub fn policy(&self, name: &str) -> Option<Policy> {
+        self.read().policies.get(name).cloned()
+    }
+
+    /// Every device id, in order.
+    pub fn device_ids(&self) -> Vec<String> {
+        self.read().devices.keys().cloned().collect()
+    }
+
+    /// Add (or replace) a device.
+    pub fn insert_device(&self, device: Device) {
+        self.write().devices.insert(device.id.clone(), device);
+    }
+
+    /// Change one identity in place; returns false when it does not exist.
+    pub fn update(&self, who: &IdentityRef, f: impl FnOnce(&mut Identity)) -> bool {
+        let mut data = self.write();
+        let Some(device) = data.devices.get_mut(&who.device_id) else {
+            return false;
+        };
+        let identity = match &who.module_id {
+            None => &mut device.identity,
+            Some(m) => match device.modules.get_mut(m) {
+                Some(i) => i,
+                None => return false,
+            },
+        };
+        f(identity);
+        true
+    }
+}

@@ -1,0 +1,240 @@
+//! Certificates made in memory with rcgen, and the tokio-rustls server configuration.
+//!
+//! A hub has a CA (generated, or loaded so that `fakehub certs` output stays valid across runs) and a
+//! server certificate issued by it for `localhost`, `127.0.0.1`, `::1` and the hub's host name, so an
+//! SDK that verifies the host name (Python checks it) accepts the connection through
+//! `GatewayHostName=localhost`. TLS 1.2 and 1.3 are both offered: the Python SDK only speaks 1.2.
+
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use tokio_rustls::rustls::{
+    self,
+    pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer},
+    ServerConfig,
+};
+
+/// Errors while making or loading certificates.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("TLS configuration failed: {0}")]
+    Config(#[from] rustls::Error),
+    #[error("the CA key could not be read: {0}")]
+    CaKey(String),
+}
+
+/// The hub's CA and server certificate.
+pub struct HubCertificates {
+    ca: Issuer<'static, KeyPair>,
+    ca_der: CertificateDer<'static>,
+    ca_pem: String,
+    ca_key_pem: String,
+    server_chain: Vec<CertificateDer<'static>>,
+    server_key: PrivatePkcs8KeyDer<'static>,
+}
+
+impl std::fmt::Debug for HubCertificates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubCertificates").finish_non_exhaustive()
+    }
+}
+
+fn ca_params() -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "fakehub test CA");
+    dn.push(DnType::OrganizationName, "fakehub");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+}
+
+impl HubCertificates {
+    /// A fresh CA and a server certificate for `host_name` and the loopback names.
+    pub fn generate(host_name: &str) -> Result<Self, TlsError> {
+        let key = KeyPair::generate()?;
+        let ca_key_pem = key.serialize_pem();
+        let params = ca_params();
+        let cert = params.self_signed(&key)?;
+        let ca = Issuer::new(params, key);
+        Self::with_ca(ca, cert.der().clone(), cert.pem(), ca_key_pem, host_name)
+    }
+
+    /// Reuse a CA written earlier by [`Self::ca_pem`] and [`Self::ca_key_pem`] (e.g. by `fakehub
+    /// certs`), and issue a fresh server certificate from it.
+    pub fn from_ca_pem(ca_pem: &str, ca_key_pem: &str, host_name: &str) -> Result<Self, TlsError> {
+        let key = KeyPair::from_pem(ca_key_pem).map_err(|e| TlsError::CaKey(e.to_string()))?;
+        let ca_der = certificates_from_pem(ca_pem)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| TlsError::CaKey("the CA file holds no certificate".into()))?;
+        let ca = Issuer::from_ca_cert_der(&ca_der, key)?;
+        Self::with_ca(
+            ca,
+            ca_der,
+            ca_pem.to_owned(),
+            ca_key_pem.to_owned(),
+            host_name,
+        )
+    }
+
+    fn with_ca(
+        ca: Issuer<'static, KeyPair>,
+        ca_der: CertificateDer<'static>,
+        ca_pem: String,
+        ca_key_pem: String,
+        host_name: &str,
+    ) -> Result<Self, TlsError> {
+        let mut names = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ];
+        if !names.iter().any(|n| n.eq_ignore_ascii_case(host_name)) {
+            names.push(host_name.to_owned());
+        }
+        let mut params = CertificateParams::new(names)?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, host_name.to_owned());
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &ca)?;
+        Ok(HubCertificates {
+            server_chain: vec![cert.der().clone(), ca_der.clone()],
+            server_key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+            ca,
+            ca_der,
+            ca_pem,
+            ca_key_pem,
+        })
+    }
+
+    /// The CA certificate devices must trust, PEM.
+    pub fn ca_pem(&self) -> String {
+        self.ca_pem.clone()
+    }
+
+    /// The CA certificate, DER.
+    pub fn ca_der(&self) -> CertificateDer<'static> {
+        self.ca_der.clone()
+    }
+
+    /// The CA private key, PEM. Only for writing a CA to disk to reuse it; never logged.
+    pub fn ca_key_pem(&self) -> &str {
+        &self.ca_key_pem
+    }
+
+    /// Issue a client certificate with `CN = common_name` (a device id, or `device/module`) signed by
+    /// this CA, for X.509 devices. Returns the certificate and its private key, both PEM.
+    pub fn issue_device_certificate(
+        &self,
+        common_name: &str,
+    ) -> Result<(String, String), TlsError> {
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name.to_owned());
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.ca)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// The rustls server configuration: TLS 1.2 and 1.3, ring crypto, the server chain.
+    pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        let config =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])?
+                .with_no_client_auth()
+                .with_single_cert(
+                    self.server_chain.clone(),
+                    PrivateKeyDer::Pkcs8(self.server_key.clone_key()),
+                )?;
+        Ok(Arc::new(config))
+    }
+
+    /// A client configuration that trusts this hub's CA (for Rust devices and tests).
+    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        client_config_trusting(&[self.ca_der()])
+    }
+}
+
+/// A TLS client configuration (TLS 1.2 and 1.3, ring) that trusts exactly the given CAs.
+pub fn client_config_trusting(
+    cas: &[CertificateDer<'static>],
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in cas {
+        roots.add(ca.clone())?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Read the certificates in a PEM text.
+pub fn certificates_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::CaKey(format!("bad certificate PEM: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::client::danger::ServerCertVerifier;
+
+    #[test]
+    fn a_reloaded_ca_issues_certificates_that_chain_to_the_saved_pem() {
+        let first = HubCertificates::generate("myhub.azure-devices.net").unwrap();
+        let again = HubCertificates::from_ca_pem(
+            &first.ca_pem(),
+            first.ca_key_pem(),
+            "myhub.azure-devices.net",
+        )
+        .unwrap();
+        // Same subject and key: a verifier that trusts the first CA accepts the second's chain.
+        let roots = certificates_from_pem(&first.ca_pem()).unwrap();
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new({
+                let mut r = rustls::RootCertStore::empty();
+                r.add(roots[0].clone()).unwrap();
+                r
+            }),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        verifier
+            .verify_server_cert(
+                &again.server_chain[0],
+                &again.server_chain[1..],
+                &name,
+                &[],
+                rustls::pki_types::UnixTime::now(),
+            )
+            .unwrap();
+    }
+}
