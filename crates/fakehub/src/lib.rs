@@ -23,6 +23,7 @@ mod hub;
 pub mod iothub;
 pub mod registry;
 pub mod sas;
+pub mod testkit;
 pub mod tls;
 
 pub use clock::VirtualClock;

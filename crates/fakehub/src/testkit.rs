@@ -1,0 +1,214 @@
+//! A raw MQTT-over-TLS client for poking a hub packet by packet in tests.
+//!
+//! It does nothing on its own (no pings, no acks, no reconnects), so a test decides every byte the
+//! hub sees: well-formed packets through [`RawClient::send`], anything at all through
+//! [`RawClient::send_bytes`].
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::BytesMut;
+use rumqttc::mqttbytes::v4 as mq;
+use rumqttc::mqttbytes::QoS;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
+
+use crate::hub::HubHandle;
+use crate::registry::IdentityRef;
+
+pub use rumqttc::mqttbytes::v4::Packet;
+pub use rumqttc::mqttbytes::QoS as MqttQoS;
+
+/// What a raw client observed when it tried to read.
+#[derive(Debug)]
+pub enum Received {
+    Packet(mq::Packet),
+    /// The hub closed the connection cleanly (TLS close_notify or FIN).
+    Closed,
+    /// The hub reset the connection.
+    Reset,
+    /// Nothing arrived in time.
+    Silence,
+    /// Something else went wrong reading.
+    Error(io::Error),
+}
+
+/// A TLS connection to a hub, driven packet by packet.
+pub struct RawClient {
+    stream: TlsStream<TcpStream>,
+    buf: BytesMut,
+}
+
+impl RawClient {
+    /// Open TCP and TLS to the hub, trusting its CA (server name `localhost`).
+    pub async fn connect_tls(hub: &HubHandle) -> io::Result<RawClient> {
+        Self::connect_tls_to(hub.local_addr(), hub).await
+    }
+
+    /// Open TCP and TLS to `addr`, trusting the hub's CA.
+    pub async fn connect_tls_to(addr: SocketAddr, hub: &HubHandle) -> io::Result<RawClient> {
+        let config = hub
+            .certificates()
+            .client_config()
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let name = ServerName::try_from("localhost").map_err(io::Error::other)?;
+        let stream = TlsConnector::from(Arc::clone(&config))
+            .connect(name, tcp)
+            .await?;
+        Ok(RawClient {
+            stream,
+            buf: BytesMut::new(),
+        })
+    }
+
+    /// Connect and authenticate as a registered identity with a token valid for an hour of the
+    /// hub's virtual time. Returns the client and the CONNACK.
+    pub async fn connect_as(
+        hub: &HubHandle,
+        who: &IdentityRef,
+        clean_session: bool,
+        keep_alive: u16,
+    ) -> io::Result<(RawClient, mq::ConnAck)> {
+        let expiry = hub.clock().now() + Duration::from_secs(3600);
+        Self::connect_with_expiry(hub, who, clean_session, keep_alive, expiry).await
+    }
+
+    /// Like [`Self::connect_as`] with a chosen token expiry.
+    pub async fn connect_with_expiry(
+        hub: &HubHandle,
+        who: &IdentityRef,
+        clean_session: bool,
+        keep_alive: u16,
+        expiry: SystemTime,
+    ) -> io::Result<(RawClient, mq::ConnAck)> {
+        let token = hub
+            .sas_token(who, expiry)
+            .ok_or_else(|| io::Error::other(format!("'{who}' is not registered")))?;
+        let mut client = Self::connect_tls(hub).await?;
+        let connect = connect_packet(hub.host_name(), who, &token, clean_session, keep_alive);
+        client.send(&mq::Packet::Connect(connect)).await?;
+        match client.recv(Duration::from_secs(5)).await {
+            Received::Packet(mq::Packet::ConnAck(ack)) => Ok((client, ack)),
+            other => Err(io::Error::other(format!("expected CONNACK, got {other:?}"))),
+        }
+    }
+
+    /// Send one packet.
+    pub async fn send(&mut self, packet: &mq::Packet) -> io::Result<()> {
+        let mut out = BytesMut::new();
+        packet
+            .write(&mut out, usize::MAX)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        self.send_bytes(&out).await
+    }
+
+    /// Send arbitrary bytes.
+    pub async fn send_bytes(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
+    }
+
+    /// Publish at QoS 0 or 1.
+    pub async fn publish(
+        &mut self,
+        topic: &str,
+        qos: QoS,
+        pkid: u16,
+        payload: &[u8],
+    ) -> io::Result<()> {
+        let mut p = mq::Publish::new(topic, qos, payload.to_vec());
+        p.pkid = pkid;
+        self.send(&mq::Packet::Publish(p)).await
+    }
+
+    /// Wait up to `timeout` (real time) for the next packet, or learn how the hub ended things.
+    pub async fn recv(&mut self, timeout: Duration) -> Received {
+        let read = async {
+            loop {
+                match mq::Packet::read(&mut self.buf, usize::MAX) {
+                    Ok(p) => return Received::Packet(p),
+                    Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
+                    Err(e) => return Received::Error(io::Error::other(e.to_string())),
+                }
+                match self.stream.read_buf(&mut self.buf).await {
+                    Ok(0) => return Received::Closed,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Received::Reset,
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Received::Closed,
+                    Err(e) => return Received::Error(e),
+                }
+            }
+        };
+        tokio::time::timeout(timeout, read)
+            .await
+            .unwrap_or(Received::Silence)
+    }
+
+    /// Read packets until one matches, skipping others; `None` if the connection ends or time runs out.
+    pub async fn recv_until(
+        &mut self,
+        timeout: Duration,
+        mut pred: impl FnMut(&mq::Packet) -> bool,
+    ) -> Option<mq::Packet> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.recv(left).await {
+                Received::Packet(p) if pred(&p) => return Some(p),
+                Received::Packet(_) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    /// Close with a TCP reset (zero linger), as a crashed device or a dropped NAT mapping would.
+    pub fn reset(self) {
+        let (tcp, _) = self.stream.get_ref();
+        let _ = tcp.set_zero_linger();
+    }
+
+    /// Close the TCP connection without DISCONNECT (FIN).
+    pub async fn close(mut self) {
+        let _ = self.stream.get_mut().0.shutdown().await;
+    }
+}
+
+/// A CONNECT as the Azure SDKs build it.
+pub fn connect_packet(
+    host_name: &str,
+    who: &IdentityRef,
+    token: &str,
+    clean_session: bool,
+    keep_alive: u16,
+) -> mq::Connect {
+    let mut c = mq::Connect::new(who.client_id());
+    c.keep_alive = keep_alive;
+    c.clean_session = clean_session;
+    let user = match &who.module_id {
+        Some(m) => format!(
+            "{host_name}/{}/{m}/?api-version=2021-04-12&DeviceClientType=fakehub-testkit",
+            who.device_id
+        ),
+        None => format!(
+            "{host_name}/{}/?api-version=2021-04-12&DeviceClientType=fakehub-testkit",
+            who.device_id
+        ),
+    };
+    c.login = Some(mq::Login::new(user, token));
+    c
+}
+
+/// The identity of a device (no module).
+pub fn device(id: &str) -> IdentityRef {
+    IdentityRef {
+        device_id: id.to_owned(),
+        module_id: None,
+    }
+}
