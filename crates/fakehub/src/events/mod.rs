@@ -394,15 +394,22 @@ impl EventLog {
     }
 }
 
+/// Write one event (and its records) as whole lines, flushed, so a reader tailing the files of a
+/// long-running hub sees every event as it happens and never half a line.
 fn write_sinks(sinks: &mut Sinks, event: &Event) -> std::io::Result<()> {
     if let Some(w) = sinks.events.as_mut() {
         serde_json::to_writer(&mut *w, event)?;
         w.write_all(b"\n")?;
+        w.flush()?;
     }
     if let Some((w, deriver)) = sinks.records.as_mut() {
-        for record in deriver.push(event) {
-            serde_json::to_writer(&mut *w, &record)?;
+        let records = deriver.push(event);
+        for record in &records {
+            serde_json::to_writer(&mut *w, record)?;
             w.write_all(b"\n")?;
+        }
+        if !records.is_empty() {
+            w.flush()?;
         }
     }
     Ok(())
