@@ -1,0 +1,13 @@
+# The two commands of the README.
+
+# Run a hub for manual reproduction (Ctrl-C stops it and writes fakehub-out/).
+serve:
+    cargo run --release -- serve --config examples/hub.yaml
+
+# Run every test.
+test:
+    cargo test --workspace
+
+# Benchmarks with ratios against a peer measured in the same run.
+bench:
+    cargo bench -p fakehub --bench hub_start
