@@ -42,16 +42,22 @@ const IOTHUB_NAMESPACE: &str = "iothub/";
 /// Errors at the core boundary.
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
+    /// rumqttd's `LinkError` carries the router's whole event when a send fails; only its text is kept.
     #[error("the message core refused the session: {0}")]
-    Link(#[from] LinkError),
+    Link(String),
     #[error("the message core did not answer")]
     Unavailable,
     #[error("the message core ended the session")]
     Closed,
 }
 
-type OpenLink =
-    dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), LinkError> + Send + Sync;
+type OpenLink = dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), String> + Send + Sync;
+
+impl From<LinkError> for CoreError {
+    fn from(e: LinkError) -> Self {
+        CoreError::Link(e.to_string())
+    }
+}
 
 /// The embedded router, shared by every connection of one hub.
 #[derive(Clone)]
@@ -95,6 +101,7 @@ impl Core {
             LinkBuilder::new(client_id, router_tx.clone())
                 .clean_session(clean)
                 .build()
+                .map_err(|e| e.to_string())
         };
         Core {
             open: Arc::new(open),
@@ -112,7 +119,8 @@ impl Core {
         let name = escaped.clone();
         let (tx, rx, ack) = tokio::task::spawn_blocking(move || open(&name, clean))
             .await
-            .map_err(|_| CoreError::Unavailable)??;
+            .map_err(|_| CoreError::Unavailable)?
+            .map_err(CoreError::Link)?;
         let session_present = match Option::<rp::Packet>::from(ack) {
             Some(rp::Packet::ConnAck(ack, _)) => ack.session_present,
             _ => false,
