@@ -16,6 +16,7 @@
 //! records and the connected-devices series).
 
 pub mod clock;
+pub mod clock_file;
 pub mod core;
 pub mod events;
 pub mod frontdoor;
@@ -26,7 +27,7 @@ pub mod sas;
 pub mod testkit;
 pub mod tls;
 
-pub use clock::VirtualClock;
+pub use clock::{DeviceClock, VirtualClock};
 pub use events::records::ConnectionRecord;
 pub use events::{CloseCause, CloseHow, Closer, Event, EventKind, EventLog, EventStream};
 pub use frontdoor::WireClose;

@@ -329,7 +329,12 @@ impl EventLog {
 
     /// Append an event stamped with the clock's current readings.
     pub fn emit(&self, subject: &Subject, kind: EventKind) -> Arc<Event> {
-        let time = self.inner.clock.now();
+        self.emit_at(subject, kind, self.inner.clock.now())
+    }
+
+    /// Append an event that happened at virtual wall time `time` (a deadline that fired: its records
+    /// carry the deadline, not the moment the task got to run).
+    pub fn emit_at(&self, subject: &Subject, kind: EventKind, time: SystemTime) -> Arc<Event> {
         let elapsed = self.inner.clock.elapsed();
         let mut s = self.lock();
         let event = Arc::new(Event {

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use rumqttc::mqttbytes::v4 as mq;
 use rumqttc::mqttbytes::QoS;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
@@ -93,7 +93,15 @@ async fn close_wire(io: Io, wire: WireClose) {
             let _ = tls.get_ref().0.set_zero_linger();
         }
         WireClose::Fin => {
-            let _ = tokio::time::timeout(Duration::from_millis(500), tls.shutdown()).await;
+            // close_notify + FIN, then wait (bounded) for the device to close its side. A device on
+            // the shared clock reacts to the close (e.g. arms its reconnect timer) before it closes,
+            // so a jump that made the hub close does not move on before the device has reacted.
+            let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                let _ = tls.shutdown().await;
+                let mut sink = [0u8; 1024];
+                while matches!(tls.read(&mut sink).await, Ok(n) if n > 0) {}
+            })
+            .await;
         }
     }
     drop(tls);
@@ -272,7 +280,7 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: u6
     let client_id = who.client_id();
 
     // One connection per identity: this takes over from any earlier one.
-    let registration = shared.sessions.register(&client_id, conn).await;
+    let mut registration = shared.sessions.register(&client_id, conn).await;
     let core = match shared
         .core
         .open_session(&client_id, connect.clean_session)
@@ -342,7 +350,7 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: u6
     let expiry = authenticated
         .token_expiry
         .map(|se| se + shared.config.token_grace);
-    let (ending, fired) = session.serve(registration, expiry).await;
+    let (ending, fired) = session.serve(&mut registration, expiry).await;
 
     // Close the wire, end the core session (saved for CleanSession=0), then record it. The token
     // expiry guard is held until the records are written, so a jump stamps them at the deadline.
@@ -354,8 +362,19 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: u6
     }
     core.close().await;
     shared.sessions.unregister(&client_id, conn);
-    closed(&subject, ending);
+    let kind = EventKind::Closed {
+        by: ending.by,
+        how: ending.how,
+        cause: ending.cause,
+        detail: ending.detail,
+    };
+    match &fired {
+        Some(f) => shared.events.emit_at(&subject, kind, f.at),
+        None => shared.events.emit(&subject, kind),
+    };
     shared.sessions.set_connected(false);
+    // Only now may a successor open its core session: this one is closed in the router.
+    drop(registration);
     drop(fired);
 }
 
@@ -415,7 +434,7 @@ impl Session {
 
     async fn serve(
         &mut self,
-        mut registration: Registration,
+        registration: &mut Registration,
         expiry: Option<SystemTime>,
     ) -> (Ending, Option<Fired>) {
         let clock = self.shared.clock.clone();
@@ -475,13 +494,42 @@ impl Session {
     }
 
     async fn write(&mut self, packet: &mq::Packet) -> Result<(), Ending> {
-        self.io.write_packet(packet).await.map_err(|e| Ending {
+        match self.io.write_packet(packet).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.after_write_failure(e).await),
+        }
+    }
+
+    /// A write failed because the device is gone. It may have sent DISCONNECT just before closing
+    /// (a graceful end that crossed our write): read what it left before deciding how it ended.
+    async fn after_write_failure(&mut self, e: std::io::Error) -> Ending {
+        let left = tokio::time::timeout(Duration::from_millis(100), async {
+            loop {
+                match self.io.read_packet().await {
+                    Ok(mq::Packet::Disconnect) => return true,
+                    Ok(_) => continue,
+                    Err(_) => return false,
+                }
+            }
+        })
+        .await;
+        if left == Ok(true) {
+            self.emit(EventKind::DisconnectPacket);
+            return Ending {
+                by: Closer::Device,
+                how: CloseHow::Disconnect,
+                cause: CloseCause::DeviceDisconnect,
+                detail: None,
+                wire: None,
+            };
+        }
+        Ending {
             by: Closer::Device,
             how: CloseHow::Rst,
             cause: CloseCause::DeviceClosed,
             detail: Some(format!("write failed: {e}")),
             wire: None,
-        })
+        }
     }
 
     async fn inbound(&mut self, packet: mq::Packet) -> Step {

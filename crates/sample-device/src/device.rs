@@ -1,0 +1,640 @@
+//! The reference device: what the Azure guidance says a device should do, with switchable bugs.
+//!
+//! Well-behaved, it renews its SAS token before expiry (a graceful DISCONNECT, then a CONNECT with a
+//! fresh token), reconnects after a drop with capped exponential backoff and jitter (reset after a
+//! successful connect), keeps unacknowledged QoS 1 messages and resends them (DUP) after a
+//! reconnect, restores its subscription on every connect, sends DISCONNECT when stopped, and numbers
+//! its telemetry (`$.mid = seq-N`, property `seq=N`). All its timers are wall deadlines on its
+//! [`DeviceClock`], so they follow the hub's time-warp.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fakehub::clock::{DeviceClock, Fired};
+use fakehub::frontdoor::codec::{MqttIo, ReadError};
+use fakehub::iothub::properties::PropertyBag;
+use fakehub::sas;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use rumqttc::mqttbytes::v4 as mq;
+use rumqttc::mqttbytes::QoS;
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::ClientConfig;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+
+use crate::connection_string::ConnectionString;
+
+/// A behaviour the device can get wrong on purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Bug {
+    /// Makes a new token only when it reconnects, so the hub drops it at expiry + grace (65 min).
+    NoTokenRenewal,
+    /// Reuses its first token for ever: after expiry every reconnect is refused (a 401003 loop).
+    StaleToken,
+    /// Reconnects at once, every time.
+    NoBackoff,
+    /// Backs off without jitter: a fleet reconnects in lockstep.
+    NoJitter,
+    /// Forgets unacknowledged QoS 1 messages when the connection drops.
+    LoseInflight,
+    /// Subscribes only on its first connection.
+    NoResubscribe,
+    /// Closes its socket without DISCONNECT when stopped.
+    NoDisconnect,
+    /// Asks for a keep-alive of an hour and pings that rarely: the hub's 1767 s cap drops it when idle.
+    HugeKeepalive,
+}
+
+impl Bug {
+    /// Every bug, with its command-line name.
+    pub const ALL: [(&'static str, Bug); 8] = [
+        ("no-token-renewal", Bug::NoTokenRenewal),
+        ("stale-token", Bug::StaleToken),
+        ("no-backoff", Bug::NoBackoff),
+        ("no-jitter", Bug::NoJitter),
+        ("lose-inflight", Bug::LoseInflight),
+        ("no-resubscribe", Bug::NoResubscribe),
+        ("no-disconnect", Bug::NoDisconnect),
+        ("huge-keepalive", Bug::HugeKeepalive),
+    ];
+}
+
+impl FromStr for Bug {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Bug::ALL
+            .iter()
+            .find(|(n, _)| *n == s)
+            .map(|(_, b)| *b)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Bug::ALL.iter().map(|(n, _)| *n).collect();
+                format!("unknown bug '{s}' (known: {})", names.join(", "))
+            })
+    }
+}
+
+/// How the device behaves.
+#[derive(Debug, Clone)]
+pub struct DeviceOptions {
+    pub telemetry_interval: Duration,
+    pub keep_alive: u16,
+    pub token_ttl: Duration,
+    /// Renew this long before the token expires.
+    pub renew_before: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// Each backoff delay is scaled by a factor drawn from `[1 - jitter, 1)`.
+    pub jitter: f64,
+    /// How long (device time) to wait for a CONNACK.
+    pub connect_timeout: Duration,
+    pub seed: u64,
+    pub bugs: BTreeSet<Bug>,
+}
+
+impl Default for DeviceOptions {
+    fn default() -> Self {
+        DeviceOptions {
+            telemetry_interval: Duration::from_secs(60),
+            keep_alive: 60,
+            token_ttl: Duration::from_secs(3600),
+            renew_before: Duration::from_secs(300),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            jitter: 0.5,
+            connect_timeout: Duration::from_secs(30),
+            seed: 0,
+            bugs: BTreeSet::new(),
+        }
+    }
+}
+
+/// What the device did, for its own log (the hub's event log is the source of truth).
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum DeviceEvent {
+    Connecting { attempt: u32 },
+    Connected { session_present: bool },
+    ConnectFailed { reason: String },
+    Sent { seq: u64, pkid: u16, dup: bool },
+    Acked { seq: u64 },
+    C2d { topic: String },
+    Renewing,
+    Dropped { reason: String },
+    Backoff { attempt: u32, delay_ms: u64 },
+    Stopped,
+}
+
+/// Setup problems (a bad CA); everything after setup is the device's weather, not an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("the CA certificate cannot be used: {0}")]
+    Ca(String),
+    #[error("the gateway host name '{0}' is not valid for TLS")]
+    ServerName(String),
+}
+
+type Io = MqttIo<TlsStream<TcpStream>>;
+
+struct Inflight {
+    seq: u64,
+    publish: mq::Publish,
+}
+
+/// The device.
+pub struct Device {
+    conn: ConnectionString,
+    tls: Arc<ClientConfig>,
+    server_name: ServerName<'static>,
+    clock: DeviceClock,
+    opts: DeviceOptions,
+    events: Option<tokio::sync::mpsc::UnboundedSender<DeviceEvent>>,
+    // State that lives across connections.
+    rng: StdRng,
+    next_seq: u64,
+    next_pkid: u16,
+    inflight: BTreeMap<u16, Inflight>,
+    first_token: Option<(String, SystemTime)>,
+    subscribed_once: bool,
+}
+
+enum Ended {
+    Stopped,
+    Renew(Option<Fired>),
+    /// The connection is gone; the socket is still open so that the reconnect timer is armed before
+    /// the device closes it (the hub, on the shared clock, waits for that close).
+    Dropped(String, Option<Io>),
+}
+
+impl Device {
+    /// A device for `conn`, trusting `ca_pem`, on `clock`.
+    pub fn new(
+        conn: ConnectionString,
+        ca_pem: &str,
+        clock: DeviceClock,
+        opts: DeviceOptions,
+    ) -> Result<Device, DeviceError> {
+        let cas = fakehub::tls::certificates_from_pem(ca_pem)
+            .map_err(|e| DeviceError::Ca(e.to_string()))?;
+        if cas.is_empty() {
+            return Err(DeviceError::Ca("no certificate in the CA file".into()));
+        }
+        let tls = fakehub::tls::client_config_trusting(&cas)
+            .map_err(|e| DeviceError::Ca(e.to_string()))?;
+        let server_name = ServerName::try_from(conn.gateway_host.clone())
+            .map_err(|_| DeviceError::ServerName(conn.gateway_host.clone()))?;
+        Ok(Device {
+            rng: StdRng::seed_from_u64(opts.seed),
+            conn,
+            tls,
+            server_name,
+            clock,
+            opts,
+            events: None,
+            next_seq: 0,
+            next_pkid: 0,
+            inflight: BTreeMap::new(),
+            first_token: None,
+            subscribed_once: false,
+        })
+    }
+
+    /// Send what the device does to `tx`.
+    pub fn with_events(mut self, tx: tokio::sync::mpsc::UnboundedSender<DeviceEvent>) -> Self {
+        self.events = Some(tx);
+        self
+    }
+
+    fn has(&self, bug: Bug) -> bool {
+        self.opts.bugs.contains(&bug)
+    }
+
+    fn emit(&self, e: DeviceEvent) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(e);
+        }
+    }
+
+    /// The delay before reconnect attempt `attempt` (1 = the first retry).
+    pub fn backoff(&mut self, attempt: u32) -> Duration {
+        if self.has(Bug::NoBackoff) {
+            return Duration::ZERO;
+        }
+        let exp = attempt.saturating_sub(1).min(30);
+        let base = self
+            .opts
+            .backoff_initial
+            .saturating_mul(1u32 << exp)
+            .min(self.opts.backoff_max);
+        if self.has(Bug::NoJitter) || self.opts.jitter <= 0.0 {
+            return base;
+        }
+        let factor = 1.0 - self.opts.jitter.min(1.0) * self.rng.random::<f64>();
+        base.mul_f64(factor)
+    }
+
+    fn token(&mut self) -> (String, SystemTime) {
+        if self.has(Bug::StaleToken) {
+            if let Some(t) = &self.first_token {
+                return t.clone();
+            }
+        }
+        // `se` is whole seconds: round to the nearest, so the token lives its TTL ± 0.5 s.
+        let expiry = SystemTime::UNIX_EPOCH
+            + Duration::from_secs_f64(unix_f64(self.clock.now() + self.opts.token_ttl).round());
+        let resource = sas::resource_uri(
+            &self.conn.host_name,
+            &self.conn.identity.device_id,
+            self.conn.identity.module_id.as_deref(),
+        );
+        // The key was checked when the device was made: a failure here means no usable key, and
+        // the hub will refuse the empty token, which is the honest outcome.
+        let token =
+            sas::mint(&resource, &self.conn.shared_access_key, None, expiry).unwrap_or_default();
+        let t = (token, expiry);
+        self.first_token.get_or_insert(t.clone());
+        t
+    }
+
+    fn keep_alive(&self) -> u16 {
+        if self.has(Bug::HugeKeepalive) {
+            3600
+        } else {
+            self.opts.keep_alive
+        }
+    }
+
+    /// Run until `stop` is cancelled.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut attempt: u32 = 0;
+        let mut held: Option<Fired> = None;
+        loop {
+            if stop.is_cancelled() {
+                break;
+            }
+            self.emit(DeviceEvent::Connecting { attempt });
+            let (token, expiry) = self.token();
+            let connected = tokio::select! {
+                _ = stop.cancelled() => break,
+                r = self.connect(&token) => r,
+            };
+            let (io, session_present) = match connected {
+                Ok(c) => c,
+                Err((reason, io)) => {
+                    self.emit(DeviceEvent::ConnectFailed { reason });
+                    attempt += 1;
+                    // The retry timer is armed before the guard of this attempt is released.
+                    match self.wait_backoff(attempt, io, held.take(), &stop).await {
+                        Some(guard) => held = guard,
+                        None => break,
+                    }
+                    continue;
+                }
+            };
+            attempt = 0;
+            let ended = self
+                .session(io, session_present, expiry, &mut held, &stop)
+                .await;
+            drop(held.take());
+            match ended {
+                Ended::Stopped => break,
+                Ended::Renew(guard) => {
+                    // Reconnect at once with a fresh token, still at the renewal instant.
+                    held = guard;
+                }
+                Ended::Dropped(reason, io) => {
+                    self.emit(DeviceEvent::Dropped { reason });
+                    if self.has(Bug::LoseInflight) {
+                        self.inflight.clear();
+                    }
+                    attempt += 1;
+                    match self.wait_backoff(attempt, io, None, &stop).await {
+                        Some(guard) => held = guard,
+                        None => break,
+                    }
+                }
+            }
+        }
+        self.emit(DeviceEvent::Stopped);
+    }
+
+    /// Wait out the backoff; `None` when stopped meanwhile. The guard (shared clock) holds a hub jump
+    /// at the retry instant until the retry is made.
+    async fn wait_backoff(
+        &mut self,
+        attempt: u32,
+        dead: Option<Io>,
+        held: Option<Fired>,
+        stop: &CancellationToken,
+    ) -> Option<Option<Fired>> {
+        let delay = self.backoff(attempt);
+        self.emit(DeviceEvent::Backoff {
+            attempt,
+            delay_ms: delay.as_millis() as u64,
+        });
+        let mut timer = self.clock.timer_in(delay);
+        // Timer armed: now let the old socket and the last instant go.
+        drop(dead);
+        drop(held);
+        if delay.is_zero() {
+            return Some(None);
+        }
+        tokio::select! {
+            _ = stop.cancelled() => None,
+            g = timer.wait() => Some(g),
+        }
+    }
+
+    async fn connect(&mut self, token: &str) -> Result<(Io, bool), (String, Option<Io>)> {
+        let clock = self.clock.clone();
+        let timeout = clock.sleep(self.opts.connect_timeout);
+        let attempt = async {
+            let tcp = TcpStream::connect((self.conn.gateway_host.as_str(), self.conn.port))
+                .await
+                .map_err(|e| (format!("TCP connect: {e}"), None))?;
+            let _ = tcp.set_nodelay(true);
+            let tls = TlsConnector::from(self.tls.clone())
+                .connect(self.server_name.clone(), tcp)
+                .await
+                .map_err(|e| (format!("TLS: {e}"), None))?;
+            let mut io: Io = MqttIo::new(tls, usize::MAX);
+            let mut connect = mq::Connect::new(self.conn.identity.client_id());
+            connect.keep_alive = self.keep_alive();
+            connect.clean_session = false;
+            let user = match &self.conn.identity.module_id {
+                Some(m) => format!("{}/{}/{m}/?api-version=2021-04-12&DeviceClientType=fakehub-sample-device%2F0.1", self.conn.host_name, self.conn.identity.device_id),
+                None => format!("{}/{}/?api-version=2021-04-12&DeviceClientType=fakehub-sample-device%2F0.1", self.conn.host_name, self.conn.identity.device_id),
+            };
+            connect.login = Some(mq::Login::new(user, token));
+            if let Err(e) = io.write_packet(&mq::Packet::Connect(connect)).await {
+                return Err((format!("CONNECT: {e}"), Some(io)));
+            }
+            match io.read_packet().await {
+                Ok(mq::Packet::ConnAck(ack)) if ack.code == mq::ConnectReturnCode::Success => {
+                    Ok((io, ack.session_present))
+                }
+                Ok(mq::Packet::ConnAck(ack)) => Err((format!("CONNACK {:?}", ack.code), Some(io))),
+                Ok(other) => Err((format!("expected CONNACK, got {other:?}"), Some(io))),
+                Err(e) => Err((format!("waiting for CONNACK: {e}"), Some(io))),
+            }
+        };
+        tokio::select! {
+            r = attempt => r,
+            _ = timeout => Err(("no CONNACK in time".to_owned(), None)),
+        }
+    }
+
+    fn alloc_pkid(&mut self) -> u16 {
+        loop {
+            self.next_pkid = self.next_pkid.wrapping_add(1);
+            if self.next_pkid != 0 && !self.inflight.contains_key(&self.next_pkid) {
+                return self.next_pkid;
+            }
+        }
+    }
+
+    fn telemetry_topic(&self, seq: u64) -> String {
+        let mut bag = PropertyBag::default();
+        bag.system.insert("mid".into(), format!("seq-{seq}"));
+        bag.system.insert("ct".into(), "application/json".into());
+        bag.system.insert("ce".into(), "utf-8".into());
+        bag.application.insert("seq".into(), seq.to_string());
+        format!(
+            "{}/{}",
+            fakehub::iothub::topics::telemetry_prefix(&self.conn.identity),
+            bag.encode()
+        )
+    }
+
+    fn subscribe_filter(&self) -> String {
+        match &self.conn.identity.module_id {
+            Some(m) => format!(
+                "devices/{}/modules/{m}/inputs/#",
+                self.conn.identity.device_id
+            ),
+            None => format!(
+                "{}/#",
+                fakehub::iothub::topics::devicebound_prefix(&self.conn.identity.device_id)
+            ),
+        }
+    }
+
+    async fn session(
+        &mut self,
+        mut io: Io,
+        session_present: bool,
+        expiry: SystemTime,
+        held: &mut Option<Fired>,
+        stop: &CancellationToken,
+    ) -> Ended {
+        if let Err(e) = self.start_session(&mut io).await {
+            return Ended::Dropped(e, Some(io));
+        }
+        // Timers are registered before the guard of the last one is dropped, so a jump can't skip them.
+        let renews = !self.has(Bug::NoTokenRenewal) && !self.has(Bug::StaleToken);
+        let mut renew = renews.then(|| self.clock.timer(expiry - self.opts.renew_before));
+        let mut telemetry = self.clock.timer_in(self.opts.telemetry_interval);
+        // Keep-alive pings follow monotonic time, like the hub's idle timer: a jump is not idleness.
+        let ping_every = Duration::from_secs(self.keep_alive() as u64);
+        let clock = self.clock.clone();
+        let ping = clock.sleep(ping_every);
+        tokio::pin!(ping);
+        // Connected: subscribed, resent, and every timer armed.
+        self.emit(DeviceEvent::Connected { session_present });
+        drop(held.take());
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    if self.has(Bug::NoDisconnect) {
+                        close(io).await;
+                    } else {
+                        disconnect(io).await;
+                    }
+                    return Ended::Stopped;
+                }
+                guard = async { match renew.as_mut() { Some(t) => t.wait().await, None => std::future::pending().await } } => {
+                    self.emit(DeviceEvent::Renewing);
+                    disconnect(io).await;
+                    return Ended::Renew(guard);
+                }
+                guard = telemetry.wait() => {
+                    let seq = self.next_seq;
+                    self.next_seq += 1;
+                    let pkid = self.alloc_pkid();
+                    let mut p = mq::Publish::new(self.telemetry_topic(seq), QoS::AtLeastOnce, format!("{{\"seq\":{seq}}}").into_bytes());
+                    p.pkid = pkid;
+                    let sent = io.write_packet(&mq::Packet::Publish(p.clone())).await;
+                    self.inflight.insert(pkid, Inflight { seq, publish: p });
+                    telemetry = self.clock.timer_in(self.opts.telemetry_interval);
+                    ping.set(clock.sleep(ping_every));
+                    drop(guard);
+                    if let Err(e) = sent {
+                        return Ended::Dropped(format!("send failed: {e}"), Some(io));
+                    }
+                    self.emit(DeviceEvent::Sent { seq, pkid, dup: false });
+                }
+                _ = &mut ping => {
+                    let sent = io.write_packet(&mq::Packet::PingReq).await;
+                    ping.set(clock.sleep(ping_every));
+                    if let Err(e) = sent {
+                        return Ended::Dropped(format!("ping failed: {e}"), Some(io));
+                    }
+                }
+                read = io.read_packet() => match read {
+                    Ok(mq::Packet::PubAck(ack)) => {
+                        if let Some(m) = self.inflight.remove(&ack.pkid) {
+                            self.emit(DeviceEvent::Acked { seq: m.seq });
+                        }
+                    }
+                    Ok(other) => {
+                        if let Err(e) = self.handle(&mut io, other).await {
+                            return Ended::Dropped(e, Some(io));
+                        }
+                    }
+                    Err(ReadError::Eof) => return Ended::Dropped("the hub closed the connection".into(), Some(io)),
+                    Err(e) => return Ended::Dropped(e.to_string(), Some(io)),
+                },
+            }
+        }
+    }
+
+    /// A packet outside the session loop's own business: acknowledgements and C2D messages.
+    async fn handle(&mut self, io: &mut Io, packet: mq::Packet) -> Result<(), String> {
+        match packet {
+            mq::Packet::PubAck(ack) => {
+                if let Some(m) = self.inflight.remove(&ack.pkid) {
+                    self.emit(DeviceEvent::Acked { seq: m.seq });
+                }
+            }
+            mq::Packet::Publish(p) => {
+                if p.qos == QoS::AtLeastOnce {
+                    io.write_packet(&mq::Packet::PubAck(mq::PubAck::new(p.pkid)))
+                        .await
+                        .map_err(|e| format!("PUBACK failed: {e}"))?;
+                }
+                self.emit(DeviceEvent::C2d { topic: p.topic });
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// After CONNACK: restore the subscription (and wait for its SUBACK), then resend what was never
+    /// acknowledged.
+    async fn start_session(&mut self, io: &mut Io) -> Result<(), String> {
+        if !self.subscribed_once || !self.has(Bug::NoResubscribe) {
+            let pkid = self.alloc_pkid();
+            let mut sub = mq::Subscribe::new(self.subscribe_filter(), QoS::AtLeastOnce);
+            sub.pkid = pkid;
+            io.write_packet(&mq::Packet::Subscribe(sub))
+                .await
+                .map_err(|e| format!("SUBSCRIBE: {e}"))?;
+            self.subscribed_once = true;
+            let clock = self.clock.clone();
+            let timeout = clock.sleep(self.opts.connect_timeout);
+            tokio::pin!(timeout);
+            loop {
+                let packet = tokio::select! {
+                    p = io.read_packet() => p.map_err(|e| format!("waiting for SUBACK: {e}"))?,
+                    _ = &mut timeout => return Err("no SUBACK in time".into()),
+                };
+                match packet {
+                    mq::Packet::SubAck(ack) if ack.pkid == pkid => break,
+                    other => self.handle(io, other).await?,
+                }
+            }
+        }
+        let resend: Vec<(u64, mq::Publish)> = self
+            .inflight
+            .values()
+            .map(|m| {
+                let mut p = m.publish.clone();
+                p.dup = true;
+                (m.seq, p)
+            })
+            .collect();
+        for (seq, p) in resend {
+            let pkid = p.pkid;
+            io.write_packet(&mq::Packet::Publish(p))
+                .await
+                .map_err(|e| format!("resend: {e}"))?;
+            self.emit(DeviceEvent::Sent {
+                seq,
+                pkid,
+                dup: true,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A graceful end: DISCONNECT, close our side, and wait (briefly) for the hub to close its side, so
+/// nothing the hub was still sending meets a closed socket (which would reset the connection).
+async fn disconnect(mut io: Io) {
+    use tokio::io::AsyncWriteExt;
+    let _ = io.write_packet(&mq::Packet::Disconnect).await;
+    let _ = tokio::time::timeout(Duration::from_millis(500), io.get_mut().shutdown()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while io.read_packet().await.is_ok() {}
+    })
+    .await;
+}
+
+async fn close(io: Io) {
+    use tokio::io::AsyncWriteExt;
+    let mut tls = io.into_inner();
+    let _ = tokio::time::timeout(Duration::from_millis(500), tls.shutdown()).await;
+}
+
+fn unix_f64(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(bugs: &[Bug]) -> Device {
+        let hub_certs = fakehub::tls::HubCertificates::generate("h.example").unwrap();
+        let conn = ConnectionString::parse("HostName=h.example;DeviceId=d;SharedAccessKey=a2V5a2V5a2V5;GatewayHostName=localhost:1").unwrap();
+        let opts = DeviceOptions {
+            bugs: bugs.iter().copied().collect(),
+            seed: 7,
+            ..Default::default()
+        };
+        Device::new(conn, &hub_certs.ca_pem(), DeviceClock::Real, opts).unwrap()
+    }
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let mut d = device(&[]);
+        let delays: Vec<Duration> = (1..=10).map(|a| d.backoff(a)).collect();
+        for (i, delay) in delays.iter().enumerate() {
+            let base = Duration::from_secs(1 << i.min(6)).min(Duration::from_secs(60));
+            assert!(
+                *delay <= base && *delay > base / 2,
+                "attempt {}: {delay:?} vs {base:?}",
+                i + 1
+            );
+        }
+        let mut plain = device(&[Bug::NoJitter]);
+        assert_eq!(plain.backoff(3), Duration::from_secs(4));
+        assert_eq!(plain.backoff(20), Duration::from_secs(60));
+        assert_eq!(device(&[Bug::NoBackoff]).backoff(5), Duration::ZERO);
+    }
+
+    #[test]
+    fn bug_names_parse() {
+        for (name, bug) in Bug::ALL {
+            assert_eq!(name.parse::<Bug>().unwrap(), bug);
+        }
+        assert!("no-such-bug".parse::<Bug>().unwrap_err().contains("known:"));
+    }
+}

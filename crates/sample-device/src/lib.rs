@@ -1,0 +1,9 @@
+//! The sample device: a well-behaved reference IoT Hub device with switchable bugs, used in-process
+//! (with the hub's shared clock) and as the `sample-device` binary (the scenario runner's default
+//! device under test).
+
+pub mod connection_string;
+pub mod device;
+
+pub use connection_string::ConnectionString;
+pub use device::{Bug, Device, DeviceError, DeviceEvent, DeviceOptions};
