@@ -261,6 +261,17 @@ pub struct Event {
     pub kind: EventKind,
 }
 
+/// When an event happened: now, or at a deadline that fired (so the stamp does not depend on how
+/// quickly the task that handles the deadline got to run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stamp {
+    Now,
+    /// A virtual wall-time deadline.
+    Wall(SystemTime),
+    /// A virtual elapsed-time deadline (keep-alive).
+    Elapsed(Duration),
+}
+
 /// Who an event is about.
 #[derive(Debug, Clone, Default)]
 pub struct Subject {
@@ -329,13 +340,30 @@ impl EventLog {
 
     /// Append an event stamped with the clock's current readings.
     pub fn emit(&self, subject: &Subject, kind: EventKind) -> Arc<Event> {
-        self.emit_at(subject, kind, self.inner.clock.now())
+        self.emit_stamped(subject, kind, Stamp::Now)
     }
 
-    /// Append an event that happened at virtual wall time `time` (a deadline that fired: its records
-    /// carry the deadline, not the moment the task got to run).
+    /// Append an event that happened at virtual wall time `time` (a wall deadline that fired: its
+    /// records carry the deadline, not the moment the task got to run).
     pub fn emit_at(&self, subject: &Subject, kind: EventKind, time: SystemTime) -> Arc<Event> {
-        let elapsed = self.inner.clock.elapsed();
+        self.emit_stamped(subject, kind, Stamp::Wall(time))
+    }
+
+    /// Append an event with an explicit stamp.
+    pub fn emit_stamped(&self, subject: &Subject, kind: EventKind, stamp: Stamp) -> Arc<Event> {
+        let now = self.inner.clock.now();
+        let elapsed_now = self.inner.clock.elapsed();
+        let (time, elapsed) = match stamp {
+            Stamp::Now => (now, elapsed_now),
+            Stamp::Wall(t) => {
+                let late = now.duration_since(t).unwrap_or_default();
+                (t, elapsed_now.saturating_sub(late))
+            }
+            Stamp::Elapsed(deadline) => {
+                let late = elapsed_now.saturating_sub(deadline);
+                (now - late, deadline.min(elapsed_now))
+            }
+        };
         let mut s = self.lock();
         let event = Arc::new(Event {
             seq: s.events.len() as u64,

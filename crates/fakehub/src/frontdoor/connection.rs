@@ -15,7 +15,7 @@ use super::codec::{MqttIo, ReadError};
 use super::{Control, Registration, Shared, WireClose};
 use crate::clock::Fired;
 use crate::core::CoreSession;
-use crate::events::{CloseCause, CloseHow, Closer, Direction, EventKind, Subject};
+use crate::events::{CloseCause, CloseHow, Closer, Direction, EventKind, Stamp, Subject};
 use crate::iothub::properties::PropertyBag;
 use crate::iothub::topics::{self, DevicePublish};
 use crate::registry::IdentityRef;
@@ -30,6 +30,8 @@ struct Ending {
     detail: Option<String>,
     /// For hub-side closes: what to do to the socket.
     wire: Option<WireClose>,
+    /// When it happened, for ends caused by a deadline.
+    at: Stamp,
 }
 
 impl Ending {
@@ -40,6 +42,7 @@ impl Ending {
             cause,
             detail: Some(detail.into()),
             wire: Some(wire),
+            at: Stamp::Now,
         }
     }
 
@@ -62,6 +65,7 @@ impl Ending {
             cause: CloseCause::DeviceClosed,
             detail: Some(detail),
             wire: None,
+            at: Stamp::Now,
         };
         match e {
             ReadError::Eof => device(CloseHow::Fin, e.to_string()),
@@ -143,6 +147,7 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: u6
                 cause: CloseCause::TlsFailed,
                 detail: Some(format!("TLS handshake failed: {e}")),
                 wire: None,
+                at: Stamp::Now,
             };
             return closed(&subject, ending);
         }
@@ -324,6 +329,7 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: u6
             cause: CloseCause::DeviceClosed,
             detail: Some(format!("CONNACK could not be written: {e}")),
             wire: None,
+            at: Stamp::Now,
         };
         return closed(&subject, ending);
     }
@@ -362,17 +368,15 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: u6
     }
     core.close().await;
     shared.sessions.unregister(&client_id, conn);
+    let at = ending.at;
     let kind = EventKind::Closed {
         by: ending.by,
         how: ending.how,
         cause: ending.cause,
         detail: ending.detail,
     };
-    match &fired {
-        Some(f) => shared.events.emit_at(&subject, kind, f.at),
-        None => shared.events.emit(&subject, kind),
-    };
-    shared.sessions.set_connected(false);
+    shared.events.emit_stamped(&subject, kind, at);
+    shared.sessions.set_connected_at(false, at);
     // Only now may a successor open its core session: this one is closed in the router.
     drop(registration);
     drop(fired);
@@ -467,13 +471,17 @@ impl Session {
                         humantime::format_rfc3339_seconds(fired.at - self.shared.config.token_grace),
                         self.shared.config.token_grace,
                     );
-                    return (Ending::hub(WireClose::Fin, CloseCause::TokenExpired, detail), Some(fired));
+                    let ending = Ending { at: Stamp::Wall(fired.at), ..Ending::hub(WireClose::Fin, CloseCause::TokenExpired, detail) };
+                    return (ending, Some(fired));
                 }
                 _ = clock.sleep_until_elapsed(idle_deadline) => {
-                    Step::End(Ending::hub_timeout(
-                        CloseCause::KeepAliveTimeout,
-                        format!("no packet from the device for {:?}", self.keepalive_window),
-                    ))
+                    Step::End(Ending {
+                        at: Stamp::Elapsed(idle_deadline),
+                        ..Ending::hub_timeout(
+                            CloseCause::KeepAliveTimeout,
+                            format!("no packet from the device for {:?}", self.keepalive_window),
+                        )
+                    })
                 }
                 read = self.io.read_packet() => match read {
                     Ok(packet) => {
@@ -521,6 +529,7 @@ impl Session {
                 cause: CloseCause::DeviceDisconnect,
                 detail: None,
                 wire: None,
+                at: Stamp::Now,
             };
         }
         Ending {
@@ -529,6 +538,7 @@ impl Session {
             cause: CloseCause::DeviceClosed,
             detail: Some(format!("write failed: {e}")),
             wire: None,
+            at: Stamp::Now,
         }
     }
 
@@ -636,6 +646,7 @@ impl Session {
                     detail: None,
                     // The device closes its side; the hub closes its own without more ado.
                     wire: Some(WireClose::Fin),
+                    at: Stamp::Now,
                 }));
             }
             other => {

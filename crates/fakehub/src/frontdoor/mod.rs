@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::VirtualClock;
 use crate::core::Core;
-use crate::events::{CloseCause, CloseHow, EventKind, EventLog, Subject};
+use crate::events::{CloseCause, CloseHow, EventKind, EventLog, Stamp, Subject};
 use crate::registry::Registry;
 
 /// Front-door settings.
@@ -225,6 +225,11 @@ impl SessionTable {
 
     /// Count a connection as connected (after CONNACK 0) or no longer connected.
     pub fn set_connected(&self, up: bool) {
+        self.set_connected_at(up, Stamp::Now)
+    }
+
+    /// The same, for a change caused by a deadline.
+    pub fn set_connected_at(&self, up: bool, at: Stamp) {
         let mut s = self.lock();
         if up {
             s.connected += 1;
@@ -233,8 +238,11 @@ impl SessionTable {
         }
         let count = s.connected;
         // Emitted under the table lock so the counts in the log are in order.
-        self.events
-            .emit(&Subject::default(), EventKind::ConnectedDevices { count });
+        self.events.emit_stamped(
+            &Subject::default(),
+            EventKind::ConnectedDevices { count },
+            at,
+        );
     }
 
     /// The number of connected identities.
