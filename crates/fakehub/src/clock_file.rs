@@ -60,9 +60,10 @@ impl ClockFile {
         from_unix(self.anchor_virtual_unix + (unix(real) - self.anchor_real_unix) * self.speed)
     }
 
-    /// The libfaketime `FAKETIME_TIMESTAMP_FILE` contents: a relative offset in seconds.
+    /// The libfaketime `FAKETIME_TIMESTAMP_FILE` contents: a signed offset in seconds on one line
+    /// (libfaketime 0.9.10 exits on an unsigned number; a leading space would reset it to 0).
     pub fn faketime_spec(&self) -> String {
-        format!("{:+.3}", self.anchor_virtual_unix - self.anchor_real_unix)
+        format!("{:+.6}\n", self.anchor_virtual_unix - self.anchor_real_unix)
     }
 
     /// Read a clock file.
@@ -142,7 +143,7 @@ mod tests {
         let skew = unix(f.virtual_at(SystemTime::now())) - unix(clock.now());
         assert!(skew.abs() < 0.1, "{skew}");
         let spec = std::fs::read_to_string(&ft).unwrap();
-        let offset: f64 = spec.parse().unwrap();
+        let offset: f64 = spec.trim().parse().unwrap();
         assert!((offset - 3600.0).abs() < 1.0, "{spec}");
     }
 }
