@@ -168,7 +168,7 @@ enum Ended {
     Renew(Option<Fired>),
     /// The connection is gone; the socket is still open so that the reconnect timer is armed before
     /// the device closes it (the hub, on the shared clock, waits for that close).
-    Dropped(String, Option<Io>),
+    Dropped(String, Option<Box<Io>>),
 }
 
 impl Device {
@@ -313,7 +313,10 @@ impl Device {
                         self.inflight.clear();
                     }
                     attempt += 1;
-                    match self.wait_backoff(attempt, io, None, &stop).await {
+                    match self
+                        .wait_backoff(attempt, io.map(|b| *b), None, &stop)
+                        .await
+                    {
                         Some(guard) => held = guard,
                         None => break,
                     }
@@ -433,7 +436,7 @@ impl Device {
         stop: &CancellationToken,
     ) -> Ended {
         if let Err(e) = self.start_session(&mut io).await {
-            return Ended::Dropped(e, Some(io));
+            return Ended::Dropped(e, Some(Box::new(io)));
         }
         // Timers are registered before the guard of the last one is dropped, so a jump can't skip them.
         let renews = !self.has(Bug::NoTokenRenewal) && !self.has(Bug::StaleToken);
@@ -474,7 +477,7 @@ impl Device {
                     ping.set(clock.sleep(ping_every));
                     drop(guard);
                     if let Err(e) = sent {
-                        return Ended::Dropped(format!("send failed: {e}"), Some(io));
+                        return Ended::Dropped(format!("send failed: {e}"), Some(Box::new(io)));
                     }
                     self.emit(DeviceEvent::Sent { seq, pkid, dup: false });
                 }
@@ -482,7 +485,7 @@ impl Device {
                     let sent = io.write_packet(&mq::Packet::PingReq).await;
                     ping.set(clock.sleep(ping_every));
                     if let Err(e) = sent {
-                        return Ended::Dropped(format!("ping failed: {e}"), Some(io));
+                        return Ended::Dropped(format!("ping failed: {e}"), Some(Box::new(io)));
                     }
                 }
                 read = io.read_packet() => match read {
@@ -493,11 +496,11 @@ impl Device {
                     }
                     Ok(other) => {
                         if let Err(e) = self.handle(&mut io, other).await {
-                            return Ended::Dropped(e, Some(io));
+                            return Ended::Dropped(e, Some(Box::new(io)));
                         }
                     }
-                    Err(ReadError::Eof) => return Ended::Dropped("the hub closed the connection".into(), Some(io)),
-                    Err(e) => return Ended::Dropped(e.to_string(), Some(io)),
+                    Err(ReadError::Eof) => return Ended::Dropped("the hub closed the connection".into(), Some(Box::new(io))),
+                    Err(e) => return Ended::Dropped(e.to_string(), Some(Box::new(io))),
                 },
             }
         }
