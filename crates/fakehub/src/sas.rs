@@ -198,6 +198,26 @@ pub fn mint(
     Ok(token)
 }
 
+/// Mint a token for an identity that expires `ttl` after the device's own clock says now (in-process
+/// devices on the hub's shared clock get tokens that expire in virtual time). `se` is rounded to the
+/// nearest second.
+pub fn mint_for(
+    clock: &crate::clock::DeviceClock,
+    host_name: &str,
+    who: &crate::registry::IdentityRef,
+    key_b64: &str,
+    ttl: Duration,
+) -> Result<(String, SystemTime), SasError> {
+    let at = (clock.now() + ttl)
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| SasError::Malformed("se"))?
+        .as_secs_f64()
+        .round();
+    let expiry = UNIX_EPOCH + Duration::from_secs(at as u64);
+    let resource = resource_uri(host_name, &who.device_id, who.module_id.as_deref());
+    Ok((mint(&resource, key_b64, None, expiry)?, expiry))
+}
+
 /// A fresh random symmetric key (32 bytes, base64), as the hub generates for new identities.
 pub fn generate_key() -> String {
     B64.encode(rand::random::<[u8; 32]>())

@@ -244,19 +244,16 @@ impl Device {
                 return t.clone();
             }
         }
-        // `se` is whole seconds: round to the nearest, so the token lives its TTL ± 0.5 s.
-        let expiry = SystemTime::UNIX_EPOCH
-            + Duration::from_secs_f64(unix_f64(self.clock.now() + self.opts.token_ttl).round());
-        let resource = sas::resource_uri(
-            &self.conn.host_name,
-            &self.conn.identity.device_id,
-            self.conn.identity.module_id.as_deref(),
-        );
         // The key was checked when the device was made: a failure here means no usable key, and
         // the hub will refuse the empty token, which is the honest outcome.
-        let token =
-            sas::mint(&resource, &self.conn.shared_access_key, None, expiry).unwrap_or_default();
-        let t = (token, expiry);
+        let t = sas::mint_for(
+            &self.clock,
+            &self.conn.host_name,
+            &self.conn.identity,
+            &self.conn.shared_access_key,
+            self.opts.token_ttl,
+        )
+        .unwrap_or_else(|_| (String::new(), self.clock.now()));
         self.first_token.get_or_insert(t.clone());
         t
     }
