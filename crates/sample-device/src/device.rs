@@ -591,12 +591,6 @@ async fn close(io: Io) {
     let _ = tokio::time::timeout(Duration::from_millis(500), tls.shutdown()).await;
 }
 
-fn unix_f64(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
