@@ -446,3 +446,135 @@ async fn shutdown_closes_live_connections_and_writes_the_output_files() {
     assert_eq!(recs.len(), 2);
     assert_eq!(recs[1].code(), Some(404104));
 }
+
+#[tokio::test]
+async fn hub_limits_subscriptions_size_retain_and_qos() {
+    let hub = hub_with(&["d"]).await;
+    let who = device("d");
+    // Five filters (all of a device's documented ones, one repeated as a sixth is not possible), so
+    // count distinct filters: five allowed, a sixth distinct one closes the connection.
+    let allowed = [
+        "devices/d/messages/devicebound/#",
+        "$iothub/twin/res/#",
+        "$iothub/twin/PATCH/properties/desired/#",
+        "$iothub/methods/POST/#",
+    ];
+    let (mut c, _) = RawClient::connect_as(&hub, &who, false, 60).await.unwrap();
+    let mut sub = mq::Subscribe::new(allowed[0], QoS::ExactlyOnce);
+    for f in &allowed[1..] {
+        sub.add(f.to_string(), QoS::AtLeastOnce);
+    }
+    sub.pkid = 1;
+    c.send(&Packet::Subscribe(sub)).await.unwrap();
+    match c.recv(T).await {
+        Received::Packet(Packet::SubAck(s)) => {
+            // QoS 2 is granted as QoS 1.
+            assert_eq!(
+                s.return_codes[0],
+                mq::SubscribeReasonCode::Success(QoS::AtLeastOnce)
+            );
+            assert_eq!(s.return_codes.len(), 4);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The same filters again do not count twice, and survive a reconnect with CleanSession=0.
+    c.reset();
+    closed_of(&hub, "d").await;
+    let (mut c, _) = RawClient::connect_as(&hub, &who, false, 60).await.unwrap();
+    let mut again = mq::Subscribe::new(allowed[1], QoS::AtLeastOnce);
+    again.pkid = 2;
+    c.send(&Packet::Subscribe(again)).await.unwrap();
+    assert!(matches!(
+        c.recv(T).await,
+        Received::Packet(Packet::SubAck(_))
+    ));
+    // RETAIN becomes the mqtt-retain property; the message is still acknowledged.
+    let mut p = mq::Publish::new(
+        "devices/d/messages/events/",
+        QoS::AtLeastOnce,
+        b"r".to_vec(),
+    );
+    p.pkid = 3;
+    p.retain = true;
+    c.send(&Packet::Publish(p)).await.unwrap();
+    assert!(matches!(
+        c.recv(T).await,
+        Received::Packet(Packet::PubAck(_))
+    ));
+    let retained = hub
+        .events()
+        .snapshot()
+        .into_iter()
+        .find_map(|e| match &e.kind {
+            EventKind::Publish {
+                retain: true,
+                properties,
+                ..
+            } => Some(properties.clone()),
+            _ => None,
+        });
+    assert_eq!(
+        retained
+            .unwrap()
+            .application
+            .get("mqtt-retain")
+            .map(String::as_str),
+        Some("true")
+    );
+    // 256 KiB of telemetry is fine; one byte more closes the connection.
+    c.publish(
+        "devices/d/messages/events/",
+        QoS::AtLeastOnce,
+        4,
+        &vec![0u8; 256 * 1024],
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        c.recv(T).await,
+        Received::Packet(Packet::PubAck(_))
+    ));
+    c.publish(
+        "devices/d/messages/events/",
+        QoS::AtLeastOnce,
+        5,
+        &vec![0u8; 256 * 1024 + 1],
+    )
+    .await
+    .unwrap();
+    assert!(matches!(c.recv(T).await, Received::Closed));
+    hub.shutdown().await.unwrap();
+
+    // A module has one more filter to spend: five distinct are fine, the sixth is not.
+    let hub = Hub::builder()
+        .device("m")
+        .module("m", "edge")
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let who = fakehub::IdentityRef {
+        device_id: "m".into(),
+        module_id: Some("edge".into()),
+    };
+    let (mut c, _) = RawClient::connect_as(&hub, &who, true, 60).await.unwrap();
+    let filters = [
+        "devices/m/modules/edge/inputs/#",
+        "devices/m/modules/edge/#",
+        "$iothub/twin/res/#",
+        "$iothub/twin/PATCH/properties/desired/#",
+        "$iothub/methods/POST/#",
+    ];
+    for (i, f) in filters.iter().enumerate() {
+        let mut s = mq::Subscribe::new(*f, QoS::AtLeastOnce);
+        s.pkid = i as u16 + 1;
+        c.send(&Packet::Subscribe(s)).await.unwrap();
+        assert!(
+            matches!(c.recv(T).await, Received::Packet(Packet::SubAck(_))),
+            "filter {f}"
+        );
+    }
+    assert_eq!(hub.connected_count(), 1, "five subscriptions are allowed");
+    hub.shutdown().await.unwrap();
+}

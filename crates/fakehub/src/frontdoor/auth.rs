@@ -63,9 +63,10 @@ impl Claims {
     }
 }
 
-/// Decide a CONNECT.
+/// Decide a CONNECT. `peer_certs` is the client certificate chain presented in TLS (X.509 devices).
 pub fn authenticate(
     connect: &mq::Connect,
+    peer_certs: &[tokio_rustls::rustls::pki_types::CertificateDer<'static>],
     host_name: &str,
     registry: &Registry,
     now: SystemTime,
@@ -222,6 +223,7 @@ mod tests {
         let user = format!("{HOST}/d1/?api-version=2021-04-12");
         let ok = authenticate(
             &connect("d1", &user, &token(&res, &dk, None, 3600)),
+            &[],
             HOST,
             &reg,
             now(),
@@ -231,6 +233,7 @@ mod tests {
         assert_eq!(ok.token_expiry, Some(now() + Duration::from_secs(3600)));
         authenticate(
             &connect("d1", &user, &token(&res, &pk, Some("device"), 3600)),
+            &[],
             HOST,
             &reg,
             now(),
@@ -238,6 +241,7 @@ mod tests {
         .unwrap();
         let r = authenticate(
             &connect("d1", &user, &token(&res, &pk, Some("registryRead"), 3600)),
+            &[],
             HOST,
             &reg,
             now(),
@@ -253,6 +257,7 @@ mod tests {
         let user = format!("{HOST}/d1/edge/?api-version=2021-04-12");
         let ok = authenticate(
             &connect("d1/edge", &user, &token(&res, &dk, None, 60)),
+            &[],
             HOST,
             &reg,
             now(),
@@ -262,7 +267,9 @@ mod tests {
         // A device-scoped token does not cover a module.
         let dev_res = sas::resource_uri(HOST, "d1", None);
         let dev_tok = token(&format!("{dev_res}x"), &dk, None, 60);
-        assert!(authenticate(&connect("d1/edge", &user, &dev_tok), HOST, &reg, now()).is_err());
+        assert!(
+            authenticate(&connect("d1/edge", &user, &dev_tok), &[], HOST, &reg, now()).is_err()
+        );
     }
 
     #[test]
@@ -282,7 +289,7 @@ mod tests {
             mq::Connect::new("d1"),
         ];
         for c in cases {
-            let r = authenticate(&c, HOST, &reg, now()).unwrap_err();
+            let r = authenticate(&c, &[], HOST, &reg, now()).unwrap_err();
             assert_eq!(
                 r.connack,
                 mq::ConnectReturnCode::NotAuthorized,
@@ -295,6 +302,7 @@ mod tests {
         // Within the 5-minute skew an expired token still connects.
         authenticate(
             &connect("d1", &user, &token(&res, &dk, None, -299)),
+            &[],
             HOST,
             &reg,
             now(),
@@ -319,6 +327,7 @@ mod tests {
                 &format!("{HOST}/d1/?api-version=x"),
                 &token(&res, &dk, None, 60),
             ),
+            &[],
             HOST,
             &reg,
             now(),

@@ -8,6 +8,7 @@ use rumqttc::mqttbytes::v4 as mq;
 use rumqttc::mqttbytes::QoS;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls::pki_types::CertificateDer;
 use tokio_rustls::server::TlsStream;
 
 use super::auth::{self, Claims};
@@ -167,6 +168,13 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: u6
         .unwrap_or("unknown")
         .to_owned();
     events.emit(&subject, EventKind::Tls { version });
+    // Client certificates (X.509 devices), as presented; auth decides what they prove.
+    let peer_certs: Vec<CertificateDer<'static>> = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default();
     let mut io: Io = MqttIo::new(tls, shared.config.max_packet_size);
 
     // The first packet must be a CONNECT, within the connect timeout.
@@ -253,33 +261,38 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: u6
         },
     );
     let now = shared.clock.now();
-    let authenticated =
-        match auth::authenticate(&connect, &shared.config.host_name, &shared.registry, now) {
-            Ok(a) => a,
-            Err(refusal) => {
-                let code = refusal.connack as u8;
-                let _ = io
-                    .write_packet(&mq::Packet::ConnAck(mq::ConnAck::new(
-                        refusal.connack,
-                        false,
-                    )))
-                    .await;
-                events.emit(
-                    &subject,
-                    EventKind::Connack {
-                        code,
-                        session_present: false,
-                        result: Some(refusal.result),
-                        reason: Some(refusal.reason.clone()),
-                    },
-                );
-                close_wire(io, WireClose::Fin).await;
-                return closed(
-                    &subject,
-                    Ending::hub(WireClose::Fin, CloseCause::Refused, refusal.reason),
-                );
-            }
-        };
+    let authenticated = match auth::authenticate(
+        &connect,
+        &peer_certs,
+        &shared.config.host_name,
+        &shared.registry,
+        now,
+    ) {
+        Ok(a) => a,
+        Err(refusal) => {
+            let code = refusal.connack as u8;
+            let _ = io
+                .write_packet(&mq::Packet::ConnAck(mq::ConnAck::new(
+                    refusal.connack,
+                    false,
+                )))
+                .await;
+            events.emit(
+                &subject,
+                EventKind::Connack {
+                    code,
+                    session_present: false,
+                    result: Some(refusal.result),
+                    reason: Some(refusal.reason.clone()),
+                },
+            );
+            close_wire(io, WireClose::Fin).await;
+            return closed(
+                &subject,
+                Ending::hub(WireClose::Fin, CloseCause::Refused, refusal.reason),
+            );
+        }
+    };
     let who = authenticated.identity.clone();
     subject = subject_for(conn, Some(&who));
     let client_id = who.client_id();
@@ -352,6 +365,9 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: u6
         core,
         keepalive_window: keepalive_window(connect.keep_alive, shared.config.keepalive_cap),
         last_inbound: shared.clock.elapsed(),
+        subscriptions: shared
+            .sessions
+            .subscriptions(&client_id, connect.clean_session),
     };
     let expiry = authenticated
         .token_expiry
@@ -360,7 +376,15 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: u6
 
     // Close the wire, end the core session (saved for CleanSession=0), then record it. The token
     // expiry guard is held until the records are written, so a jump stamps them at the deadline.
-    let Session { io, core, .. } = session;
+    let Session {
+        io,
+        core,
+        subscriptions,
+        ..
+    } = session;
+    shared
+        .sessions
+        .keep_subscriptions(&client_id, subscriptions);
     if let Some(wire) = ending.wire {
         close_wire(io, wire).await;
     } else {
@@ -424,7 +448,14 @@ struct Session {
     keepalive_window: Duration,
     /// Virtual elapsed time of the last packet from the device.
     last_inbound: Duration,
+    /// The session's subscriptions (kept across connections with CleanSession=0, like the core).
+    subscriptions: std::collections::BTreeSet<String>,
 }
+
+/// IoT Hub lets a device hold at most this many subscriptions.
+pub const MAX_SUBSCRIPTIONS: usize = 5;
+/// The largest device-to-cloud message IoT Hub accepts.
+pub const MAX_TELEMETRY_BYTES: usize = 256 * 1024;
 
 enum Step {
     Continue,
@@ -585,6 +616,12 @@ impl Session {
                 if let Err(e) = classified {
                     return Err(Ending::violation(e.to_string()));
                 }
+                if p.payload.len() > MAX_TELEMETRY_BYTES {
+                    return Err(Ending::violation(format!(
+                        "a {}-byte message is over IoT Hub's {MAX_TELEMETRY_BYTES}-byte limit",
+                        p.payload.len()
+                    )));
+                }
                 p.retain = false;
                 self.core.publish(&p).await.map_err(core_gone)?;
             }
@@ -616,6 +653,13 @@ impl Session {
                         f.qos
                     };
                     filters.push((f.path.clone(), qos));
+                    self.subscriptions.insert(f.path.clone());
+                }
+                if self.subscriptions.len() > MAX_SUBSCRIPTIONS {
+                    return Err(Ending::violation(format!(
+                        "{} subscriptions: IoT Hub allows {MAX_SUBSCRIPTIONS}",
+                        self.subscriptions.len()
+                    )));
                 }
                 self.core
                     .subscribe(s.pkid, &filters)
@@ -627,6 +671,9 @@ impl Session {
                     pkid: u.pkid,
                     filters: u.topics.clone(),
                 });
+                for f in &u.topics {
+                    self.subscriptions.remove(f);
+                }
                 self.core
                     .unsubscribe(u.pkid, &u.topics)
                     .await

@@ -133,6 +133,8 @@ struct LiveEntry {
 struct TableState {
     live: HashMap<String, LiveEntry>,
     connected: usize,
+    /// Subscriptions of CleanSession=0 sessions between connections, by client id.
+    subscriptions: HashMap<String, std::collections::BTreeSet<String>>,
 }
 
 /// Live sessions by client id, and the connected-devices count.
@@ -159,6 +161,7 @@ impl SessionTable {
             state: Mutex::new(TableState {
                 live: HashMap::new(),
                 connected: 0,
+                subscriptions: HashMap::new(),
             }),
             events,
         }
@@ -243,6 +246,27 @@ impl SessionTable {
             EventKind::ConnectedDevices { count },
             at,
         );
+    }
+
+    /// The subscriptions a new connection starts with: the saved ones, or none (and forget them) for
+    /// CleanSession=1.
+    pub fn subscriptions(
+        &self,
+        client_id: &str,
+        clean: bool,
+    ) -> std::collections::BTreeSet<String> {
+        let mut s = self.lock();
+        if clean {
+            s.subscriptions.remove(client_id);
+            Default::default()
+        } else {
+            s.subscriptions.get(client_id).cloned().unwrap_or_default()
+        }
+    }
+
+    /// Save a session's subscriptions when its connection ends.
+    pub fn keep_subscriptions(&self, client_id: &str, subs: std::collections::BTreeSet<String>) {
+        self.lock().subscriptions.insert(client_id.to_owned(), subs);
     }
 
     /// The number of connected identities.
