@@ -60,6 +60,7 @@ pub struct HubBuilder {
     certificates: Option<HubCertificates>,
     out_dir: Option<PathBuf>,
     core_limits: CoreLimits,
+    seed: u64,
 }
 
 impl Default for HubBuilder {
@@ -84,7 +85,14 @@ impl HubBuilder {
             certificates: None,
             out_dir: None,
             core_limits: CoreLimits::default(),
+            seed: 0,
         }
+    }
+
+    /// The run's seed: faults that pick a percentage of devices draw them with it.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
     }
 
     /// The IoT Hub host name devices put in their username and SAS audience.
@@ -301,6 +309,7 @@ impl Hub {
             events.clone(),
             core,
             tls,
+            b.seed,
         ));
         events.emit(
             &Subject::default(),
@@ -456,8 +465,15 @@ impl HubHandle {
                 wire,
                 cause,
                 detail: detail.to_owned(),
+                result: None,
             },
         )
+    }
+
+    /// Start a fault now (see [`crate::faults`]). It ends by itself after its duration, or when
+    /// the returned handle's `end` is called.
+    pub fn inject(&self, fault: crate::faults::Fault) -> crate::faults::FaultHandle {
+        crate::faults::inject(&self.shared, fault)
     }
 
     /// Stop: no new connections, every connection closed, every task ended, the port freed and the

@@ -19,6 +19,7 @@ pub mod clock;
 pub mod clock_file;
 pub mod core;
 pub mod events;
+pub mod faults;
 pub mod frontdoor;
 mod hub;
 pub mod iothub;

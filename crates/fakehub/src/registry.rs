@@ -90,6 +90,16 @@ impl IdentityRef {
     }
 }
 
+impl IdentityRef {
+    /// The identity of a client id: `device` or `device/module`.
+    pub fn from_client_id(client_id: &str) -> IdentityRef {
+        match client_id.split_once('/') {
+            Some((d, m)) => IdentityRef { device_id: d.to_owned(), module_id: Some(m.to_owned()) },
+            None => IdentityRef { device_id: client_id.to_owned(), module_id: None },
+        }
+    }
+}
+
 impl std::fmt::Display for IdentityRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.client_id())
@@ -137,6 +147,17 @@ impl Registry {
     /// A policy by name.
     pub fn policy(&self, name: &str) -> Option<Policy> {
         self.read().policies.get(name).cloned()
+    }
+
+    /// Every client id (devices, then `device/module` for their modules), in order.
+    pub fn client_ids(&self) -> Vec<String> {
+        let data = self.read();
+        let mut out = Vec::new();
+        for d in data.devices.values() {
+            out.push(d.id.clone());
+            out.extend(d.modules.keys().map(|m| format!("{}/{m}", d.id)));
+        }
+        out
     }
 
     /// Every device id, in order.

@@ -54,6 +54,7 @@ async fn closed(hub: &HubHandle, conn: u64) -> (Closer, CloseHow, CloseCause, St
             how,
             cause,
             detail,
+            ..
         } => (*by, *how, *cause, detail.clone().unwrap_or_default()),
         _ => unreachable!(),
     }

@@ -72,6 +72,14 @@ pub enum CloseCause {
     CoreClosed,
 }
 
+/// Whether a fault started or ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultAction {
+    Started,
+    Ended,
+}
+
 /// Direction of a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -176,13 +184,30 @@ pub enum EventKind {
     Pingresp,
     /// The device sent DISCONNECT.
     DisconnectPacket,
-    /// The connection ended.
+    /// The connection ended. `result` is the IoT Hub code the hub logs for a fault-caused end
+    /// (e.g. 429001, 500008), when it is not the plain 404104.
     Closed {
         by: Closer,
         how: CloseHow,
         cause: CloseCause,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         detail: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<u32>,
+    },
+    /// A fault started or ended.
+    Fault {
+        id: u64,
+        action: FaultAction,
+        fault: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<serde_json::Value>,
+    },
+    /// A packet the hub withheld because of a fault.
+    Withheld {
+        packet: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pkid: Option<u16>,
     },
     /// The number of connected (CONNACK 0, not yet closed) identities changed.
     ConnectedDevices {

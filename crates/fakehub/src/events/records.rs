@@ -112,13 +112,16 @@ pub fn describe(code: u32) -> (&'static str, &'static str) {
     }
 }
 
-/// The codes the hub logs when a connection ends for `cause`, in order. Empty for a graceful end.
-pub fn close_codes(cause: CloseCause) -> &'static [u32] {
-    match cause {
-        CloseCause::DeviceDisconnect => &[],
-        CloseCause::TokenExpired => &[401003, 404104],
-        CloseCause::Takeover => &[400027],
-        _ => &[404104],
+/// The codes the hub logs when a connected session ends for `cause` (with a fault's `result`
+/// code, if any), in order. Empty for a graceful end. A hub-side reason is logged first, then the
+/// 404104 the device's side of the close produces, as for token expiry (research §2.1).
+pub fn close_codes(cause: CloseCause, result: Option<u32>) -> Vec<u32> {
+    match (cause, result) {
+        (CloseCause::DeviceDisconnect, _) => vec![],
+        (CloseCause::Takeover, _) => vec![400027],
+        (CloseCause::TokenExpired, _) => vec![401003, 404104],
+        (_, Some(code)) if code != 404104 => vec![code, 404104],
+        _ => vec![404104],
     }
 }
 
@@ -196,15 +199,23 @@ impl RecordDeriver {
                 let code = result.unwrap_or(401003);
                 vec![self.record(event, "deviceConnect", Some(code), reason.as_deref())]
             }
-            EventKind::Closed { cause, detail, .. } => {
+            EventKind::Closed { cause, detail, result, .. } => {
                 let Some(info) = self.conns.remove(&conn) else {
                     return Vec::new();
                 };
                 if !info.connected {
+                    // A CONNECT the hub never answered (outage, withheld CONNACK, throttling):
+                    // a failed connect attempt with the fault's code.
+                    if let (Some(code), Some(_)) = (result, &event.device) {
+                        self.conns.insert(conn, info);
+                        let r = self.record(event, "deviceConnect", Some(*code), detail.as_deref());
+                        self.conns.remove(&conn);
+                        return vec![r];
+                    }
                     return Vec::new();
                 }
                 self.conns.insert(conn, info);
-                let codes = close_codes(*cause);
+                let codes = close_codes(*cause, *result);
                 let out = if codes.is_empty() {
                     vec![self.record(event, "deviceDisconnect", None, None)]
                 } else {
@@ -347,6 +358,7 @@ mod tests {
                     how: CloseHow::Fin,
                     cause: close,
                     detail: Some("token expired".into()),
+                    result: None,
                 },
             ),
         ];
@@ -436,6 +448,7 @@ mod tests {
                     how: CloseHow::Fin,
                     cause: CloseCause::Refused,
                     detail: None,
+                    result: None,
                 },
             ),
         ];

@@ -14,6 +14,7 @@ use tokio_rustls::server::TlsStream;
 use super::auth::{self, Claims};
 use super::codec::{MqttIo, ReadError};
 use super::{Control, Registration, Shared, WireClose};
+use crate::faults::{ConnectVerdict, Effects};
 use crate::clock::Fired;
 use crate::core::CoreSession;
 use crate::events::{CloseCause, CloseHow, Closer, Direction, EventKind, Stamp, Subject};
@@ -33,6 +34,8 @@ struct Ending {
     wire: Option<WireClose>,
     /// When it happened, for ends caused by a deadline.
     at: Stamp,
+    /// The IoT Hub code a fault-caused end logs, beyond the plain 404104.
+    result: Option<u32>,
 }
 
 impl Ending {
@@ -44,6 +47,7 @@ impl Ending {
             detail: Some(detail.into()),
             wire: Some(wire),
             at: Stamp::Now,
+            result: None,
         }
     }
 
@@ -67,6 +71,7 @@ impl Ending {
             detail: Some(detail),
             wire: None,
             at: Stamp::Now,
+            result: None,
         };
         match e {
             ReadError::Eof => device(CloseHow::Fin, e.to_string()),
@@ -126,6 +131,7 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: u6
                 how: e.how,
                 cause: e.cause,
                 detail: e.detail,
+                result: e.result,
             },
         );
     };
@@ -149,6 +155,7 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: u6
                 detail: Some(format!("TLS handshake failed: {e}")),
                 wire: None,
                 at: Stamp::Now,
+            result: None,
             };
             return closed(&subject, ending);
         }
@@ -260,7 +267,56 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: u6
             will: connect.last_will.is_some(),
         },
     );
-    let now = shared.clock.now();
+    // Faults that act on a CONNECT: outage, connack, throttle.
+    let claimed = claims
+        .username
+        .as_ref()
+        .map(|u| u.identity.client_id())
+        .unwrap_or_else(|| connect.client_id.clone());
+    match shared.faults.on_connect(&claimed, shared.clock.elapsed()) {
+        ConnectVerdict::Proceed => {}
+        ConnectVerdict::Delay(d) => {
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => {
+                    close_wire(io, WireClose::Fin).await;
+                    return closed(&subject, Ending::hub(WireClose::Fin, CloseCause::HubShutdown, "hub shutting down"));
+                }
+                _ = shared.clock.sleep(d) => {}
+            }
+        }
+        ConnectVerdict::Refuse { code, result, reason } => {
+            let rc = connack_code(code);
+            let _ = io.write_packet(&mq::Packet::ConnAck(mq::ConnAck::new(rc, false))).await;
+            events.emit(
+                &subject,
+                EventKind::Connack { code, session_present: false, result: Some(result), reason: Some(reason.clone()) },
+            );
+            close_wire(io, WireClose::Fin).await;
+            return closed(&subject, Ending::hub(WireClose::Fin, CloseCause::Fault, reason));
+        }
+        ConnectVerdict::Hang { result, reason } => {
+            // Never answer: hold the connection until the device gives up (or the hub stops).
+            let ending = tokio::select! {
+                _ = shared.shutdown.cancelled() => Ending::hub(WireClose::Fin, CloseCause::HubShutdown, "hub shutting down"),
+                how = async { loop { if let Err(e) = io.read_packet().await { return Ending::from_read(e).how; } } } => Ending {
+                    by: Closer::Device,
+                    how,
+                    cause: CloseCause::Fault,
+                    detail: Some(reason),
+                    wire: None,
+                    at: Stamp::Now,
+                    result: Some(result),
+                },
+            };
+            if let Some(wire) = ending.wire {
+                close_wire(io, wire).await;
+            }
+            return closed(&subject, ending);
+        }
+    }
+    // A device whose clock is behind mints tokens that expire earlier in hub time.
+    let skew = shared.faults.clock_skew(&claimed).unwrap_or_default();
+    let now = shared.clock.now() + skew;
     let authenticated = match auth::authenticate(
         &connect,
         &peer_certs,
@@ -343,6 +399,7 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: u6
             detail: Some(format!("CONNACK could not be written: {e}")),
             wire: None,
             at: Stamp::Now,
+            result: None,
         };
         return closed(&subject, ending);
     }
@@ -368,10 +425,13 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: u6
         subscriptions: shared
             .sessions
             .subscriptions(&client_id, connect.clean_session),
+        client_id: client_id.clone(),
+        effects: shared.faults.effects(&client_id),
+        awaiting_ack: Default::default(),
     };
     let expiry = authenticated
         .token_expiry
-        .map(|se| se + shared.config.token_grace);
+        .map(|se| se - skew + shared.config.token_grace);
     let (ending, fired) = session.serve(&mut registration, expiry).await;
 
     // Close the wire, end the core session (saved for CleanSession=0), then record it. The token
@@ -398,12 +458,24 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: u6
         how: ending.how,
         cause: ending.cause,
         detail: ending.detail,
+        result: ending.result,
     };
     shared.events.emit_stamped(&subject, kind, at);
     shared.sessions.set_connected_at(false, at);
     // Only now may a successor open its core session: this one is closed in the router.
     drop(registration);
     drop(fired);
+}
+
+fn connack_code(code: u8) -> mq::ConnectReturnCode {
+    match code {
+        0 => mq::ConnectReturnCode::Success,
+        1 => mq::ConnectReturnCode::RefusedProtocolVersion,
+        2 => mq::ConnectReturnCode::BadClientId,
+        3 => mq::ConnectReturnCode::ServiceUnavailable,
+        4 => mq::ConnectReturnCode::BadUserNamePassword,
+        _ => mq::ConnectReturnCode::NotAuthorized,
+    }
 }
 
 /// `min(1.5 × keep-alive, cap)`; a keep-alive of 0 leaves only the cap.
@@ -450,6 +522,11 @@ struct Session {
     last_inbound: Duration,
     /// The session's subscriptions (kept across connections with CleanSession=0, like the core).
     subscriptions: std::collections::BTreeSet<String>,
+    client_id: String,
+    /// What the active faults do to this session's packets.
+    effects: Effects,
+    /// Topics of the device's QoS 1 publishes awaiting their PUBACK (for `drop_puback`).
+    awaiting_ack: std::collections::HashMap<u16, String>,
 }
 
 /// IoT Hub lets a device hold at most this many subscriptions.
@@ -480,15 +557,20 @@ impl Session {
             }
         };
         tokio::pin!(token_deadline);
+        let mut fault_changes = self.shared.faults.watch();
+        fault_changes.borrow_and_update();
         loop {
             let idle_deadline = self.last_inbound + self.keepalive_window;
+            let blackhole = self.effects.blackhole;
             let step = tokio::select! {
                 biased;
                 _ = self.shared.shutdown.cancelled() => {
                     Step::End(Ending::hub(WireClose::Fin, CloseCause::HubShutdown, "hub shutting down"))
                 }
                 cmd = registration.control.recv() => match cmd {
-                    Some(Control::Close { wire, cause, detail }) => Step::End(Ending::hub(wire, cause, detail)),
+                    Some(Control::Close { wire, cause, detail, result }) => {
+                        Step::End(Ending { result, ..Ending::hub(wire, cause, detail) })
+                    }
                     // The table dropped this connection's entry: a newer one replaced it.
                     None => Step::End(Ending::hub(
                         WireClose::Fin,
@@ -514,14 +596,23 @@ impl Session {
                         )
                     })
                 }
-                read = self.io.read_packet() => match read {
+                // A fault started or ended: recompute what it does to this session.
+                _ = fault_changes.changed() => {
+                    self.effects = self.shared.faults.effects(&self.client_id);
+                    Step::Continue
+                }
+                // A blackhole neither reads nor writes: only the timers above can end it.
+                read = self.io.read_packet(), if !blackhole => match read {
                     Ok(packet) => {
                         self.last_inbound = clock.elapsed();
+                        if !self.effects.latency_in.is_zero() {
+                            clock.sleep(self.effects.latency_in).await;
+                        }
                         self.inbound(packet).await
                     }
                     Err(e) => Step::End(Ending::from_read(e)),
                 },
-                out = self.core.next() => match out {
+                out = self.core.next(), if !blackhole => match out {
                     Ok(packet) => self.outbound(packet).await,
                     Err(e) => Step::End(Ending::hub(WireClose::Fin, CloseCause::CoreClosed, e.to_string())),
                 },
@@ -561,6 +652,7 @@ impl Session {
                 detail: None,
                 wire: None,
                 at: Stamp::Now,
+            result: None,
             };
         }
         Ending {
@@ -570,6 +662,7 @@ impl Session {
             detail: Some(format!("write failed: {e}")),
             wire: None,
             at: Stamp::Now,
+            result: None,
         }
     }
 
@@ -613,9 +706,10 @@ impl Session {
                         "QoS 2 PUBLISH: IoT Hub closes the connection",
                     ));
                 }
-                if let Err(e) = classified {
-                    return Err(Ending::violation(e.to_string()));
-                }
+                let classified_ok = match classified {
+                    Err(e) => return Err(Ending::violation(e.to_string())),
+                    ok => ok,
+                };
                 if p.payload.len() > MAX_TELEMETRY_BYTES {
                     return Err(Ending::violation(format!(
                         "a {}-byte message is over IoT Hub's {MAX_TELEMETRY_BYTES}-byte limit",
@@ -623,6 +717,14 @@ impl Session {
                     )));
                 }
                 p.retain = false;
+                if let Ok(DevicePublish::Telemetry(bag)) = &classified_ok {
+                    if let Some(step) = self.inband_fault(bag, &p) {
+                        return Ok(step);
+                    }
+                }
+                if p.qos == QoS::AtLeastOnce {
+                    self.awaiting_ack.insert(p.pkid, p.topic.clone());
+                }
                 self.core.publish(&p).await.map_err(core_gone)?;
             }
             mq::Packet::PubAck(ack) => {
@@ -681,8 +783,12 @@ impl Session {
             }
             mq::Packet::PingReq => {
                 self.emit(EventKind::Ping);
-                self.write(&mq::Packet::PingResp).await?;
-                self.emit(EventKind::Pingresp);
+                if self.effects.drop_pingresp {
+                    self.emit(EventKind::Withheld { packet: "pingresp".into(), pkid: None });
+                } else {
+                    self.write(&mq::Packet::PingResp).await?;
+                    self.emit(EventKind::Pingresp);
+                }
             }
             mq::Packet::Disconnect => {
                 self.emit(EventKind::DisconnectPacket);
@@ -694,6 +800,7 @@ impl Session {
                     // The device closes its side; the hub closes its own without more ado.
                     wire: Some(WireClose::Fin),
                     at: Stamp::Now,
+            result: None,
                 }));
             }
             other => {
@@ -704,6 +811,44 @@ impl Session {
             }
         }
         Ok(Step::Continue)
+    }
+
+    /// IoT Hub's in-band fault injection (research §7): a telemetry message whose properties ask for
+    /// a fault is not acknowledged; the fault hits this connection after `…DelayInSecs`, and for
+    /// throttling, quota and auth faults new CONNECTs are refused for `…DurationInSecs`. A resent
+    /// trigger (same message id) is an ordinary message.
+    fn inband_fault(&mut self, bag: &PropertyBag, p: &mq::Publish) -> Option<Step> {
+        let op = bag.application.get("AzIoTHub_FaultOperationType")?;
+        let key = bag
+            .message_id()
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("{}:{}", p.topic, p.payload.len()));
+        let fresh = self
+            .shared
+            .inband_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((self.client_id.clone(), key));
+        if !fresh {
+            return None;
+        }
+        let secs = |name: &str| {
+            bag.application
+                .get(name)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .map(Duration::from_secs_f64)
+                .unwrap_or_default()
+        };
+        let fault = crate::faults::InbandFault {
+            op: op.clone(),
+            delay: secs("AzIoTHub_FaultOperationDelayInSecs"),
+            duration: secs("AzIoTHub_FaultOperationDurationInSecs"),
+            client_id: self.client_id.clone(),
+        };
+        crate::faults::start_inband(&self.shared, fault);
+        // Not forwarded: the trigger gets no PUBACK.
+        Some(Step::Continue)
     }
 
     async fn outbound(&mut self, packet: mq::Packet) -> Step {
@@ -744,6 +889,20 @@ impl Session {
             mq::Packet::UnsubAck(u) => EventKind::Unsuback { pkid: u.pkid },
             _ => return Step::Continue,
         };
+        if let mq::Packet::PubAck(a) = &packet {
+            let topic = self.awaiting_ack.remove(&a.pkid).unwrap_or_default();
+            if self.shared.faults.drop_puback(&self.client_id, &topic) {
+                self.emit(EventKind::Withheld { packet: "puback".into(), pkid: Some(a.pkid) });
+                return Step::Continue;
+            }
+        }
+        let mut delay = self.effects.latency_out;
+        if let (mq::Packet::SubAck(_), Some(d)) = (&packet, self.effects.delay_suback) {
+            delay += d;
+        }
+        if !delay.is_zero() {
+            self.shared.clock.sleep(delay).await;
+        }
         if let Err(ending) = self.write(&packet).await {
             return Step::End(ending);
         }

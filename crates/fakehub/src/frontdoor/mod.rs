@@ -58,6 +58,8 @@ pub enum Control {
         wire: WireClose,
         cause: CloseCause,
         detail: String,
+        /// The IoT Hub code to log beyond 404104 (a fault's), if any.
+        result: Option<u32>,
     },
 }
 
@@ -72,6 +74,11 @@ pub struct Shared {
     pub sessions: SessionTable,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
+    pub faults: crate::faults::FaultTable,
+    /// The run's seed (fault selection by percentage).
+    pub seed: u64,
+    /// In-band fault triggers already applied, by client id (a resent trigger is not applied twice).
+    pub inband_seen: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
     next_conn: AtomicU64,
 }
 
@@ -83,8 +90,12 @@ impl Shared {
         events: EventLog,
         core: Core,
         tls: TlsAcceptor,
+        seed: u64,
     ) -> Self {
         Shared {
+            faults: Default::default(),
+            seed,
+            inband_seen: Default::default(),
             config,
             registry,
             clock,
@@ -109,6 +120,10 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         match accepted {
             Ok((tcp, peer)) => {
                 let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+                if shared.faults.refuse_tcp() {
+                    refuse(&shared, tcp, peer, id);
+                    continue;
+                }
                 let task_shared = shared.clone();
                 shared
                     .tasks
@@ -121,6 +136,27 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             }
         }
     }
+}
+
+/// An outage that refuses TCP: reset the connection before anything is read from it.
+fn refuse(shared: &Shared, tcp: tokio::net::TcpStream, peer: std::net::SocketAddr, id: u64) {
+    let subject = Subject {
+        conn: Some(id),
+        ..Default::default()
+    };
+    shared.events.emit(&subject, EventKind::Accepted { peer });
+    let _ = tcp.set_zero_linger();
+    drop(tcp);
+    shared.events.emit(
+        &subject,
+        EventKind::Closed {
+            by: crate::events::Closer::Hub,
+            how: CloseHow::Rst,
+            cause: CloseCause::Fault,
+            detail: Some("outage: the hub refuses connections".into()),
+            result: None,
+        },
+    );
 }
 
 /// A live (authenticated) connection in the table.
@@ -187,6 +223,7 @@ impl SessionTable {
                             detail: format!(
                                 "a new connection ({conn}) authenticated as '{client_id}'"
                             ),
+                            result: None,
                         });
                         old.done.clone()
                     }
@@ -289,20 +326,14 @@ impl SessionTable {
             .is_some_and(|e| e.control.send(cmd).is_ok())
     }
 
-    /// Close every live connection the same way; returns how many were told.
-    pub fn close_all(&self, wire: WireClose, cause: CloseCause, detail: &str) -> usize {
+    /// Send the same command to every live connection whose client id `pick`s; returns how many
+    /// were told.
+    pub fn control_where(&self, pick: impl Fn(&str) -> bool, cmd: &Control) -> usize {
         let s = self.lock();
         s.live
-            .values()
-            .filter(|e| {
-                e.control
-                    .send(Control::Close {
-                        wire,
-                        cause,
-                        detail: detail.to_owned(),
-                    })
-                    .is_ok()
-            })
+            .iter()
+            .filter(|(id, _)| pick(id))
+            .filter(|(_, e)| e.control.send(cmd.clone()).is_ok())
             .count()
     }
 }
