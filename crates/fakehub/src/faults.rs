@@ -679,10 +679,10 @@ mod tests {
     #[test]
     fn outage_and_connack_verdicts() {
         let t = FaultTable::default();
-        t.add(active(FaultKind::Outage { mode: OutageMode::Connack3 }, Selector::Ids(vec!["d1".into()])));
         let mut w = t.watch();
-        assert!(w.has_changed().unwrap());
         w.borrow_and_update();
+        t.add(active(FaultKind::Outage { mode: OutageMode::Connack3 }, Selector::Ids(vec!["d1".into()])));
+        assert!(w.has_changed().unwrap(), "sessions are woken by a change");
         assert!(matches!(t.on_connect("d1", Duration::ZERO), ConnectVerdict::Refuse { code: 3, result: 500001, .. }));
         assert_eq!(t.on_connect("d2", Duration::ZERO), ConnectVerdict::Proceed);
         assert!(t.take(1).is_some());
