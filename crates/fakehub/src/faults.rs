@@ -228,7 +228,9 @@ impl Matcher {
     pub(crate) fn matches(&self, client_id: &str) -> bool {
         match self {
             Matcher::All => true,
-            Matcher::Set(s) => s.contains(client_id) || client_id.split('/').next().is_some_and(|d| s.contains(d)),
+            Matcher::Set(s) => {
+                s.contains(client_id) || client_id.split('/').next().is_some_and(|d| s.contains(d))
+            }
             Matcher::Glob(g) => g.matches(client_id),
         }
     }
@@ -259,9 +261,16 @@ pub struct Effects {
 pub enum ConnectVerdict {
     Proceed,
     /// Answer with this CONNACK code after closing is decided; `result` for the record.
-    Refuse { code: u8, result: u32, reason: String },
+    Refuse {
+        code: u8,
+        result: u32,
+        reason: String,
+    },
     /// Never answer; when the connection ends, record `result`.
-    Hang { result: u32, reason: String },
+    Hang {
+        result: u32,
+        reason: String,
+    },
     /// Answer later.
     Delay(Duration),
 }
@@ -314,7 +323,10 @@ impl FaultTable {
         let i = a.iter().position(|f| f.id == id)?;
         let active = a.remove(i);
         drop(a);
-        self.throttle.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        self.throttle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
         self.generation.send_modify(|g| *g += 1);
         Some(active)
     }
@@ -326,9 +338,14 @@ impl FaultTable {
 
     /// Whether a new TCP connection must be refused.
     pub fn refuse_tcp(&self) -> bool {
-        self.lock()
-            .iter()
-            .any(|f| matches!(f.kind, FaultKind::Outage { mode: OutageMode::RefuseTcp }))
+        self.lock().iter().any(|f| {
+            matches!(
+                f.kind,
+                FaultKind::Outage {
+                    mode: OutageMode::RefuseTcp
+                }
+            )
+        })
     }
 
     /// The per-packet effects for a session.
@@ -354,14 +371,21 @@ impl FaultTable {
     /// Whether to withhold the PUBACK for a device publish on `topic` (and count it).
     pub fn drop_puback(&self, client_id: &str, topic: &str) -> bool {
         let mut drop_it = false;
-        for f in self.lock().iter_mut().filter(|f| f.matcher.matches(client_id)) {
-            let FaultKind::DropPuback(rule) = &f.kind else { continue };
+        for f in self
+            .lock()
+            .iter_mut()
+            .filter(|f| f.matcher.matches(client_id))
+        {
+            let FaultKind::DropPuback(rule) = &f.kind else {
+                continue;
+            };
             if rule.topic.as_deref().is_some_and(|t| !topic.contains(t)) {
                 continue;
             }
             let (seen, dropped) = f.counters.entry(client_id.to_owned()).or_default();
             *seen += 1;
-            let hit = rule.nth.is_none_or(|n| *seen == n) && rule.count.is_none_or(|c| *dropped < c);
+            let hit =
+                rule.nth.is_none_or(|n| *seen == n) && rule.count.is_none_or(|c| *dropped < c);
             if hit {
                 *dropped += 1;
                 drop_it = true;
@@ -372,10 +396,13 @@ impl FaultTable {
 
     /// How long the clock of `client_id` is behind the hub's (for token checks).
     pub fn clock_skew(&self, client_id: &str) -> Option<Duration> {
-        self.lock().iter().filter(|f| f.matcher.matches(client_id)).find_map(|f| match f.kind {
-            FaultKind::ClockSkew { behind } => Some(behind),
-            _ => None,
-        })
+        self.lock()
+            .iter()
+            .filter(|f| f.matcher.matches(client_id))
+            .find_map(|f| match f.kind {
+                FaultKind::ClockSkew { behind } => Some(behind),
+                _ => None,
+            })
     }
 
     /// What to do with a CONNECT from `client_id` arriving at virtual elapsed time `now`.
@@ -384,14 +411,18 @@ impl FaultTable {
         let mut delay = Duration::ZERO;
         for f in active.iter().filter(|f| f.matcher.matches(client_id)) {
             match &f.kind {
-                FaultKind::Outage { mode: OutageMode::Connack3 } => {
+                FaultKind::Outage {
+                    mode: OutageMode::Connack3,
+                } => {
                     return ConnectVerdict::Refuse {
                         code: 3,
                         result: 500001,
                         reason: "the hub is in an outage (server unavailable)".into(),
                     }
                 }
-                FaultKind::Outage { mode: OutageMode::Hang } => {
+                FaultKind::Outage {
+                    mode: OutageMode::Hang,
+                } => {
                     return ConnectVerdict::Hang {
                         result: 500008,
                         reason: "the hub is in an outage: the CONNECT timed out".into(),
@@ -420,7 +451,10 @@ impl FaultTable {
             .iter()
             .filter(|f| f.matcher.matches(client_id))
             .filter_map(|f| match f.kind {
-                FaultKind::Throttle { per_second, shaping } => Some((f.id, per_second.max(1), shaping)),
+                FaultKind::Throttle {
+                    per_second,
+                    shaping,
+                } => Some((f.id, per_second.max(1), shaping)),
                 _ => None,
             })
             .collect();
@@ -462,37 +496,69 @@ pub(crate) struct InbandFault {
 pub(crate) fn inject(shared: &Arc<Shared>, fault: Fault) -> FaultHandle {
     let id = shared.faults.next_id();
     let registered = shared.registry.client_ids();
-    let matcher = Matcher::resolve(&fault.devices, &registered, shared.seed ^ id.rotate_left(17));
+    let matcher = Matcher::resolve(
+        &fault.devices,
+        &registered,
+        shared.seed ^ id.rotate_left(17),
+    );
     let name = fault.kind.name();
     let detail = serde_json::to_value(&fault).ok();
     shared.events.emit(
         &Subject::default(),
-        EventKind::Fault { id, action: FaultAction::Started, fault: name.to_owned(), detail },
+        EventKind::Fault {
+            id,
+            action: FaultAction::Started,
+            fault: name.to_owned(),
+            detail,
+        },
     );
-    let hit: Vec<String> = registered.iter().filter(|c| matcher.matches(c)).cloned().collect();
+    let hit: Vec<String> = registered
+        .iter()
+        .filter(|c| matcher.matches(c))
+        .cloned()
+        .collect();
     let close = |wire: WireClose, cause: CloseCause| {
-        let cmd = Control::Close { wire, cause, detail: format!("fault {id} ({name})"), result: None };
+        let cmd = Control::Close {
+            wire,
+            cause,
+            detail: format!("fault {id} ({name})"),
+            result: None,
+        };
         shared.sessions.control_where(|c| matcher.matches(c), &cmd);
     };
     match &fault.kind {
         FaultKind::Reset => close(WireClose::Rst, CloseCause::Fault),
         FaultKind::Close => close(WireClose::Fin, CloseCause::Fault),
-        FaultKind::MassDrop { rst } => close(if *rst { WireClose::Rst } else { WireClose::Fin }, CloseCause::Fault),
+        FaultKind::MassDrop { rst } => close(
+            if *rst { WireClose::Rst } else { WireClose::Fin },
+            CloseCause::Fault,
+        ),
         FaultKind::Takeover => close(WireClose::Fin, CloseCause::Takeover),
         FaultKind::Disable => {
             for c in &hit {
-                shared.registry.update(&IdentityRef::from_client_id(c), |i| i.enabled = false);
+                shared
+                    .registry
+                    .update(&IdentityRef::from_client_id(c), |i| i.enabled = false);
             }
             close(WireClose::Fin, CloseCause::Fault);
         }
         FaultKind::RotateKey => {
             for c in &hit {
-                shared.registry.update(&IdentityRef::from_client_id(c), |i| i.keys = SymmetricKeys::generate());
+                shared
+                    .registry
+                    .update(&IdentityRef::from_client_id(c), |i| {
+                        i.keys = SymmetricKeys::generate()
+                    });
             }
         }
         _ => {}
     }
-    shared.faults.add(Active { id, kind: fault.kind.clone(), matcher, counters: HashMap::new() });
+    shared.faults.add(Active {
+        id,
+        kind: fault.kind.clone(),
+        matcher,
+        counters: HashMap::new(),
+    });
     if let Some(d) = fault.duration {
         let task_shared = shared.clone();
         let deadline = shared.clock.now() + d;
@@ -520,15 +586,29 @@ pub(crate) fn inject(shared: &Arc<Shared>, fault: Fault) -> FaultHandle {
 
 /// End a fault (once): undo what must be undone and record it.
 pub(crate) fn end(shared: &Shared, id: u64, at: Stamp) {
-    let Some(active) = shared.faults.take(id) else { return };
+    let Some(active) = shared.faults.take(id) else {
+        return;
+    };
     if matches!(active.kind, FaultKind::Disable) {
-        for c in shared.registry.client_ids().iter().filter(|c| active.matcher.matches(c)) {
-            shared.registry.update(&IdentityRef::from_client_id(c), |i| i.enabled = true);
+        for c in shared
+            .registry
+            .client_ids()
+            .iter()
+            .filter(|c| active.matcher.matches(c))
+        {
+            shared
+                .registry
+                .update(&IdentityRef::from_client_id(c), |i| i.enabled = true);
         }
     }
     shared.events.emit_stamped(
         &Subject::default(),
-        EventKind::Fault { id, action: FaultAction::Ended, fault: active.kind.name().to_owned(), detail: None },
+        EventKind::Fault {
+            id,
+            action: FaultAction::Ended,
+            fault: active.kind.name().to_owned(),
+            detail: None,
+        },
         at,
     );
 }
@@ -577,9 +657,17 @@ pub(crate) fn start_inband(shared: &Arc<Shared>, f: InbandFault) {
         task_shared.sessions.control(&f.client_id, cmd);
         let refusing = match refuse {
             Some((code, result)) if !f.duration.is_zero() => {
-                let kind = FaultKind::Connack(ConnackMode::Refuse { code, result: Some(result) });
+                let kind = FaultKind::Connack(ConnackMode::Refuse {
+                    code,
+                    result: Some(result),
+                });
                 let matcher = Matcher::Set([f.client_id.clone()].into_iter().collect());
-                task_shared.faults.add(Active { id, kind, matcher, counters: HashMap::new() });
+                task_shared.faults.add(Active {
+                    id,
+                    kind,
+                    matcher,
+                    counters: HashMap::new(),
+                });
                 true
             }
             _ => false,
@@ -598,7 +686,12 @@ pub(crate) fn start_inband(shared: &Arc<Shared>, f: InbandFault) {
         }
         task_shared.events.emit_stamped(
             &Subject::default(),
-            EventKind::Fault { id, action: FaultAction::Ended, fault: format!("inband:{}", f.op), detail: None },
+            EventKind::Fault {
+                id,
+                action: FaultAction::Ended,
+                fault: format!("inband:{}", f.op),
+                detail: None,
+            },
             Stamp::Wall(end_at),
         );
     });
@@ -613,7 +706,9 @@ pub struct FaultHandle {
 
 impl std::fmt::Debug for FaultHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FaultHandle").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("FaultHandle")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -635,7 +730,12 @@ mod tests {
 
     fn active(kind: FaultKind, selector: Selector) -> Active {
         let registered: Vec<String> = (0..10).map(|i| format!("d{i}")).collect();
-        Active { id: 1, kind, matcher: Matcher::resolve(&selector, &registered, 42), counters: HashMap::new() }
+        Active {
+            id: 1,
+            kind,
+            matcher: Matcher::resolve(&selector, &registered, 42),
+            counters: HashMap::new(),
+        }
     }
 
     #[test]
@@ -645,7 +745,10 @@ mod tests {
         let hit: Vec<&String> = reg.iter().filter(|d| m.matches(d)).collect();
         assert_eq!(hit.len(), 3);
         let again = Matcher::resolve(&Selector::Percent(30), &reg, 7);
-        assert!(reg.iter().all(|d| m.matches(d) == again.matches(d)), "same seed, same devices");
+        assert!(
+            reg.iter().all(|d| m.matches(d) == again.matches(d)),
+            "same seed, same devices"
+        );
         let g = Matcher::resolve(&Selector::Glob("sensor-?".into()), &reg, 0);
         assert!(g.matches("sensor-1") && !g.matches("sensor-10"));
         let ids = Matcher::resolve(&Selector::Ids(vec!["edge".into()]), &reg, 0);
@@ -655,25 +758,59 @@ mod tests {
     #[test]
     fn drop_puback_nth_topic_count() {
         let t = FaultTable::default();
-        t.add(active(FaultKind::DropPuback(DropPuback { nth: Some(2), topic: None, count: None }), Selector::All));
-        let drops: Vec<bool> = (0..4).map(|_| t.drop_puback("d1", "devices/d1/messages/events/")).collect();
+        t.add(active(
+            FaultKind::DropPuback(DropPuback {
+                nth: Some(2),
+                topic: None,
+                count: None,
+            }),
+            Selector::All,
+        ));
+        let drops: Vec<bool> = (0..4)
+            .map(|_| t.drop_puback("d1", "devices/d1/messages/events/"))
+            .collect();
         assert_eq!(drops, [false, true, false, false]);
         let t = FaultTable::default();
-        t.add(active(FaultKind::DropPuback(DropPuback { nth: None, topic: Some("seq=".into()), count: Some(2) }), Selector::All));
-        let drops: Vec<bool> = ["a", "x seq=1", "x seq=2", "x seq=3"].iter().map(|tp| t.drop_puback("d1", tp)).collect();
+        t.add(active(
+            FaultKind::DropPuback(DropPuback {
+                nth: None,
+                topic: Some("seq=".into()),
+                count: Some(2),
+            }),
+            Selector::All,
+        ));
+        let drops: Vec<bool> = ["a", "x seq=1", "x seq=2", "x seq=3"]
+            .iter()
+            .map(|tp| t.drop_puback("d1", tp))
+            .collect();
         assert_eq!(drops, [false, true, true, false]);
     }
 
     #[test]
     fn throttle_spaces_connections_then_refuses() {
         let t = FaultTable::default();
-        t.add(active(FaultKind::Throttle { per_second: 10, shaping: Duration::from_millis(250) }, Selector::All));
+        t.add(active(
+            FaultKind::Throttle {
+                per_second: 10,
+                shaping: Duration::from_millis(250),
+            },
+            Selector::All,
+        ));
         let now = Duration::from_secs(100);
         let verdicts: Vec<ConnectVerdict> = (0..5).map(|_| t.on_connect("d1", now)).collect();
         assert_eq!(verdicts[0], ConnectVerdict::Proceed);
-        assert_eq!(verdicts[1], ConnectVerdict::Delay(Duration::from_millis(100)));
-        assert_eq!(verdicts[2], ConnectVerdict::Delay(Duration::from_millis(200)));
-        assert!(matches!(verdicts[4], ConnectVerdict::Hang { result: 429002, .. }), "{verdicts:?}");
+        assert_eq!(
+            verdicts[1],
+            ConnectVerdict::Delay(Duration::from_millis(100))
+        );
+        assert_eq!(
+            verdicts[2],
+            ConnectVerdict::Delay(Duration::from_millis(200))
+        );
+        assert!(
+            matches!(verdicts[4], ConnectVerdict::Hang { result: 429002, .. }),
+            "{verdicts:?}"
+        );
     }
 
     #[test]
@@ -681,9 +818,21 @@ mod tests {
         let t = FaultTable::default();
         let mut w = t.watch();
         w.borrow_and_update();
-        t.add(active(FaultKind::Outage { mode: OutageMode::Connack3 }, Selector::Ids(vec!["d1".into()])));
+        t.add(active(
+            FaultKind::Outage {
+                mode: OutageMode::Connack3,
+            },
+            Selector::Ids(vec!["d1".into()]),
+        ));
         assert!(w.has_changed().unwrap(), "sessions are woken by a change");
-        assert!(matches!(t.on_connect("d1", Duration::ZERO), ConnectVerdict::Refuse { code: 3, result: 500001, .. }));
+        assert!(matches!(
+            t.on_connect("d1", Duration::ZERO),
+            ConnectVerdict::Refuse {
+                code: 3,
+                result: 500001,
+                ..
+            }
+        ));
         assert_eq!(t.on_connect("d2", Duration::ZERO), ConnectVerdict::Proceed);
         assert!(t.take(1).is_some());
         assert!(t.take(1).is_none());

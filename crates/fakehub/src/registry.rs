@@ -94,8 +94,14 @@ impl IdentityRef {
     /// The identity of a client id: `device` or `device/module`.
     pub fn from_client_id(client_id: &str) -> IdentityRef {
         match client_id.split_once('/') {
-            Some((d, m)) => IdentityRef { device_id: d.to_owned(), module_id: Some(m.to_owned()) },
-            None => IdentityRef { device_id: client_id.to_owned(), module_id: None },
+            Some((d, m)) => IdentityRef {
+                device_id: d.to_owned(),
+                module_id: Some(m.to_owned()),
+            },
+            None => IdentityRef {
+                device_id: client_id.to_owned(),
+                module_id: None,
+            },
         }
     }
 }

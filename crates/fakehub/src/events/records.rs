@@ -199,7 +199,12 @@ impl RecordDeriver {
                 let code = result.unwrap_or(401003);
                 vec![self.record(event, "deviceConnect", Some(code), reason.as_deref())]
             }
-            EventKind::Closed { cause, detail, result, .. } => {
+            EventKind::Closed {
+                cause,
+                detail,
+                result,
+                ..
+            } => {
                 let Some(info) = self.conns.remove(&conn) else {
                     return Vec::new();
                 };

@@ -14,10 +14,10 @@ use tokio_rustls::server::TlsStream;
 use super::auth::{self, Claims};
 use super::codec::{MqttIo, ReadError};
 use super::{Control, Registration, Shared, WireClose};
-use crate::faults::{ConnectVerdict, Effects};
 use crate::clock::Fired;
 use crate::core::CoreSession;
 use crate::events::{CloseCause, CloseHow, Closer, Direction, EventKind, Stamp, Subject};
+use crate::faults::{ConnectVerdict, Effects};
 use crate::iothub::properties::PropertyBag;
 use crate::iothub::topics::{self, DevicePublish};
 use crate::registry::IdentityRef;
@@ -94,25 +94,37 @@ fn subject_for(conn: u64, who: Option<&IdentityRef>) -> Subject {
     }
 }
 
-/// Close the socket the way `wire` says. Bounded: a peer that does not read cannot hold us.
+/// Close the socket the way `wire` says: see [`shut_wire`] and [`linger`].
 async fn close_wire(io: Io, wire: WireClose) {
+    let tls = shut_wire(io, wire).await;
+    linger(tls, wire).await;
+}
+
+/// The hub's side of a close. RST: zero linger, so the drop sends a reset and no close_notify. FIN:
+/// TLS close_notify and TCP FIN (bounded: a peer that does not read cannot hold us).
+async fn shut_wire(io: Io, wire: WireClose) -> TlsStream<TcpStream> {
     let mut tls = io.into_inner();
     match wire {
         WireClose::Rst => {
-            // Zero linger makes close() send RST and drop unsent data; no close_notify is sent.
             let _ = tls.get_ref().0.set_zero_linger();
         }
         WireClose::Fin => {
-            // close_notify + FIN, then wait (bounded) for the device to close its side. A device on
-            // the shared clock reacts to the close (e.g. arms its reconnect timer) before it closes,
-            // so a jump that made the hub close does not move on before the device has reacted.
-            let _ = tokio::time::timeout(Duration::from_millis(500), async {
-                let _ = tls.shutdown().await;
-                let mut sink = [0u8; 1024];
-                while matches!(tls.read(&mut sink).await, Ok(n) if n > 0) {}
-            })
-            .await;
+            let _ = tokio::time::timeout(Duration::from_millis(500), tls.shutdown()).await;
         }
+    }
+    tls
+}
+
+/// After a FIN, wait (bounded) for the device to close its side before letting go. A device on the
+/// shared clock reacts to the close (e.g. arms its reconnect timer) before it closes, so a jump that
+/// made the hub close does not move on before the device has reacted.
+async fn linger(mut tls: TlsStream<TcpStream>, wire: WireClose) {
+    if wire == WireClose::Fin {
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            let mut sink = [0u8; 1024];
+            while matches!(tls.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
     }
     drop(tls);
 }
@@ -155,7 +167,7 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: u6
                 detail: Some(format!("TLS handshake failed: {e}")),
                 wire: None,
                 at: Stamp::Now,
-            result: None,
+                result: None,
             };
             return closed(&subject, ending);
         }
@@ -284,15 +296,29 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: u6
                 _ = shared.clock.sleep(d) => {}
             }
         }
-        ConnectVerdict::Refuse { code, result, reason } => {
+        ConnectVerdict::Refuse {
+            code,
+            result,
+            reason,
+        } => {
             let rc = connack_code(code);
-            let _ = io.write_packet(&mq::Packet::ConnAck(mq::ConnAck::new(rc, false))).await;
+            let _ = io
+                .write_packet(&mq::Packet::ConnAck(mq::ConnAck::new(rc, false)))
+                .await;
             events.emit(
                 &subject,
-                EventKind::Connack { code, session_present: false, result: Some(result), reason: Some(reason.clone()) },
+                EventKind::Connack {
+                    code,
+                    session_present: false,
+                    result: Some(result),
+                    reason: Some(reason.clone()),
+                },
             );
             close_wire(io, WireClose::Fin).await;
-            return closed(&subject, Ending::hub(WireClose::Fin, CloseCause::Fault, reason));
+            return closed(
+                &subject,
+                Ending::hub(WireClose::Fin, CloseCause::Fault, reason),
+            );
         }
         ConnectVerdict::Hang { result, reason } => {
             // Never answer: hold the connection until the device gives up (or the hub stops).
@@ -445,13 +471,16 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: u6
     shared
         .sessions
         .keep_subscriptions(&client_id, subscriptions);
-    if let Some(wire) = ending.wire {
-        close_wire(io, wire).await;
-    } else {
-        drop(io);
-    }
-    core.close().await;
-    shared.sessions.unregister(&client_id, conn);
+    // The wire close, then the record of it (stamped when the hub closed, not when the device
+    // answered), then the wait for the device's side and the end of the core session.
+    let wire = ending.wire;
+    let shut = match wire {
+        Some(w) => Some((shut_wire(io, w).await, w)),
+        None => {
+            drop(io);
+            None
+        }
+    };
     let at = ending.at;
     let kind = EventKind::Closed {
         by: ending.by,
@@ -462,6 +491,11 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: u6
     };
     shared.events.emit_stamped(&subject, kind, at);
     shared.sessions.set_connected_at(false, at);
+    if let Some((tls, w)) = shut {
+        linger(tls, w).await;
+    }
+    core.close().await;
+    shared.sessions.unregister(&client_id, conn);
     // Only now may a successor open its core session: this one is closed in the router.
     drop(registration);
     drop(fired);
@@ -624,6 +658,9 @@ impl Session {
     }
 
     async fn write(&mut self, packet: &mq::Packet) -> Result<(), Ending> {
+        if !self.effects.latency_out.is_zero() {
+            self.shared.clock.sleep(self.effects.latency_out).await;
+        }
         match self.io.write_packet(packet).await {
             Ok(()) => Ok(()),
             Err(e) => Err(self.after_write_failure(e).await),
@@ -652,7 +689,7 @@ impl Session {
                 detail: None,
                 wire: None,
                 at: Stamp::Now,
-            result: None,
+                result: None,
             };
         }
         Ending {
@@ -784,7 +821,10 @@ impl Session {
             mq::Packet::PingReq => {
                 self.emit(EventKind::Ping);
                 if self.effects.drop_pingresp {
-                    self.emit(EventKind::Withheld { packet: "pingresp".into(), pkid: None });
+                    self.emit(EventKind::Withheld {
+                        packet: "pingresp".into(),
+                        pkid: None,
+                    });
                 } else {
                     self.write(&mq::Packet::PingResp).await?;
                     self.emit(EventKind::Pingresp);
@@ -800,7 +840,7 @@ impl Session {
                     // The device closes its side; the hub closes its own without more ado.
                     wire: Some(WireClose::Fin),
                     at: Stamp::Now,
-            result: None,
+                    result: None,
                 }));
             }
             other => {
@@ -892,16 +932,15 @@ impl Session {
         if let mq::Packet::PubAck(a) = &packet {
             let topic = self.awaiting_ack.remove(&a.pkid).unwrap_or_default();
             if self.shared.faults.drop_puback(&self.client_id, &topic) {
-                self.emit(EventKind::Withheld { packet: "puback".into(), pkid: Some(a.pkid) });
+                self.emit(EventKind::Withheld {
+                    packet: "puback".into(),
+                    pkid: Some(a.pkid),
+                });
                 return Step::Continue;
             }
         }
-        let mut delay = self.effects.latency_out;
         if let (mq::Packet::SubAck(_), Some(d)) = (&packet, self.effects.delay_suback) {
-            delay += d;
-        }
-        if !delay.is_zero() {
-            self.shared.clock.sleep(delay).await;
+            self.shared.clock.sleep(d).await;
         }
         if let Err(ending) = self.write(&packet).await {
             return Step::End(ending);
