@@ -11,4 +11,5 @@ test:
 # Benchmarks with ratios against a peer measured in the same run.
 bench:
     cargo bench -p fakehub --bench hub_start
+    cargo bench -p fakehub --bench mass_drop
     cargo bench -p sample-device --bench time_warp
