@@ -80,6 +80,9 @@ pub enum FaultKind {
     Close,
     /// Stop reading and writing, keep TCP open: the keep-alive timeout ends it.
     Blackhole,
+    /// The hub loses session state (as in a failover): CONNECTs while it lasts start clean
+    /// (`sessionPresent=0`, no subscriptions, nothing queued), whatever CleanSession says.
+    SessionLoss,
     /// Withhold PINGRESP.
     DropPingresp,
     /// Withhold PUBACKs to the device's publishes.
@@ -137,6 +140,7 @@ impl FaultKind {
             FaultKind::Reset => "reset",
             FaultKind::Close => "close",
             FaultKind::Blackhole => "blackhole",
+            FaultKind::SessionLoss => "session_loss",
             FaultKind::DropPingresp => "drop_pingresp",
             FaultKind::DropPuback(_) => "drop_puback",
             FaultKind::DelaySuback { .. } => "delay_suback",
@@ -392,6 +396,13 @@ impl FaultTable {
             }
         }
         drop_it
+    }
+
+    /// Whether a CONNECT from `client_id` must start a clean session.
+    pub fn session_lost(&self, client_id: &str) -> bool {
+        self.lock()
+            .iter()
+            .any(|f| matches!(f.kind, FaultKind::SessionLoss) && f.matcher.matches(client_id))
     }
 
     /// How long the clock of `client_id` is behind the hub's (for token checks).

@@ -94,12 +94,6 @@ fn subject_for(conn: u64, who: Option<&IdentityRef>) -> Subject {
     }
 }
 
-/// Close the socket the way `wire` says: see [`shut_wire`] and [`linger`].
-async fn close_wire(io: Io, wire: WireClose) {
-    let tls = shut_wire(io, wire).await;
-    linger(tls, wire).await;
-}
-
 /// The hub's side of a close. RST: zero linger, so the drop sends a reset and no close_notify. FIN:
 /// TLS close_notify and TCP FIN (bounded: a peer that does not read cannot hold us).
 async fn shut_wire(io: Io, wire: WireClose) -> TlsStream<TcpStream> {
@@ -127,6 +121,79 @@ async fn linger(mut tls: TlsStream<TcpStream>, wire: WireClose) {
         .await;
     }
     drop(tls);
+}
+
+/// End a connection before it became a session: close the wire the way `ending` says, record the
+/// close at that moment, then linger for the device's side.
+async fn end_early(shared: &Shared, subject: &Subject, io: Io, ending: Ending) {
+    end_connection(shared, subject, io, ending, false).await
+}
+
+/// Close the wire, record the close (and, for a connected session, the new connected count) at that
+/// moment, then linger for the device's side.
+async fn end_connection(
+    shared: &Shared,
+    subject: &Subject,
+    io: Io,
+    ending: Ending,
+    was_connected: bool,
+) {
+    let shut = match ending.wire {
+        Some(w) => Some((shut_wire(io, w).await, w)),
+        None => {
+            drop(io);
+            None
+        }
+    };
+    shared.events.emit_stamped(
+        subject,
+        EventKind::Closed {
+            by: ending.by,
+            how: ending.how,
+            cause: ending.cause,
+            detail: ending.detail,
+            result: ending.result,
+        },
+        ending.at,
+    );
+    if was_connected {
+        shared.sessions.set_connected_at(false, ending.at);
+    }
+    if let Some((tls, w)) = shut {
+        linger(tls, w).await;
+    }
+}
+
+/// Refuse a CONNECT: record the CONNACK (at the moment of the decision, before the device can react
+/// to it), send it, and close.
+async fn refuse_connect(
+    shared: &Shared,
+    subject: &Subject,
+    mut io: Io,
+    code: mq::ConnectReturnCode,
+    result: Option<u32>,
+    reason: String,
+    cause: CloseCause,
+) {
+    shared.events.emit(
+        subject,
+        EventKind::Connack {
+            code: code as u8,
+            session_present: false,
+            result,
+            reason: Some(reason.clone()),
+        },
+    );
+    let _ = io
+        .write_packet(&mq::Packet::ConnAck(mq::ConnAck::new(code, false)))
+        .await;
+    end_early(
+        shared,
+        subject,
+        io,
+        Ending::hub(WireClose::Fin, cause, reason),
+    )
+    .await;
 }
 
 pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: u64) {
@@ -199,8 +266,7 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: u6
     // The first packet must be a CONNECT, within the connect timeout.
     let first = tokio::select! {
         _ = shared.shutdown.cancelled() => {
-            close_wire(io, WireClose::Fin).await;
-            return closed(&subject, Ending::hub(WireClose::Fin, CloseCause::HubShutdown, "hub shutting down"));
+            return end_early(&shared, &subject, io, Ending::hub(WireClose::Fin, CloseCause::HubShutdown, "hub shutting down")).await;
         }
         r = tokio::time::timeout(shared.config.connect_timeout, io.read_packet()) => r,
     };
@@ -215,45 +281,35 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: u6
                     packet_name(&other)
                 ),
             );
-            close_wire(io, WireClose::Fin).await;
-            return closed(&subject, e);
+            return end_early(&shared, &subject, io, e).await;
         }
         Ok(Err(ReadError::Malformed(rumqttc::mqttbytes::Error::InvalidProtocolLevel(level)))) => {
             // MQTT 3.1.1 §3.2.2.3: answer an unsupported protocol level with return code 1.
-            let ack = mq::ConnAck::new(mq::ConnectReturnCode::RefusedProtocolVersion, false);
-            let _ = io.write_packet(&mq::Packet::ConnAck(ack)).await;
-            events.emit(
+            let reason =
+                format!("MQTT protocol level {level} is not supported (only 4, MQTT 3.1.1)");
+            return refuse_connect(
+                &shared,
                 &subject,
-                EventKind::Connack {
-                    code: 1,
-                    session_present: false,
-                    result: None,
-                    reason: Some(format!(
-                        "MQTT protocol level {level} is not supported (only 4, MQTT 3.1.1)"
-                    )),
-                },
-            );
-            close_wire(io, WireClose::Fin).await;
-            return closed(
-                &subject,
-                Ending::hub(
-                    WireClose::Fin,
-                    CloseCause::NoConnect,
-                    "unsupported protocol level",
-                ),
-            );
+                io,
+                mq::ConnectReturnCode::RefusedProtocolVersion,
+                None,
+                reason,
+                CloseCause::NoConnect,
+            )
+            .await;
         }
         Ok(Err(e)) => {
-            let ending = Ending::from_read(e);
-            if let Some(wire) = ending.wire {
-                close_wire(io, wire).await;
-            }
-            return closed(&subject, ending);
+            return end_early(&shared, &subject, io, Ending::from_read(e)).await;
         }
         Err(_) => {
-            close_wire(io, WireClose::Fin).await;
             let detail = format!("no CONNECT within {:?}", shared.config.connect_timeout);
-            return closed(&subject, Ending::hub_timeout(CloseCause::NoConnect, detail));
+            return end_early(
+                &shared,
+                &subject,
+                io,
+                Ending::hub_timeout(CloseCause::NoConnect, detail),
+            )
+            .await;
         }
     };
 
@@ -290,8 +346,7 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: u6
         ConnectVerdict::Delay(d) => {
             tokio::select! {
                 _ = shared.shutdown.cancelled() => {
-                    close_wire(io, WireClose::Fin).await;
-                    return closed(&subject, Ending::hub(WireClose::Fin, CloseCause::HubShutdown, "hub shutting down"));
+                    return end_early(&shared, &subject, io, Ending::hub(WireClose::Fin, CloseCause::HubShutdown, "hub shutting down")).await;
                 }
                 _ = shared.clock.sleep(d) => {}
             }
@@ -301,24 +356,16 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: u6
             result,
             reason,
         } => {
-            let rc = connack_code(code);
-            let _ = io
-                .write_packet(&mq::Packet::ConnAck(mq::ConnAck::new(rc, false)))
-                .await;
-            events.emit(
+            return refuse_connect(
+                &shared,
                 &subject,
-                EventKind::Connack {
-                    code,
-                    session_present: false,
-                    result: Some(result),
-                    reason: Some(reason.clone()),
-                },
-            );
-            close_wire(io, WireClose::Fin).await;
-            return closed(
-                &subject,
-                Ending::hub(WireClose::Fin, CloseCause::Fault, reason),
-            );
+                io,
+                connack_code(code),
+                Some(result),
+                reason,
+                CloseCause::Fault,
+            )
+            .await;
         }
         ConnectVerdict::Hang { result, reason } => {
             // Never answer: hold the connection until the device gives up (or the hub stops).
@@ -334,10 +381,7 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: u6
                     result: Some(result),
                 },
             };
-            if let Some(wire) = ending.wire {
-                close_wire(io, wire).await;
-            }
-            return closed(&subject, ending);
+            return end_early(&shared, &subject, io, ending).await;
         }
     }
     // A device whose clock is behind mints tokens that expire earlier in hub time.
@@ -352,27 +396,16 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: u6
     ) {
         Ok(a) => a,
         Err(refusal) => {
-            let code = refusal.connack as u8;
-            let _ = io
-                .write_packet(&mq::Packet::ConnAck(mq::ConnAck::new(
-                    refusal.connack,
-                    false,
-                )))
-                .await;
-            events.emit(
+            return refuse_connect(
+                &shared,
                 &subject,
-                EventKind::Connack {
-                    code,
-                    session_present: false,
-                    result: Some(refusal.result),
-                    reason: Some(refusal.reason.clone()),
-                },
-            );
-            close_wire(io, WireClose::Fin).await;
-            return closed(
-                &subject,
-                Ending::hub(WireClose::Fin, CloseCause::Refused, refusal.reason),
-            );
+                io,
+                refusal.connack,
+                Some(refusal.result),
+                refusal.reason,
+                CloseCause::Refused,
+            )
+            .await;
         }
     };
     let who = authenticated.identity.clone();
@@ -381,40 +414,37 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: u6
 
     // One connection per identity: this takes over from any earlier one.
     let mut registration = shared.sessions.register(&client_id, conn).await;
-    let core = match shared
-        .core
-        .open_session(&client_id, connect.clean_session)
-        .await
-    {
+    let clean = connect.clean_session || shared.faults.session_lost(&client_id);
+    let core = match shared.core.open_session(&client_id, clean).await {
         Ok(c) => c,
         Err(e) => {
             // The core is full or gone: the hub cannot serve this device now.
             let reason = format!("the message core refused the session: {e}");
-            let _ = io
-                .write_packet(&mq::Packet::ConnAck(mq::ConnAck::new(
-                    mq::ConnectReturnCode::ServiceUnavailable,
-                    false,
-                )))
-                .await;
-            events.emit(
-                &subject,
-                EventKind::Connack {
-                    code: 3,
-                    session_present: false,
-                    result: Some(500001),
-                    reason: Some(reason.clone()),
-                },
-            );
             shared.sessions.unregister(&client_id, conn);
-            close_wire(io, WireClose::Fin).await;
-            return closed(
+            return refuse_connect(
+                &shared,
                 &subject,
-                Ending::hub(WireClose::Fin, CloseCause::CoreClosed, reason),
-            );
+                io,
+                mq::ConnectReturnCode::ServiceUnavailable,
+                Some(500001),
+                reason,
+                CloseCause::CoreClosed,
+            )
+            .await;
         }
     };
     let session_present = core.session_present();
     let ack = mq::ConnAck::new(mq::ConnectReturnCode::Success, session_present);
+    // Recorded at the decision, before the device can act on it.
+    events.emit(
+        &subject,
+        EventKind::Connack {
+            code: 0,
+            session_present,
+            result: None,
+            reason: None,
+        },
+    );
     if let Err(e) = io.write_packet(&mq::Packet::ConnAck(ack)).await {
         core.close().await;
         shared.sessions.unregister(&client_id, conn);
@@ -429,15 +459,6 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: u6
         };
         return closed(&subject, ending);
     }
-    events.emit(
-        &subject,
-        EventKind::Connack {
-            code: 0,
-            session_present,
-            result: None,
-            reason: None,
-        },
-    );
     shared.sessions.set_connected(true);
 
     let mut session = Session {
@@ -448,9 +469,7 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: u6
         core,
         keepalive_window: keepalive_window(connect.keep_alive, shared.config.keepalive_cap),
         last_inbound: shared.clock.elapsed(),
-        subscriptions: shared
-            .sessions
-            .subscriptions(&client_id, connect.clean_session),
+        subscriptions: shared.sessions.subscriptions(&client_id, clean),
         client_id: client_id.clone(),
         effects: shared.faults.effects(&client_id),
         awaiting_ack: Default::default(),
@@ -473,27 +492,7 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: u6
         .keep_subscriptions(&client_id, subscriptions);
     // The wire close, then the record of it (stamped when the hub closed, not when the device
     // answered), then the wait for the device's side and the end of the core session.
-    let wire = ending.wire;
-    let shut = match wire {
-        Some(w) => Some((shut_wire(io, w).await, w)),
-        None => {
-            drop(io);
-            None
-        }
-    };
-    let at = ending.at;
-    let kind = EventKind::Closed {
-        by: ending.by,
-        how: ending.how,
-        cause: ending.cause,
-        detail: ending.detail,
-        result: ending.result,
-    };
-    shared.events.emit_stamped(&subject, kind, at);
-    shared.sessions.set_connected_at(false, at);
-    if let Some((tls, w)) = shut {
-        linger(tls, w).await;
-    }
+    end_connection(&shared, &subject, io, ending, true).await;
     core.close().await;
     shared.sessions.unregister(&client_id, conn);
     // Only now may a successor open its core session: this one is closed in the router.
@@ -826,8 +825,8 @@ impl Session {
                         pkid: None,
                     });
                 } else {
-                    self.write(&mq::Packet::PingResp).await?;
                     self.emit(EventKind::Pingresp);
+                    self.write(&mq::Packet::PingResp).await?;
                 }
             }
             mq::Packet::Disconnect => {
@@ -942,10 +941,11 @@ impl Session {
         if let (mq::Packet::SubAck(_), Some(d)) = (&packet, self.effects.delay_suback) {
             self.shared.clock.sleep(d).await;
         }
+        // Recorded when the hub sends it, before the device can act on it.
+        self.emit(event);
         if let Err(ending) = self.write(&packet).await {
             return Step::End(ending);
         }
-        self.emit(event);
         Step::Continue
     }
 }

@@ -1,0 +1,271 @@
+//! The YAML `expect:` catalogue: each entry is one rule of [`crate::rules`], for one device or,
+//! when `device` is left out, for every device in the log.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::log::Log;
+use crate::rules::{self, BackoffRule, Ledger, RecordRule, Verdict};
+
+/// A time since the start of the run with a tolerance, written `65m ± 1m` (or `65m +- 1m`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeWindow {
+    pub at: Duration,
+    pub tolerance: Duration,
+}
+
+impl std::str::FromStr for TimeWindow {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (at, tol) = s
+            .split_once('±')
+            .or_else(|| s.split_once("+-"))
+            .unwrap_or((s, "0s"));
+        let parse = |t: &str| {
+            humantime::parse_duration(t.trim()).map_err(|e| format!("`{}`: {e}", t.trim()))
+        };
+        Ok(TimeWindow {
+            at: parse(at)?,
+            tolerance: parse(tol)?,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for TimeWindow {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse()
+            .map_err(|e| serde::de::Error::custom(format!("expected a time like `65m ± 1m`: {e}")))
+    }
+}
+
+impl Serialize for TimeWindow {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!(
+            "{} ± {}",
+            humantime::format_duration(self.at),
+            humantime::format_duration(self.tolerance)
+        ))
+    }
+}
+
+/// One expectation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Expectation {
+    /// Connected at the end of the run.
+    Connected {
+        #[serde(default)]
+        device: Option<String>,
+    },
+    /// Every hub-side drop followed by a successful connect within `within`.
+    Recovers {
+        #[serde(default)]
+        device: Option<String>,
+        #[serde(with = "humantime_serde")]
+        within: Duration,
+    },
+    /// The SAS token is renewed before it expires.
+    RenewsToken {
+        #[serde(default)]
+        device: Option<String>,
+    },
+    /// Reconnect delays grow, cap, jitter and reset.
+    Backoff {
+        #[serde(default)]
+        device: Option<String>,
+        #[serde(default, with = "humantime_serde")]
+        first_at_most: Option<Duration>,
+        #[serde(default, with = "humantime_serde")]
+        cap: Option<Duration>,
+        #[serde(default)]
+        growth: Option<f64>,
+        #[serde(default)]
+        jitter: Option<bool>,
+    },
+    /// No CONNECTs closer together than `min_gap` (default 100ms).
+    NoTightLoop {
+        #[serde(default)]
+        device: Option<String>,
+        #[serde(default, with = "humantime_serde")]
+        min_gap: Option<Duration>,
+    },
+    /// After a mass drop: peak CONNECTs per second and the spread of the reconnects.
+    FleetSpread {
+        max_per_second: usize,
+        #[serde(with = "humantime_serde")]
+        min_spread: Duration,
+    },
+    /// The QoS 1 ledger: nothing lost, nothing reordered.
+    NoMessageLoss {
+        #[serde(default)]
+        device: Option<String>,
+        #[serde(default)]
+        by: Ledger,
+    },
+    /// Subscriptions restored after a reconnect without a session (within `within`, default 30s).
+    Resubscribes {
+        #[serde(default)]
+        device: Option<String>,
+        #[serde(default, with = "humantime_serde")]
+        within: Option<Duration>,
+    },
+    /// The last connection ended with DISCONNECT.
+    GracefulDisconnect {
+        #[serde(default)]
+        device: Option<String>,
+    },
+    /// The keep-alive asked for is within bounds (default 1–1177 s).
+    Keepalive {
+        #[serde(default)]
+        device: Option<String>,
+        #[serde(default)]
+        min: Option<u16>,
+        #[serde(default)]
+        max: Option<u16>,
+    },
+    /// Connections records with a result code: how many, and when.
+    Records {
+        #[serde(default)]
+        code: Option<u32>,
+        #[serde(default)]
+        device: Option<String>,
+        #[serde(default)]
+        count: Option<usize>,
+        #[serde(default)]
+        min: Option<usize>,
+        #[serde(default)]
+        max: Option<usize>,
+        #[serde(default)]
+        at: Option<TimeWindow>,
+    },
+}
+
+impl Expectation {
+    /// The rule's name, as in the YAML.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Expectation::Connected { .. } => "connected",
+            Expectation::Recovers { .. } => "recovers",
+            Expectation::RenewsToken { .. } => "renews_token",
+            Expectation::Backoff { .. } => "backoff",
+            Expectation::NoTightLoop { .. } => "no_tight_loop",
+            Expectation::FleetSpread { .. } => "fleet_spread",
+            Expectation::NoMessageLoss { .. } => "no_message_loss",
+            Expectation::Resubscribes { .. } => "resubscribes",
+            Expectation::GracefulDisconnect { .. } => "graceful_disconnect",
+            Expectation::Keepalive { .. } => "keepalive",
+            Expectation::Records { .. } => "records",
+        }
+    }
+
+    /// Judge the log: one verdict per device the expectation covers.
+    pub fn evaluate(&self, log: &Log) -> Vec<Verdict> {
+        let for_devices = |device: &Option<String>, f: &dyn Fn(&str) -> Verdict| -> Vec<Verdict> {
+            match device {
+                Some(d) => vec![f(d)],
+                None => log.devices().iter().map(|d| f(d)).collect(),
+            }
+        };
+        match self {
+            Expectation::Connected { device } => for_devices(device, &|d| rules::connected(log, d)),
+            Expectation::Recovers { device, within } => {
+                for_devices(device, &|d| rules::recovers(log, d, *within))
+            }
+            Expectation::RenewsToken { device } => {
+                for_devices(device, &|d| rules::renews_token(log, d))
+            }
+            Expectation::Backoff {
+                device,
+                first_at_most,
+                cap,
+                growth,
+                jitter,
+            } => {
+                let def = BackoffRule::default();
+                let rule = BackoffRule {
+                    first_at_most: first_at_most.unwrap_or(def.first_at_most),
+                    cap: cap.unwrap_or(def.cap),
+                    growth: growth.unwrap_or(def.growth),
+                    jitter: jitter.unwrap_or(def.jitter),
+                };
+                for_devices(device, &|d| rules::backoff(log, d, rule))
+            }
+            Expectation::NoTightLoop { device, min_gap } => {
+                let gap = min_gap.unwrap_or(Duration::from_millis(100));
+                for_devices(device, &|d| rules::no_tight_loop(log, d, gap))
+            }
+            Expectation::FleetSpread {
+                max_per_second,
+                min_spread,
+            } => vec![rules::fleet_spread(log, *max_per_second, *min_spread)],
+            Expectation::NoMessageLoss { device, by } => {
+                for_devices(device, &|d| rules::no_message_loss(log, d, *by))
+            }
+            Expectation::Resubscribes { device, within } => {
+                let w = within.unwrap_or(Duration::from_secs(30));
+                for_devices(device, &|d| rules::resubscribes(log, d, w))
+            }
+            Expectation::GracefulDisconnect { device } => {
+                for_devices(device, &|d| rules::graceful_disconnect(log, d))
+            }
+            Expectation::Keepalive { device, min, max } => {
+                let (lo, hi) = (min.unwrap_or(1), max.unwrap_or(1177));
+                for_devices(device, &|d| rules::keepalive(log, d, lo, hi))
+            }
+            Expectation::Records {
+                code,
+                device,
+                count,
+                min,
+                max,
+                at,
+            } => {
+                let rule = RecordRule {
+                    code: *code,
+                    device: device.clone(),
+                    count: *count,
+                    min: *min,
+                    max: *max,
+                    at: at.map(|w| (w.at, w.tolerance)),
+                };
+                vec![rules::records(log, &rule)]
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_windows_and_yaml_shapes() {
+        let w: TimeWindow = "65m ± 1m".parse().unwrap();
+        assert_eq!(
+            w,
+            TimeWindow {
+                at: Duration::from_secs(3900),
+                tolerance: Duration::from_secs(60)
+            }
+        );
+        let w: TimeWindow = "90s +- 2s".parse().unwrap();
+        assert_eq!(w.tolerance, Duration::from_secs(2));
+        assert!("soon ± 1m".parse::<TimeWindow>().is_err());
+        let e: Expectation = serde_json::from_str(
+            r#"{"records":{"code":404104,"device":"sensor-1","count":1,"at":"65m ± 1m"}}"#,
+        )
+        .unwrap();
+        assert_eq!(e.name(), "records");
+        let e: Expectation = serde_json::from_str(r#"{"recovers":{"within":"60s"}}"#).unwrap();
+        assert_eq!(
+            e,
+            Expectation::Recovers {
+                device: None,
+                within: Duration::from_secs(60)
+            }
+        );
+        assert!(serde_json::from_str::<Expectation>(r#"{"recovers":{"withn":"60s"}}"#).is_err());
+    }
+}

@@ -1,0 +1,208 @@
+//! The event log as the assertions read it: per-device views, virtual times relative to the start,
+//! and excerpts that show a firmware engineer why a rule failed.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fakehub::events::records::{self, ConnectionRecord, RecordContext};
+use fakehub::{Event, EventKind};
+
+/// A whole event log, in order.
+#[derive(Debug, Clone)]
+pub struct Log {
+    events: Vec<Arc<Event>>,
+    start: SystemTime,
+}
+
+impl Log {
+    /// A log from events (e.g. `hub.events().snapshot()`, or a parsed `events.jsonl`).
+    pub fn new(events: Vec<Arc<Event>>) -> Log {
+        let start = events
+            .first()
+            .map(|e| e.time)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        Log { events, start }
+    }
+
+    /// The log of a running hub, as it is now.
+    pub fn of(hub: &fakehub::HubHandle) -> Log {
+        Log::new(hub.events().snapshot())
+    }
+
+    /// Parse `events.jsonl` text. Errors name the line.
+    pub fn parse_jsonl(text: &str) -> Result<Log, String> {
+        let mut events = Vec::new();
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let e: Event =
+                serde_json::from_str(line).map_err(|e| format!("line {}: {e}", i + 1))?;
+            events.push(Arc::new(e));
+        }
+        Ok(Log::new(events))
+    }
+
+    pub fn events(&self) -> &[Arc<Event>] {
+        &self.events
+    }
+
+    /// Virtual wall time of the first event.
+    pub fn start(&self) -> SystemTime {
+        self.start
+    }
+
+    /// Time since the start of the log, `mm:ss.mmm` (or `h:mm:ss.mmm`).
+    pub fn at(&self, t: SystemTime) -> String {
+        fmt_offset(t.duration_since(self.start).unwrap_or_default())
+    }
+
+    /// Every device id that connected or tried to.
+    pub fn devices(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .events
+            .iter()
+            .filter_map(|e| e.device.clone())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// The events about one device (its client id's device part).
+    pub fn of_device<'a>(&'a self, device: &'a str) -> impl Iterator<Item = &'a Arc<Event>> + 'a {
+        self.events
+            .iter()
+            .filter(move |e| e.device.as_deref() == Some(device))
+    }
+
+    /// The Connections records derived from this log.
+    pub fn records(&self) -> Vec<ConnectionRecord> {
+        records::derive_all(
+            RecordContext::for_host("fakehub"),
+            self.events.iter().map(|e| e.as_ref()),
+        )
+    }
+
+    /// Up to `n` events of `device` before and after position `seq`, one line each.
+    pub fn excerpt(&self, device: Option<&str>, seq: u64, n: usize) -> Vec<String> {
+        let relevant: Vec<&Arc<Event>> = self
+            .events
+            .iter()
+            .filter(|e| {
+                device.is_none()
+                    || e.device.as_deref() == device
+                    || matches!(e.kind, EventKind::Fault { .. })
+            })
+            .filter(|e| {
+                !matches!(
+                    e.kind,
+                    EventKind::Ping | EventKind::Pingresp | EventKind::Tls { .. }
+                )
+            })
+            .collect();
+        let pos = relevant
+            .iter()
+            .position(|e| e.seq >= seq)
+            .unwrap_or(relevant.len());
+        let from = pos.saturating_sub(n);
+        let to = (pos + n + 1).min(relevant.len());
+        relevant[from..to]
+            .iter()
+            .map(|e| {
+                let mark = if e.seq == seq { "▶" } else { " " };
+                format!("{mark} {} {}", self.at(e.time), describe(e))
+            })
+            .collect()
+    }
+}
+
+/// One line for an event, as a person reads it.
+pub fn describe(e: &Event) -> String {
+    let who = match (&e.device, &e.module) {
+        (Some(d), Some(m)) => format!("{d}/{m}"),
+        (Some(d), None) => d.clone(),
+        _ => "hub".to_owned(),
+    };
+    let what = match &e.kind {
+        EventKind::Connect {
+            keep_alive,
+            clean_session,
+            ..
+        } => {
+            format!("CONNECT (keep-alive {keep_alive}s, clean {clean_session})")
+        }
+        EventKind::Connack {
+            code,
+            session_present,
+            result,
+            reason,
+        } => match result {
+            Some(r) => format!("CONNACK {code} ({r}: {})", reason.as_deref().unwrap_or("")),
+            None => format!("CONNACK {code} (session present {session_present})"),
+        },
+        EventKind::Publish {
+            dir,
+            message_id,
+            qos,
+            dup,
+            ..
+        } => format!(
+            "PUBLISH {} qos{qos}{} {}",
+            if matches!(dir, fakehub::events::Direction::In) {
+                "←"
+            } else {
+                "→"
+            },
+            if *dup { " DUP" } else { "" },
+            message_id.as_deref().unwrap_or("")
+        ),
+        EventKind::Puback { dir, pkid } => format!(
+            "PUBACK {} {pkid}",
+            if matches!(dir, fakehub::events::Direction::In) {
+                "←"
+            } else {
+                "→"
+            }
+        ),
+        EventKind::Closed {
+            by,
+            how,
+            cause,
+            detail,
+            ..
+        } => format!(
+            "closed by {by:?} ({how:?}, {cause:?}){}",
+            detail
+                .as_deref()
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default()
+        ),
+        EventKind::Fault { action, fault, .. } => format!("fault {fault} {action:?}"),
+        other => {
+            let v = serde_json::to_value(other).unwrap_or_default();
+            v.get("event")
+                .and_then(|e| e.as_str())
+                .unwrap_or("event")
+                .to_owned()
+        }
+    };
+    format!("{who:<12} {what}")
+}
+
+/// `m:ss.mmm` or `h:mm:ss.mmm`.
+pub fn fmt_offset(d: Duration) -> String {
+    let ms = d.as_millis();
+    let (h, m, s, ms) = (
+        ms / 3_600_000,
+        (ms / 60_000) % 60,
+        (ms / 1000) % 60,
+        ms % 1000,
+    );
+    if h > 0 {
+        format!("{h}:{m:02}:{s:02}.{ms:03}")
+    } else {
+        format!("{m:02}:{s:02}.{ms:03}")
+    }
+}

@@ -1,0 +1,348 @@
+//! The mutation matrix: every sample-device bug is caught by the assertion that targets it, and the
+//! well-behaved device passes every assertion in every scenario. The matrix is printed and must
+//! match docs/ASSERTIONS.md.
+
+use std::time::Duration;
+
+use fakehub::clock::DeviceClock;
+use fakehub::faults::{DropPuback, Fault, FaultKind, OutageMode, Selector};
+use fakehub::{Hub, HubHandle};
+use fakehub_assert::{Expectation, Log, Verdict};
+use sample_device::{Bug, ConnectionString, Device, DeviceEvent, DeviceOptions};
+use tokio_util::sync::CancellationToken;
+
+const MIN: Duration = Duration::from_secs(60);
+
+/// A hub with `n` sample devices (`d0`…) on its shared clock.
+struct Rig {
+    hub: HubHandle,
+    stops: Vec<CancellationToken>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Rig {
+    async fn start(n: usize, bugs: &[Bug], telemetry: Duration) -> Rig {
+        let mut b = Hub::builder().seed(7);
+        for i in 0..n {
+            b = b.device(format!("d{i}"));
+        }
+        let hub = b.build().unwrap().start().await.unwrap();
+        let mut stops = Vec::new();
+        let mut tasks = Vec::new();
+        let mut ready = Vec::new();
+        for i in 0..n {
+            let conn =
+                ConnectionString::parse(&hub.connection_string(&format!("d{i}")).unwrap()).unwrap();
+            let opts = DeviceOptions {
+                bugs: bugs.iter().copied().collect(),
+                telemetry_interval: telemetry,
+                seed: 1000 + i as u64,
+                ..Default::default()
+            };
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let device = Device::new(
+                conn,
+                &hub.ca_pem(),
+                DeviceClock::Shared(hub.clock().clone()),
+                opts,
+            )
+            .unwrap()
+            .with_events(tx);
+            let stop = CancellationToken::new();
+            tasks.push(tokio::spawn(device.run(stop.clone())));
+            stops.push(stop);
+            ready.push(tokio::spawn(async move {
+                while let Some(e) = rx.recv().await {
+                    if matches!(e, DeviceEvent::Connected { .. }) {
+                        break;
+                    }
+                }
+                while rx.recv().await.is_some() {}
+            }));
+        }
+        // Every device connected (its timers armed) before time moves.
+        let mut s = hub.event_stream();
+        let mut up = 0;
+        s.wait_for(Duration::from_secs(30), |e| {
+            up += usize::from(matches!(
+                e.kind,
+                fakehub::EventKind::Connack { code: 0, .. }
+            ));
+            up == n
+        })
+        .await
+        .expect("all devices connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Rig { hub, stops, tasks }
+    }
+
+    /// Let `d` of virtual time pass with the clock running at `speed` (devices act in real time).
+    async fn run_at(&self, speed: f64, d: Duration) {
+        self.hub.clock().set_speed(speed);
+        tokio::time::sleep(d.div_f64(speed)).await;
+        self.hub.clock().set_speed(1.0);
+    }
+
+    /// Stop the devices (each sends DISCONNECT unless it has that bug) and return the log.
+    async fn finish(self) -> Log {
+        for s in &self.stops {
+            s.cancel();
+        }
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let log = Log::of(&self.hub);
+        self.hub.shutdown().await.unwrap();
+        log
+    }
+}
+
+/// The scenarios: each reproduces one field failure and is judged by the assertions that target it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    /// Three hours of a device's life: its token must be renewed.
+    TokenLife,
+    /// A reset during a 10-minute outage: the device must back off while refused.
+    Outage,
+    /// A withheld PUBACK, then a reset: the unacknowledged message must be resent.
+    LostAck,
+    /// The hub loses the session (failover) and resets the connection: subscriptions must be restored.
+    SessionLoss,
+    /// A quiet device (telemetry every hour) whose keep-alive must keep it inside the hub's window.
+    Quiet,
+    /// A fleet of 50 dropped at once, with a 2-minute outage: reconnects must spread.
+    Fleet,
+}
+
+async fn run(scenario: Scenario, bugs: &[Bug]) -> Log {
+    match scenario {
+        Scenario::TokenLife => {
+            let rig = Rig::start(1, bugs, MIN).await;
+            rig.hub.clock().advance(180 * MIN).await;
+            rig.finish().await
+        }
+        Scenario::Outage => {
+            let rig = Rig::start(1, bugs, MIN).await;
+            rig.hub.inject(
+                Fault::new(FaultKind::Outage {
+                    mode: OutageMode::Connack3,
+                })
+                .lasting(10 * MIN),
+            );
+            rig.hub.inject(Fault::new(FaultKind::Reset));
+            // 300 ms of real time before the jump: a device that retries at once shows it here
+            // (a well-behaved one waits at least 0.5 s); then exact virtual time.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            rig.hub.clock().advance(12 * MIN).await;
+            rig.finish().await
+        }
+        Scenario::LostAck => {
+            let rig = Rig::start(1, bugs, MIN).await;
+            rig.hub.inject(Fault::new(FaultKind::DropPuback(DropPuback {
+                count: Some(1),
+                ..Default::default()
+            })));
+            rig.hub.clock().advance(MIN + Duration::from_secs(1)).await;
+            // The first telemetry's PUBACK is withheld; then the connection is reset.
+            rig.hub
+                .event_stream()
+                .wait_for(Duration::from_secs(5), |e| {
+                    matches!(e.kind, fakehub::EventKind::Withheld { .. })
+                })
+                .await
+                .expect("a PUBACK withheld");
+            rig.hub.inject(Fault::new(FaultKind::Reset));
+            rig.run_at(30.0, Duration::from_secs(15)).await;
+            rig.hub.clock().advance(3 * MIN).await;
+            rig.finish().await
+        }
+        Scenario::SessionLoss => {
+            let rig = Rig::start(1, bugs, MIN).await;
+            rig.hub
+                .inject(Fault::new(FaultKind::SessionLoss).lasting(MIN));
+            rig.hub.inject(Fault::new(FaultKind::Reset));
+            rig.run_at(30.0, Duration::from_secs(15)).await;
+            rig.hub.clock().advance(2 * MIN).await;
+            rig.finish().await
+        }
+        Scenario::Quiet => {
+            let rig = Rig::start(1, bugs, 60 * MIN).await;
+            // 40 minutes with time flowing: keep-alive counts elapsed time, which jumps do not move.
+            rig.run_at(200.0, 40 * MIN).await;
+            rig.finish().await
+        }
+        Scenario::Fleet => {
+            let rig = Rig::start(50, bugs, 10 * MIN).await;
+            rig.hub.inject(
+                Fault::new(FaultKind::Outage {
+                    mode: OutageMode::Connack3,
+                })
+                .lasting(2 * MIN),
+            );
+            rig.hub
+                .inject(Fault::new(FaultKind::MassDrop { rst: true }).devices(Selector::All));
+            rig.run_at(60.0, Duration::from_secs(30)).await;
+            rig.hub.clock().advance(3 * MIN).await;
+            rig.run_at(30.0, Duration::from_secs(30)).await;
+            rig.finish().await
+        }
+    }
+}
+
+/// The assertions that judge each scenario.
+fn expectations(scenario: Scenario) -> Vec<Expectation> {
+    let yaml = match scenario {
+        Scenario::TokenLife => "- renews_token: { device: d0 }\n- recovers: { device: d0, within: 60s }\n- graceful_disconnect: { device: d0 }",
+        Scenario::Outage => "- backoff: { device: d0, cap: 60s }\n- no_tight_loop: { device: d0 }\n- recovers: { device: d0, within: 12m }",
+        Scenario::LostAck => "- no_message_loss: { device: d0 }",
+        Scenario::SessionLoss => "- resubscribes: { device: d0 }",
+        Scenario::Quiet => "- keepalive: { device: d0 }\n- recovers: { device: d0, within: 60s }",
+        Scenario::Fleet => "- fleet_spread: { max_per_second: 20, min_spread: 10s }",
+    };
+    // `- rule: {…}` maps, as scenario files write them.
+    serde_norway::with::singleton_map_recursive::deserialize(serde_norway::Deserializer::from_str(
+        yaml,
+    ))
+    .unwrap()
+}
+
+const BUGS: [(&str, Option<Bug>, Scenario, &str); 9] = [
+    ("well-behaved (token)", None, Scenario::TokenLife, ""),
+    (
+        "no-token-renewal",
+        Some(Bug::NoTokenRenewal),
+        Scenario::TokenLife,
+        "renews_token",
+    ),
+    (
+        "stale-token",
+        Some(Bug::StaleToken),
+        Scenario::TokenLife,
+        "renews_token",
+    ),
+    (
+        "no-disconnect",
+        Some(Bug::NoDisconnect),
+        Scenario::TokenLife,
+        "graceful_disconnect",
+    ),
+    (
+        "no-backoff",
+        Some(Bug::NoBackoff),
+        Scenario::Outage,
+        "backoff",
+    ),
+    (
+        "no-jitter",
+        Some(Bug::NoJitter),
+        Scenario::Outage,
+        "backoff",
+    ),
+    (
+        "lose-inflight",
+        Some(Bug::LoseInflight),
+        Scenario::LostAck,
+        "no_message_loss",
+    ),
+    (
+        "no-resubscribe",
+        Some(Bug::NoResubscribe),
+        Scenario::SessionLoss,
+        "resubscribes",
+    ),
+    (
+        "huge-keepalive",
+        Some(Bug::HugeKeepalive),
+        Scenario::Quiet,
+        "keepalive",
+    ),
+];
+
+fn verdicts(scenario: Scenario, log: &Log) -> Vec<Verdict> {
+    expectations(scenario)
+        .iter()
+        .flat_map(|e| e.evaluate(log))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bug_is_caught_and_the_well_behaved_device_passes_everything() {
+    let mut rows = Vec::new();
+    let mut failures = Vec::new();
+    let scenarios = [
+        Scenario::TokenLife,
+        Scenario::Outage,
+        Scenario::LostAck,
+        Scenario::SessionLoss,
+        Scenario::Quiet,
+    ];
+    // The well-behaved device passes every scenario's assertions.
+    for s in scenarios {
+        let log = run(s, &[]).await;
+        for v in verdicts(s, &log) {
+            if !v.passed {
+                failures.push(format!("well-behaved device, {s:?}:\n{v}"));
+            }
+        }
+    }
+    for (name, bug, scenario, target) in BUGS.iter().filter(|b| b.1.is_some()) {
+        let bug = bug.unwrap_or(Bug::NoBackoff);
+        let log = run(*scenario, &[bug]).await;
+        let vs = verdicts(*scenario, &log);
+        let caught: Vec<&Verdict> = vs.iter().filter(|v| !v.passed).collect();
+        let by_target = caught.iter().any(|v| v.rule == *target);
+        if !by_target {
+            failures.push(format!(
+                "{name} in {scenario:?} was not caught by {target}: {}",
+                vs.iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ));
+        }
+        let first = caught
+            .iter()
+            .find(|v| v.rule == *target)
+            .map(|v| v.summary.clone())
+            .unwrap_or_default();
+        println!("{name}: caught by {target}: {first}");
+        rows.push(format!(
+            "| `{name}` | {scenario:?} | `{target}` | {} |",
+            if by_target { "caught" } else { "MISSED" }
+        ));
+    }
+    let table = format!(
+        "| bug | scenario | assertion | result |\n|---|---|---|---|\n{}\n| well-behaved | all of the above | every assertion | passes |",
+        rows.join("\n")
+    );
+    println!("\n{table}\n");
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/ASSERTIONS.md"
+    ))
+    .unwrap_or_default();
+    assert!(
+        doc.contains(&table),
+        "docs/ASSERTIONS.md must contain the matrix as printed:\n{table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_spreads_its_reconnects_and_no_jitter_or_no_backoff_is_caught() {
+    let well = run(Scenario::Fleet, &[]).await;
+    let v = verdicts(Scenario::Fleet, &well);
+    println!("well-behaved fleet: {}", v[0]);
+    v[0].assert();
+    for bug in [Bug::NoJitter, Bug::NoBackoff] {
+        let log = run(Scenario::Fleet, &[bug]).await;
+        let v = verdicts(Scenario::Fleet, &log);
+        println!("{bug:?} fleet: {}", v[0]);
+        assert!(
+            !v[0].passed,
+            "{bug:?} must be caught by fleet_spread: {}",
+            v[0]
+        );
+    }
+}
