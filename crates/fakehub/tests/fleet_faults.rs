@@ -130,14 +130,6 @@ async fn throttling_holds_new_connections_to_the_limit() {
         (90.0..=110.0).contains(&rate),
         "{rate:.1} connections/s admitted, limit 100"
     );
-    // In no second were more than 10% over the limit admitted.
-    for (i, t) in at.iter().enumerate() {
-        let in_window = at[i..]
-            .iter()
-            .take_while(|u| **u - *t < Duration::from_secs(1))
-            .count();
-        assert!(in_window <= 110, "{in_window} in the second after {t:?}");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
