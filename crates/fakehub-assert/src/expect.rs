@@ -51,7 +51,7 @@ impl Serialize for TimeWindow {
 }
 
 /// One expectation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Expectation {
     /// Connected at the end of the run.
@@ -63,6 +63,7 @@ pub enum Expectation {
     Recovers {
         #[serde(default)]
         device: Option<String>,
+        #[schemars(with = "String")]
         #[serde(with = "humantime_serde")]
         within: Duration,
     },
@@ -75,8 +76,10 @@ pub enum Expectation {
     Backoff {
         #[serde(default)]
         device: Option<String>,
+        #[schemars(with = "Option<String>")]
         #[serde(default, with = "humantime_serde")]
         first_at_most: Option<Duration>,
+        #[schemars(with = "Option<String>")]
         #[serde(default, with = "humantime_serde")]
         cap: Option<Duration>,
         #[serde(default)]
@@ -88,12 +91,14 @@ pub enum Expectation {
     NoTightLoop {
         #[serde(default)]
         device: Option<String>,
+        #[schemars(with = "Option<String>")]
         #[serde(default, with = "humantime_serde")]
         min_gap: Option<Duration>,
     },
     /// After a mass drop: peak CONNECTs per second and the spread of the reconnects.
     FleetSpread {
         max_per_second: usize,
+        #[schemars(with = "String")]
         #[serde(with = "humantime_serde")]
         min_spread: Duration,
     },
@@ -108,6 +113,7 @@ pub enum Expectation {
     Resubscribes {
         #[serde(default)]
         device: Option<String>,
+        #[schemars(with = "Option<String>")]
         #[serde(default, with = "humantime_serde")]
         within: Option<Duration>,
     },
@@ -138,6 +144,7 @@ pub enum Expectation {
         #[serde(default)]
         max: Option<usize>,
         #[serde(default)]
+        #[schemars(with = "Option<String>")]
         at: Option<TimeWindow>,
     },
 }

@@ -85,23 +85,31 @@ impl Log {
         )
     }
 
-    /// Up to `n` events of `device` before and after position `seq`, one line each.
-    pub fn excerpt(&self, device: Option<&str>, seq: u64, n: usize) -> Vec<String> {
-        let relevant: Vec<&Arc<Event>> = self
-            .events
-            .iter()
-            .filter(|e| {
-                device.is_none()
-                    || e.device.as_deref() == device
-                    || matches!(e.kind, EventKind::Fault { .. })
-            })
-            .filter(|e| {
-                !matches!(
-                    e.kind,
-                    EventKind::Ping | EventKind::Pingresp | EventKind::Tls { .. }
-                )
-            })
-            .collect();
+    /// Up to `n` events of `device` before and after position `seq`, one line each. With
+    /// `messages` false only connection-level events (connects, closes, faults) are shown.
+    pub fn excerpt(&self, device: Option<&str>, seq: u64, n: usize, messages: bool) -> Vec<String> {
+        let shown = |e: &Event| -> bool {
+            let about = device.is_none()
+                || e.device.as_deref() == device
+                || matches!(e.kind, EventKind::Fault { .. });
+            let noise = matches!(
+                e.kind,
+                EventKind::Ping
+                    | EventKind::Pingresp
+                    | EventKind::Tls { .. }
+                    | EventKind::Accepted { .. }
+                    | EventKind::ConnectedDevices { .. }
+            );
+            let packet = matches!(
+                e.kind,
+                EventKind::Publish { .. }
+                    | EventKind::Puback { .. }
+                    | EventKind::Subscribe { .. }
+                    | EventKind::Suback { .. }
+            );
+            e.seq == seq || (about && !noise && (messages || !packet))
+        };
+        let relevant: Vec<&Arc<Event>> = self.events.iter().filter(|e| shown(e)).collect();
         let pos = relevant
             .iter()
             .position(|e| e.seq >= seq)

@@ -51,8 +51,10 @@ impl Verdict {
         log: &Log,
         at_seq: Option<u64>,
     ) -> Verdict {
+        // Message-level rules show packets; the others show connects, closes and faults.
+        let messages = matches!(rule, "no_message_loss" | "resubscribes");
         let excerpt = at_seq
-            .map(|s| log.excerpt(device, s, 3))
+            .map(|s| log.excerpt(device, s, 3, messages))
             .unwrap_or_default();
         Verdict {
             rule: rule.to_owned(),
@@ -162,12 +164,22 @@ fn end_of(log: &Log) -> SystemTime {
     log.events().last().map(|e| e.time).unwrap_or(log.start())
 }
 
-/// The device is connected at the end of the log.
+/// The device is connected at the end of the run: at the `timeline_ended` marker when the runner
+/// wrote one (it then stops the devices), else at the end of the log.
 pub fn connected(log: &Log, device: &str) -> Verdict {
-    let conns = connections(log, device);
+    let end_seq = log
+        .events()
+        .iter()
+        .find(|e| matches!(e.kind, EventKind::TimelineEnded))
+        .map(|e| e.seq)
+        .unwrap_or(u64::MAX);
+    let conns: Vec<Conn> = connections(log, device)
+        .into_iter()
+        .filter(|c| c.connect_seq < end_seq)
+        .collect();
     let last_ok = conns.iter().rev().find(|c| connected_ok(c));
     match last_ok {
-        Some(c) if c.closed.is_none() => Verdict::pass(
+        Some(c) if c.closed.is_none_or(|(_, _, seq)| seq > end_seq) => Verdict::pass(
             "connected",
             Some(device),
             format!("connected since {}", log.at(c.connect_at)),
@@ -553,7 +565,17 @@ pub fn fleet_spread(log: &Log, max_per_second: usize, min_spread: Duration) -> V
 }
 
 /// How telemetry is identified in the QoS 1 ledger.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Ledger {
     /// By `$.mid`: every unacknowledged message must come again.

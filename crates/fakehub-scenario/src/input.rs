@@ -34,22 +34,26 @@ pub fn read_yaml<T: DeserializeOwned>(path: &Path) -> Result<T, InputError> {
 
 /// Parse YAML text that came from `path`.
 pub fn parse_yaml<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, InputError> {
-    serde_norway::from_str(text).map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map(|l| (l.line(), l.column()))
-            .unwrap_or((1, 1));
-        // The library appends its own " at line L column C"; the prefix says it already.
-        let message = e.to_string();
-        let message = match message.rfind(" at line ") {
-            Some(i) => message[..i].to_owned(),
-            None => message,
-        };
-        InputError::Syntax {
-            path: path.to_owned(),
-            line,
-            column,
-            message,
-        }
-    })
+    // Enums are written as one-key maps (`- advance: 64m`, `- recovers: { within: 60s }`).
+    let de = serde_norway::Deserializer::from_str(text);
+    serde_norway::with::singleton_map_recursive::deserialize(de).map_err(
+        |e: serde_norway::Error| {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((1, 1));
+            // The library appends its own " at line L column C"; the prefix says it already.
+            let message = e.to_string();
+            let message = match message.rfind(" at line ") {
+                Some(i) => message[..i].to_owned(),
+                None => message,
+            };
+            InputError::Syntax {
+                path: path.to_owned(),
+                line,
+                column,
+                message,
+            }
+        },
+    )
 }

@@ -1,12 +1,17 @@
 //! The `fakehub` command.
 
 mod input;
+mod junit;
+mod report;
+mod runner;
+mod scenario;
 mod serve;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -21,6 +26,30 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run scenarios: exit 0 when every expectation holds, 1 when one fails, 2 for bad input.
+    Run {
+        /// Scenario files (YAML).
+        #[arg(required = true)]
+        scenarios: Vec<PathBuf>,
+        /// Output directory (default fakehub-out/<scenario name>): events.jsonl, connections.jsonl,
+        /// junit.xml, report.html, devices/<id>.log.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Seed for fault selection and the sample devices' jitter.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Give every in-process sample device this bug too (repeatable), e.g. to see a scenario
+        /// catch it.
+        #[arg(long = "sample-bug")]
+        sample_bugs: Vec<String>,
+    },
+    /// Check scenario files without running them.
+    Validate {
+        #[arg(required = true)]
+        scenarios: Vec<PathBuf>,
+    },
+    /// Print the JSON Schema of the scenario format.
+    Schema,
     /// Run a hub until Ctrl-C or SIGTERM, writing ca.pem, events.jsonl and connections.jsonl.
     Serve {
         /// The hub configuration (YAML).
@@ -31,6 +60,12 @@ enum Command {
     Certs {
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Run the bundled sample device (as `run: [sample-device, …]` in scenarios does).
+    #[command(disable_help_flag = true)]
+    SampleDevice {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
 }
 
@@ -50,8 +85,12 @@ fn init_logging() {
 }
 
 fn main() -> ExitCode {
-    init_logging();
     let cli = Cli::parse();
+    if let Command::SampleDevice { args } = cli.command {
+        let argv = std::iter::once("sample-device".to_owned()).chain(args);
+        return sample_device::cli::main_with_args(argv);
+    }
+    init_logging();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -63,16 +102,134 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve { config } => {
                 let config = serve::ServeConfig::load(&config)?;
-                serve::serve(config).await
+                serve::serve(config).await.map(|()| ExitCode::SUCCESS)
             }
-            Command::Certs { out } => serve::certs(&out),
+            Command::Certs { out } => serve::certs(&out).map(|()| ExitCode::SUCCESS),
+            Command::Schema => {
+                println!("{}", serde_json::to_string_pretty(&scenario::schema())?);
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Validate { scenarios } => {
+                for path in &scenarios {
+                    let s = scenario::load(path)?;
+                    println!(
+                        "{}: ok ({}: {} devices, {} steps, {} expectations)",
+                        path.display(),
+                        s.name,
+                        s.devices
+                            .iter()
+                            .map(|d| d.count.unwrap_or(1))
+                            .sum::<usize>(),
+                        s.timeline.len(),
+                        s.expect.len()
+                    );
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Run {
+                scenarios,
+                out,
+                seed,
+                sample_bugs,
+            } => {
+                for b in &sample_bugs {
+                    if let Err(e) = b.parse::<sample_device::Bug>() {
+                        return Err(anyhow::anyhow!("--sample-bug: {e}"));
+                    }
+                }
+                run(
+                    &scenarios,
+                    out.as_deref(),
+                    runner::RunOptions { seed, sample_bugs },
+                )
+                .await
+            }
+            Command::SampleDevice { .. } => Ok(ExitCode::SUCCESS),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("fakehub: {e:#}");
             ExitCode::from(2)
         }
     }
+}
+
+/// Check every scenario first (a bad file runs nothing), then run them in order.
+async fn run(
+    paths: &[PathBuf],
+    out: Option<&Path>,
+    opts: runner::RunOptions,
+) -> anyhow::Result<ExitCode> {
+    let mut loaded = Vec::new();
+    for p in paths {
+        loaded.push(scenario::load(p)?);
+    }
+    let stop = CancellationToken::new();
+    let ctrl_c = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            ctrl_c.cancel();
+        }
+    });
+    let several = loaded.len() > 1;
+    let mut all = Vec::new();
+    let mut passed = true;
+    for s in &loaded {
+        let dir = match out {
+            Some(base) => scenario::out_dir(base, s, several),
+            None => Path::new("fakehub-out").join(&s.name),
+        };
+        let started = std::time::Instant::now();
+        let outcome = runner::run(s, &dir, &opts, stop.clone()).await?;
+        let log_text = std::fs::read_to_string(dir.join("events.jsonl"))?;
+        let log = fakehub_assert::Log::parse_jsonl(&log_text).map_err(anyhow::Error::msg)?;
+        std::fs::write(
+            dir.join("report.html"),
+            report::render_html(&s.name, &log, &outcome.verdicts),
+        )?;
+        std::fs::write(
+            dir.join("junit.xml"),
+            junit::render(&[junit::ScenarioResult {
+                name: s.name.clone(),
+                verdicts: outcome.verdicts.clone(),
+                interrupted: outcome.interrupted,
+            }]),
+        )?;
+        println!(
+            "\n{} — {}",
+            s.name,
+            if outcome.passed() { "PASS" } else { "FAIL" }
+        );
+        for (text, v) in &outcome.verdicts {
+            println!("  {text}\n    {v}");
+        }
+        println!(
+            "  ({:.1}s; report: {})",
+            started.elapsed().as_secs_f64(),
+            dir.join("report.html").display()
+        );
+        passed &= outcome.passed();
+        all.push(junit::ScenarioResult {
+            name: s.name.clone(),
+            verdicts: outcome.verdicts,
+            interrupted: outcome.interrupted,
+        });
+        if stop.is_cancelled() {
+            break;
+        }
+    }
+    if several {
+        if let Some(base) = out {
+            std::fs::write(base.join("junit.xml"), junit::render(&all))?;
+        }
+    }
+    Ok(if stop.is_cancelled() {
+        ExitCode::from(2)
+    } else if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -26,7 +26,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 /// How new connections are refused during an outage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OutageMode {
     /// TCP connections are reset at once (the device sees "connection refused/reset").
@@ -38,11 +38,12 @@ pub enum OutageMode {
 }
 
 /// What a `connack` fault does to new CONNECTs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", tag = "mode")]
 pub enum ConnackMode {
     /// Answer after a delay (virtual elapsed time): IoT Hub's traffic shaping.
     Delay {
+        #[schemars(with = "String")]
         #[serde(with = "humantime_serde")]
         delay: Duration,
     },
@@ -57,7 +58,7 @@ pub enum ConnackMode {
 }
 
 /// Which PUBACKs to withhold.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DropPuback {
     /// Only the nth PUBACK (1-based) of each matching connection after the fault starts.
     #[serde(default)]
@@ -71,8 +72,8 @@ pub struct DropPuback {
 }
 
 /// What a fault does.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "fault")]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case", tag = "type")]
 pub enum FaultKind {
     /// TCP reset: zero linger, no DISCONNECT, no TLS close_notify.
     Reset,
@@ -89,13 +90,16 @@ pub enum FaultKind {
     DropPuback(DropPuback),
     /// Hold SUBACKs back for this long (virtual elapsed time).
     DelaySuback {
+        #[schemars(with = "String")]
         #[serde(with = "humantime_serde")]
         delay: Duration,
     },
     /// Delay each packet in each direction (virtual elapsed time).
     Latency {
+        #[schemars(with = "String")]
         #[serde(default, with = "humantime_serde")]
         inbound: Duration,
+        #[schemars(with = "String")]
         #[serde(default, with = "humantime_serde")]
         outbound: Duration,
     },
@@ -112,6 +116,7 @@ pub enum FaultKind {
     /// closed with 429002.
     Throttle {
         per_second: u32,
+        #[schemars(with = "String")]
         #[serde(default = "default_shaping", with = "humantime_serde")]
         shaping: Duration,
     },
@@ -124,6 +129,7 @@ pub enum FaultKind {
     /// The device's clock is this much behind (positive) or ahead (negative) of the hub: its tokens
     /// are judged as if minted on that clock.
     ClockSkew {
+        #[schemars(with = "String")]
         #[serde(with = "humantime_serde")]
         behind: Duration,
     },
@@ -158,7 +164,7 @@ impl FaultKind {
 }
 
 /// Which devices a fault hits.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Selector {
     #[default]
@@ -172,13 +178,14 @@ pub enum Selector {
 }
 
 /// A fault to inject.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Fault {
     #[serde(flatten)]
     pub kind: FaultKind,
     #[serde(default)]
     pub devices: Selector,
     /// Ends by itself after this long (virtual wall time).
+    #[schemars(with = "Option<String>")]
     #[serde(default, with = "humantime_serde")]
     pub duration: Option<Duration>,
 }

@@ -2,6 +2,7 @@
 //! (with the hub's shared clock) and as the `sample-device` binary (the scenario runner's default
 //! device under test).
 
+pub mod cli;
 pub mod connection_string;
 pub mod device;
 

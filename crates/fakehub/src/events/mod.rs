@@ -203,6 +203,18 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         detail: Option<serde_json::Value>,
     },
+    /// The runner started, stopped, crashed or saw the exit of a device process (`code`/`signal` on
+    /// exit). A crash of the device under test is an observed event, not a harness failure.
+    DeviceProcess {
+        action: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<i32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
+    },
+    /// The scenario's timeline ended: what follows is the runner stopping the devices. Rules that
+    /// judge "the end of the run" (e.g. `connected`) judge it here.
+    TimelineEnded,
     /// A packet the hub withheld because of a fault.
     Withheld {
         packet: String,

@@ -1,0 +1,342 @@
+//! The scenario format: hub settings, devices, a timeline and expectations. Published as a JSON
+//! Schema by `fakehub schema`. Errors name the file, line and column and nothing runs.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fakehub::faults::{Fault, Selector};
+use fakehub_assert::Expectation;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::input::InputError;
+
+/// One scenario file.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// A short name; the output directory of a multi-scenario run is named after it.
+    pub name: String,
+    /// What field symptom this reproduces.
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub hub: HubSettings,
+    /// Seed for fault selection by percentage and the sample devices' jitter (`--seed` overrides).
+    #[serde(default)]
+    pub seed: Option<u64>,
+    pub devices: Vec<DeviceSpec>,
+    #[serde(default)]
+    pub timeline: Vec<Step>,
+    #[serde(default)]
+    pub expect: Vec<Expectation>,
+}
+
+/// Hub settings.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HubSettings {
+    /// The IoT Hub host name (default `fakehub.azure-devices.net`).
+    #[serde(default)]
+    pub host_name: Option<String>,
+    /// Where to listen (default `127.0.0.1:0`; the Azure SDKs need port 8883).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub listen: Option<SocketAddr>,
+    /// Time after a token's expiry before the hub drops the connection (default 5m).
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub token_grace: Option<Duration>,
+    /// The longest idle window, whatever the keep-alive (default 1767s).
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub keepalive_cap: Option<Duration>,
+    /// How fast virtual time flows during `wait` steps (default 60: a minute a second).
+    #[serde(default)]
+    pub speed: Option<f64>,
+}
+
+/// How a device process sees the hub's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClockAdapter {
+    /// `FAKEHUB_CLOCK_FILE` (the process reads it itself; the sample device does).
+    #[default]
+    ClockFile,
+    /// libfaketime follows the hub's jumps (native processes; jumps only).
+    Faketime,
+    /// The Python shim in adapters/python (unmodified Python apps).
+    Python,
+    /// The device keeps real time: a hub jump looks like device clock skew.
+    Real,
+}
+
+/// A device, or a fleet of them.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSpec {
+    /// The device id (with `count`, the prefix: `id-0`, `id-1`, …).
+    pub id: String,
+    /// A fleet of this many identical devices.
+    #[serde(default)]
+    pub count: Option<usize>,
+    /// The command to run as the device (`sample-device` means the bundled one). Left out: the
+    /// sample device runs in-process on the hub's clock.
+    #[serde(default)]
+    pub run: Option<Vec<String>>,
+    /// For `run` devices: how the process sees the hub's clock.
+    #[serde(default)]
+    pub clock: Option<ClockAdapter>,
+    /// For in-process sample devices: behaviours to get wrong (`no-token-renewal`, …).
+    #[serde(default)]
+    pub bugs: Vec<String>,
+    /// For in-process sample devices: seconds between telemetry messages (default 60s).
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub telemetry_interval: Option<Duration>,
+    /// For in-process sample devices: the MQTT keep-alive in seconds (default 60).
+    #[serde(default)]
+    pub keep_alive: Option<u16>,
+}
+
+impl DeviceSpec {
+    /// The device ids this entry stands for.
+    pub fn ids(&self) -> Vec<String> {
+        match self.count {
+            Some(n) => (0..n).map(|i| format!("{}-{i}", self.id)).collect(),
+            None => vec![self.id.clone()],
+        }
+    }
+}
+
+/// A device named in a timeline step.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceRef {
+    pub device: String,
+}
+
+/// One step of the timeline, in order.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Step {
+    /// Jump virtual time forward (deadlines inside fire in order).
+    Advance(
+        #[serde(with = "humantime_serde")]
+        #[schemars(with = "String")]
+        Duration,
+    ),
+    /// Let virtual time flow for this long, at the hub's `speed`.
+    Wait(
+        #[serde(with = "humantime_serde")]
+        #[schemars(with = "String")]
+        Duration,
+    ),
+    /// Start a fault now (see the catalogue; `duration` ends it by itself).
+    Fault(Fault),
+    /// Kill a device process (SIGKILL): no DISCONNECT, no FIN from the app.
+    Crash(DeviceRef),
+    /// Start a crashed or stopped device process again.
+    Restart(DeviceRef),
+    /// Stop a device gracefully (SIGTERM for processes).
+    Stop(DeviceRef),
+}
+
+impl Step {
+    pub fn describe(&self) -> String {
+        match self {
+            Step::Advance(d) => format!("advance {}", humantime::format_duration(*d)),
+            Step::Wait(d) => format!("wait {}", humantime::format_duration(*d)),
+            Step::Fault(f) => format!("fault {}", f.kind.name()),
+            Step::Crash(d) => format!("crash {}", d.device),
+            Step::Restart(d) => format!("restart {}", d.device),
+            Step::Stop(d) => format!("stop {}", d.device),
+        }
+    }
+}
+
+/// Read, parse and check a scenario file.
+pub fn load(path: &Path) -> Result<Scenario, InputError> {
+    let text = std::fs::read_to_string(path).map_err(|source| InputError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Parse and check scenario text that came from `path`.
+pub fn parse(path: &Path, text: &str) -> Result<Scenario, InputError> {
+    let scenario: Scenario = crate::input::parse_yaml(path, text)?;
+    check(&scenario).map_err(|(what, message)| {
+        let (line, column) = locate(text, &what);
+        InputError::Syntax {
+            path: path.to_owned(),
+            line,
+            column,
+            message,
+        }
+    })?;
+    Ok(scenario)
+}
+
+/// The line and column of the first occurrence of `needle` as a whole word (1-based), or 1:1.
+fn locate(text: &str, needle: &str) -> (usize, usize) {
+    for (i, line) in text.lines().enumerate() {
+        if line.trim_start().starts_with('#') {
+            continue;
+        }
+        let mut from = 0;
+        while let Some(pos) = line[from..].find(needle) {
+            let at = from + pos;
+            let before = line[..at].chars().next_back();
+            let after = line[at + needle.len()..].chars().next();
+            let word =
+                |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '-' || c == '_');
+            if !word(before) && !word(after) {
+                return (i + 1, at + 1);
+            }
+            from = at + needle.len();
+        }
+    }
+    (1, 1)
+}
+
+/// Semantic checks: on failure, the text to locate and the message.
+fn check(s: &Scenario) -> Result<(), (String, String)> {
+    if s.devices.is_empty() {
+        return Err(("devices".into(), "the scenario has no devices".into()));
+    }
+    let mut ids = BTreeSet::new();
+    let mut processes = BTreeSet::new();
+    for d in &s.devices {
+        if d.id.is_empty() || d.id.contains(['/', '+', '#']) {
+            return Err((
+                d.id.clone(),
+                format!("`{}` is not a device id (no /, +, #)", d.id),
+            ));
+        }
+        if d.count == Some(0) {
+            return Err((
+                d.id.clone(),
+                format!("device `{}`: a fleet needs a count of at least 1", d.id),
+            ));
+        }
+        for id in d.ids() {
+            if !ids.insert(id.clone()) {
+                return Err((d.id.clone(), format!("device `{id}` is defined twice")));
+            }
+            if d.run.is_some() {
+                processes.insert(id);
+            }
+        }
+        if let Some(run) = &d.run {
+            if run.is_empty() || run[0].trim().is_empty() {
+                return Err((
+                    "run".into(),
+                    format!("device `{}`: `run` needs a command", d.id),
+                ));
+            }
+            if !d.bugs.is_empty() {
+                return Err(("bugs".into(), format!("device `{}`: `bugs` are for the in-process sample device; pass `--bug` in `run` instead", d.id)));
+            }
+        }
+        for b in &d.bugs {
+            if let Err(e) = b.parse::<sample_device::Bug>() {
+                return Err((b.clone(), format!("device `{}`: {e}", d.id)));
+            }
+        }
+    }
+    let known = |dev: &str| -> Result<(), (String, String)> {
+        if ids.contains(dev) {
+            Ok(())
+        } else {
+            let list: Vec<&String> = ids.iter().take(10).collect();
+            Err((
+                dev.to_owned(),
+                format!("no device `{dev}` (devices: {list:?})"),
+            ))
+        }
+    };
+    for step in &s.timeline {
+        match step {
+            Step::Crash(r) | Step::Restart(r) => {
+                known(&r.device)?;
+                if !processes.contains(&r.device) {
+                    return Err((
+                        r.device.clone(),
+                        format!(
+                            "`{}` runs in-process: only `run` devices can crash and restart",
+                            r.device
+                        ),
+                    ));
+                }
+            }
+            Step::Stop(r) => known(&r.device)?,
+            Step::Fault(f) => {
+                if let Selector::Ids(list) = &f.devices {
+                    for d in list {
+                        known(d.split('/').next().unwrap_or(d))?;
+                    }
+                }
+                if let Selector::Percent(p) = f.devices {
+                    if p > 100 {
+                        return Err(("percent".into(), format!("{p} is not a percentage")));
+                    }
+                }
+            }
+            Step::Advance(_) | Step::Wait(_) => {}
+        }
+    }
+    if let Some(speed) = s.hub.speed {
+        if !(speed.is_finite() && speed > 0.0) {
+            return Err(("speed".into(), "`speed` must be a positive number".into()));
+        }
+    }
+    for e in &s.expect {
+        let device = match e {
+            Expectation::Connected { device }
+            | Expectation::Recovers { device, .. }
+            | Expectation::RenewsToken { device }
+            | Expectation::Backoff { device, .. }
+            | Expectation::NoTightLoop { device, .. }
+            | Expectation::NoMessageLoss { device, .. }
+            | Expectation::Resubscribes { device, .. }
+            | Expectation::GracefulDisconnect { device }
+            | Expectation::Keepalive { device, .. }
+            | Expectation::Records { device, .. } => device.clone(),
+            Expectation::FleetSpread { .. } => None,
+        };
+        if let Some(d) = device {
+            known(&d)?;
+        }
+    }
+    Ok(())
+}
+
+/// The JSON Schema of the scenario format.
+pub fn schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(Scenario)).unwrap_or_default()
+}
+
+/// Where the outputs of scenario `s` go.
+pub fn out_dir(base: &Path, s: &Scenario, several: bool) -> PathBuf {
+    if several {
+        base.join(&s.name)
+    } else {
+        base.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locate_finds_whole_words_and_skips_comments() {
+        let text = "# sensor-1 in a comment\ndevices:\n  - id: sensor-10\n  - id: sensor-1\n";
+        assert_eq!(locate(text, "sensor-1"), (4, 9));
+        assert_eq!(locate(text, "nowhere"), (1, 1));
+    }
+}
