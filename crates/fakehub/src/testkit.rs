@@ -18,6 +18,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
+use crate::events::{CloseCause, CloseHow, Closer, EventKind};
 use crate::hub::HubHandle;
 use crate::registry::IdentityRef;
 use crate::tls::DeviceCertificate;
@@ -270,6 +271,34 @@ pub fn connect_packet(
     };
     c.login = Some(mq::Login::new(user, token));
     c
+}
+
+/// Start a hub for `myhub.azure-devices.net` with these devices registered.
+pub async fn start_hub(devices: &[&str]) -> Result<HubHandle, crate::HubError> {
+    let mut b = crate::Hub::builder().host_name("myhub.azure-devices.net");
+    for d in devices {
+        b = b.device(*d);
+    }
+    b.build()?.start().await
+}
+
+/// Wait (up to `timeout`, real time) for the next `closed` event of a device's connection and
+/// return who closed it, how and why.
+pub async fn closed(
+    hub: &HubHandle,
+    device_id: &str,
+    timeout: Duration,
+) -> Option<(Closer, CloseHow, CloseCause)> {
+    let e = hub
+        .event_stream()
+        .wait_for(timeout, |e| {
+            e.device.as_deref() == Some(device_id) && matches!(e.kind, EventKind::Closed { .. })
+        })
+        .await?;
+    match e.kind {
+        EventKind::Closed { by, how, cause, .. } => Some((by, how, cause)),
+        _ => None,
+    }
 }
 
 /// The identity of a device (no module).

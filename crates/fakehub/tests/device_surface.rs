@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use fakehub::testkit::{device, MqttQoS as QoS, Packet, RawClient, Received};
+use fakehub::testkit::{self, device, MqttQoS as QoS, Packet, RawClient, Received};
 use fakehub::{
     C2dError, CloseCause, CloudMessage, EventKind, Hub, HubHandle, IdentityRef, MethodError,
     TwinError, TwinSection,
@@ -15,11 +15,7 @@ use serde_json::{json, Value};
 const T: Duration = Duration::from_secs(5);
 
 async fn hub_with(devices: &[&str]) -> HubHandle {
-    let mut b = Hub::builder().host_name("myhub.azure-devices.net");
-    for d in devices {
-        b = b.device(*d);
-    }
-    b.build().unwrap().start().await.unwrap()
+    testkit::start_hub(devices).await.unwrap()
 }
 
 fn json_of(p: &mq::Publish) -> Value {
@@ -34,17 +30,10 @@ async fn puback(c: &mut RawClient, pkid: u16) {
 
 /// Wait for the `closed` event of a device, and return its cause.
 async fn closed_cause(hub: &HubHandle, dev: &str) -> CloseCause {
-    let e = hub
-        .event_stream()
-        .wait_for(T, |e| {
-            e.device.as_deref() == Some(dev) && matches!(e.kind, EventKind::Closed { .. })
-        })
+    testkit::closed(hub, dev, T)
         .await
-        .expect("a closed event");
-    match e.kind {
-        EventKind::Closed { cause, .. } => cause,
-        _ => unreachable!(),
-    }
+        .expect("a closed event")
+        .2
 }
 
 #[tokio::test]
