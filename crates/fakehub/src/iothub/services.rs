@@ -573,7 +573,7 @@ impl Task {
     }
 
     /// Publish to a device's `$iothub/…` topic (QoS 0, as IoT Hub sends them).
-    async fn to_device(
+    async fn send_to_device(
         &mut self,
         who: &IdentityRef,
         iothub_topic: &str,
@@ -705,7 +705,7 @@ impl Task {
             },
         );
         let topic = format!("$iothub/twin/PATCH/properties/desired/?$version={version}");
-        self.to_device(who, &topic, notification.to_string().into_bytes())
+        self.send_to_device(who, &topic, notification.to_string().into_bytes())
             .await?;
         Ok(Ok(version))
     }
@@ -742,7 +742,7 @@ impl Task {
             },
         );
         let topic = format!("$iothub/methods/POST/{name}/?$rid={rid}");
-        self.to_device(&who, &topic, payload).await?;
+        self.send_to_device(&who, &topic, payload).await?;
         self.methods.insert(
             rid.clone(),
             PendingMethod {
@@ -810,7 +810,7 @@ impl Task {
             Ok(DevicePublish::TwinGet { rid }) => {
                 let document = self.twins.lock().entry(who.clone()).or_default().document();
                 let topic = format!("$iothub/twin/res/200/?$rid={rid}");
-                self.to_device(&who, &topic, document.to_string().into_bytes())
+                self.send_to_device(&who, &topic, document.to_string().into_bytes())
                     .await?;
             }
             Ok(DevicePublish::TwinPatchReported { rid }) => {
@@ -830,12 +830,12 @@ impl Task {
                             },
                         );
                         let topic = format!("$iothub/twin/res/204/?$rid={rid}&$version={version}");
-                        self.to_device(&who, &topic, Vec::new()).await?;
+                        self.send_to_device(&who, &topic, Vec::new()).await?;
                     }
                     Err(e) => {
                         let topic = format!("$iothub/twin/res/400/?$rid={rid}");
                         let body = serde_json::json!({ "message": e.to_string() });
-                        self.to_device(&who, &topic, body.to_string().into_bytes())
+                        self.send_to_device(&who, &topic, body.to_string().into_bytes())
                             .await?;
                     }
                 }

@@ -209,7 +209,8 @@ mod tests {
     fn bad_patches_change_nothing() {
         let mut t = Twin::default();
         let deep = (0..11).fold(json!(1), |inner, _| json!({ "a": inner }));
-        let cases: Vec<(Vec<u8>, fn(&PatchError) -> bool)> = vec![
+        type Check = fn(&PatchError) -> bool;
+        let cases: Vec<(Vec<u8>, Check)> = vec![
             (b"{not json".to_vec(), |e| {
                 matches!(e, PatchError::NotJson(_))
             }),
