@@ -244,9 +244,7 @@ async fn the_python_sdk_connects_with_x509_and_a_wrong_certificate_is_401003() {
     let record = hub.records().pop().unwrap();
     assert_eq!(record.code(), Some(401003));
     assert!(record
-        .properties()
-        .unwrap()
-        .error_message
+        .error_message()
         .starts_with("Thumbprint does not match configuration"));
     hub.shutdown().await.unwrap();
 }

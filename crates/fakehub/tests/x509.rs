@@ -185,9 +185,7 @@ async fn self_signed_certificates_are_known_by_thumbprint() {
     let record = hub.records().pop().unwrap();
     assert_eq!(record.code(), Some(401003));
     assert!(record
-        .properties()
-        .unwrap()
-        .error_message
+        .error_message()
         .starts_with("Thumbprint does not match configuration"));
 
     // A device registered for SAS only is not let in by a certificate, nor is a CONNECT with
