@@ -483,8 +483,8 @@ impl Task {
         let shutdown = self.shared.shutdown.clone();
         let result: Result<(), CoreError> = async {
             loop {
+                // Unbiased: a busy event log must not starve commands or device requests.
                 tokio::select! {
-                    biased;
                     _ = shutdown.cancelled() => return Ok(()),
                     e = self.stream.next() => self.on_event(&e).await?,
                     cmd = commands.recv() => match cmd {
