@@ -608,6 +608,61 @@ def scenario_desired(args):
     finish(EXIT_OK)
 
 
+def scenario_session(args):
+    """C2D messages and method calls on one client for as long as it takes, across reconnects.
+
+    Both handlers are set once, right after the first connect, so the SDK subscribes once; after a
+    drop it reconnects with CleanSession=0 and never subscribes again, so everything after that
+    arrives only because the hub kept the session.
+    """
+    from azure.iot.device import MethodResponse
+
+    client, state = setup(args, watch_connection=True)
+    connect(client, args)
+    lock = threading.Lock()
+    counts = {"c2d": 0, "methods": 0}
+    done = threading.Event()
+
+    def check_done():
+        if counts["c2d"] >= args.c2d and counts["methods"] >= args.methods:
+            done.set()
+
+    def on_message(message):
+        fields = payload_fields(message.data)
+        with lock:
+            counts["c2d"] += 1
+            index = counts["c2d"]
+        emit("c2d", index=index, message_id=message.message_id,
+             custom_properties=dict(message.custom_properties), **fields)
+        with lock:
+            check_done()
+
+    def on_method(request):
+        with lock:
+            counts["methods"] += 1
+            index = counts["methods"]
+        emit("method_request", index=index, name=request.name, request_id=request.request_id,
+             payload=request.payload)
+        response = MethodResponse.create_from_method_request(
+            request, 200, {"echo": request.payload, "index": index})
+        try:
+            call_with_timeout(args.send_timeout, client.send_method_response, response)
+        except Exception as exc:  # noqa: B902 - includes CallTimeout
+            emit("error", during="send_method_response", **describe_exception(exc))
+            return
+        emit("method_response", index=index, name=request.name, request_id=request.request_id)
+        with lock:
+            check_done()
+
+    set_handler(client, "on_message_received", on_message, args)
+    set_handler(client, "on_method_request_received", on_method, args)
+    emit("ready", c2d=args.c2d, methods=args.methods)
+    wait_event(done, args.timeout, "session")
+    emit("summary", connected=bool(client.connected), **state.counters(), **counts)
+    shutdown(client, args)
+    finish(EXIT_OK)
+
+
 class Sender:
     """Sends numbered messages, each in its own thread, recording outcomes.
 
@@ -821,6 +876,13 @@ def build_parser():
     p.add_argument("--timeout", type=float, default=30.0, metavar="S")
     p.set_defaults(func=scenario_desired)
 
+    p = sub.add_parser("session", parents=[common],
+                       help="receive --c2d messages and answer --methods calls, across reconnects")
+    p.add_argument("--c2d", type=int, default=1, metavar="N")
+    p.add_argument("--methods", type=int, default=1, metavar="N")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S")
+    p.set_defaults(func=scenario_session)
+
     for name, func, help_text in (
             ("keep-sending", scenario_keep_sending,
              "send m-0, m-1, ... every --interval for --duration; print reconnects"),
@@ -851,6 +913,8 @@ def default_deadline(args):
     if args.scenario in ("receive-c2d", "desired"):
         return base + args.timeout
     if args.scenario == "method":
+        return base + args.timeout + args.send_timeout
+    if args.scenario == "session":
         return base + args.timeout + args.send_timeout
     if args.scenario == "twin":
         return base + 2 * args.timeout

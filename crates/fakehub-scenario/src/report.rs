@@ -55,7 +55,7 @@ struct CloseStyle {
 }
 
 /// One style per kind of close, in legend order.
-const CLOSE_STYLES: [CloseStyle; 10] = [
+const CLOSE_STYLES: [CloseStyle; 11] = [
     CloseStyle {
         color: "#2f9e44",
         label: "graceful (DISCONNECT)",
@@ -93,6 +93,10 @@ const CLOSE_STYLES: [CloseStyle; 10] = [
         label: "session ended by the core",
     },
     CloseStyle {
+        color: "#ad1457",
+        label: "identity disabled",
+    },
+    CloseStyle {
         color: "#795548",
         label: "other",
     },
@@ -109,7 +113,8 @@ fn close_style_index(cause: CloseCause) -> usize {
         CloseCause::HubShutdown => 6,
         CloseCause::ProtocolViolation => 7,
         CloseCause::CoreClosed => 8,
-        CloseCause::TlsFailed | CloseCause::NoConnect | CloseCause::Refused => 9,
+        CloseCause::Disabled => 9,
+        CloseCause::TlsFailed | CloseCause::NoConnect | CloseCause::Refused => 10,
     }
 }
 

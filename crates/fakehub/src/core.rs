@@ -21,8 +21,15 @@
 //!   stays behind after shutdown, with whatever the router still holds.
 //! * The router's `RouterConfig::default()` refuses every connection; every field is set here.
 //! * Device credentials never reach the core: the link carries only the client id.
+//! * It delivers at the *subscription's* QoS whatever the publish's, and it drops a link that
+//!   acknowledges QoS 1 deliveries out of order. IoT Hub sends everything on `$iothub/…` (twin
+//!   responses, desired-property patches, method requests) at QoS 0, so those filters are subscribed
+//!   in the router at QoS 0 (the SUBACK still shows the QoS the device was granted); only C2D
+//!   travels at QoS 1.
+//! * Its commit log keeps a fixed amount of history per filter and skips a lagging reader past what
+//!   it dropped; C2D filters get room for a full device queue (50 messages of 64 KiB).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -38,6 +45,10 @@ const CLIENT_ID_ESCAPE: &AsciiSet = &CONTROLS.add(b'%').add(b'/').add(b'+').add(
 
 /// The internal namespace `$iothub/…` topics map to.
 const IOTHUB_NAMESPACE: &str = "iothub/";
+
+/// The router name of the hub's own service link. Escaped client ids never contain `%` followed by
+/// something other than two hex digits, so no device or module can take this name over.
+const SERVICE_CLIENT_ID: &str = "%hub.services";
 
 /// Errors at the core boundary.
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +103,15 @@ impl Core {
             // Both must be non-zero or the router thread panics on the first subscription.
             max_segment_size: 64 * 1024,
             max_segment_count: 16,
-            custom_segment: None,
+            // C2D: at least 50 queued messages of 64 KiB must survive while a device is away. The
+            // log is allocated as it fills, so this costs memory only for devices that get C2D.
+            custom_segment: Some(HashMap::from([(
+                "devices/+/messages/devicebound/#".to_owned(),
+                rumqttd::SegmentConfig {
+                    max_segment_size: 512 * 1024,
+                    max_segment_count: 8,
+                },
+            )])),
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
         };
@@ -114,7 +133,16 @@ impl Core {
         client_id: &str,
         clean: bool,
     ) -> Result<CoreSession, CoreError> {
-        let escaped = escape_client_id(client_id);
+        self.open_escaped(escape_client_id(client_id), clean).await
+    }
+
+    /// Open the hub services' own session (clean), under a name no device can claim. Its topics
+    /// are used as they are: it reads and writes the internal `iothub/{escaped client id}/…` form.
+    pub async fn open_service_session(&self) -> Result<CoreSession, CoreError> {
+        self.open_escaped(SERVICE_CLIENT_ID.to_owned(), true).await
+    }
+
+    async fn open_escaped(&self, escaped: String, clean: bool) -> Result<CoreSession, CoreError> {
         let open = self.open.clone();
         let name = escaped.clone();
         let (tx, rx, ack) = tokio::task::spawn_blocking(move || open(&name, clean))
@@ -131,6 +159,7 @@ impl Core {
             pending: VecDeque::new(),
             escaped,
             session_present,
+            grants: HashMap::new(),
         })
     }
 }
@@ -147,9 +176,26 @@ pub fn unescape_client_id(escaped: &str) -> String {
 
 /// Map a device-facing topic or filter into the router's namespace.
 pub fn topic_to_core(escaped_client: &str, topic: &str) -> String {
-    match topic.strip_prefix("$iothub/") {
-        Some(rest) => format!("{IOTHUB_NAMESPACE}{escaped_client}/{rest}"),
-        None => topic.to_owned(),
+    if let Some(rest) = topic.strip_prefix("$iothub/") {
+        return format!("{IOTHUB_NAMESPACE}{escaped_client}/{rest}");
+    }
+    // azure-sdk-for-c subscribes to C2D with a wildcard device id; a device only ever receives its
+    // own C2D, so the filter becomes the device's own.
+    if let Some(rest) = topic.strip_prefix("devices/+/messages/devicebound/") {
+        let device = unescape_client_id(escaped_client);
+        if !device.contains('/') {
+            return format!("devices/{device}/messages/devicebound/{rest}");
+        }
+    }
+    topic.to_owned()
+}
+
+/// The QoS a filter is subscribed with in the router: IoT Hub sends `$iothub/…` at QoS 0.
+fn router_qos(device_filter: &str, granted: MqQoS) -> MqQoS {
+    if device_filter.starts_with("$iothub/") {
+        MqQoS::AtMostOnce
+    } else {
+        granted
     }
 }
 
@@ -176,6 +222,17 @@ fn qos_from_core(q: rp::QoS) -> MqQoS {
         rp::QoS::AtMostOnce => MqQoS::AtMostOnce,
         rp::QoS::AtLeastOnce => MqQoS::AtLeastOnce,
         rp::QoS::ExactlyOnce => MqQoS::ExactlyOnce,
+    }
+}
+
+/// The QoS a router SUBACK code grants, or `None` for a failure.
+fn router_granted(code: &rp::SubscribeReasonCode) -> Option<MqQoS> {
+    match code {
+        rp::SubscribeReasonCode::QoS0 => Some(MqQoS::AtMostOnce),
+        rp::SubscribeReasonCode::QoS1 => Some(MqQoS::AtLeastOnce),
+        rp::SubscribeReasonCode::QoS2 => Some(MqQoS::ExactlyOnce),
+        rp::SubscribeReasonCode::Success(q) => Some(qos_from_core(*q)),
+        _ => None,
     }
 }
 
@@ -223,6 +280,8 @@ pub struct CoreSession {
     pending: VecDeque<mq::Packet>,
     escaped: String,
     session_present: bool,
+    /// QoS granted to the device per SUBSCRIBE packet id, for the SUBACK (see [`router_qos`]).
+    grants: HashMap<u16, Vec<MqQoS>>,
 }
 
 impl CoreSession {
@@ -259,18 +318,26 @@ impl CoreSession {
         pkid: u16,
         filters: &[(String, MqQoS)],
     ) -> Result<(), CoreError> {
-        let filters = filters
+        let routed = filters
             .iter()
             .map(|(path, qos)| rp::Filter {
                 path: topic_to_core(&self.escaped, path),
-                qos: qos_to_core(*qos),
+                qos: qos_to_core(router_qos(path, *qos)),
                 nolocal: false,
                 preserve_retain: false,
                 retain_forward_rule: rp::RetainForwardRule::OnEverySubscribe,
             })
             .collect();
-        self.send(rp::Packet::Subscribe(rp::Subscribe { pkid, filters }, None))
-            .await
+        self.grants
+            .insert(pkid, filters.iter().map(|(_, qos)| *qos).collect());
+        self.send(rp::Packet::Subscribe(
+            rp::Subscribe {
+                pkid,
+                filters: routed,
+            },
+            None,
+        ))
+        .await
     }
 
     /// Unsubscribe from filters (device-facing form).
@@ -327,7 +394,7 @@ impl CoreSession {
         }
     }
 
-    fn packet_from_core(&self, packet: rp::Packet) -> Option<mq::Packet> {
+    fn packet_from_core(&mut self, packet: rp::Packet) -> Option<mq::Packet> {
         Some(match packet {
             rp::Packet::Publish(p, _) => {
                 let (topic, qos, pkid, dup, retain, payload) = publish_from_core(&p)?;
@@ -341,23 +408,16 @@ impl CoreSession {
             }
             rp::Packet::PubAck(ack, _) => mq::Packet::PubAck(mq::PubAck::new(ack.pkid)),
             rp::Packet::SubAck(ack, _) => {
+                // The router granted what it was asked for; the device is told what it was granted.
+                let granted = self.grants.remove(&ack.pkid).unwrap_or_default();
                 let codes = ack
                     .return_codes
                     .iter()
-                    .map(|c| match c {
-                        rp::SubscribeReasonCode::QoS0 => {
-                            mq::SubscribeReasonCode::Success(MqQoS::AtMostOnce)
-                        }
-                        rp::SubscribeReasonCode::QoS1 => {
-                            mq::SubscribeReasonCode::Success(MqQoS::AtLeastOnce)
-                        }
-                        rp::SubscribeReasonCode::QoS2 => {
-                            mq::SubscribeReasonCode::Success(MqQoS::ExactlyOnce)
-                        }
-                        rp::SubscribeReasonCode::Success(q) => {
-                            mq::SubscribeReasonCode::Success(qos_from_core(*q))
-                        }
-                        _ => mq::SubscribeReasonCode::Failure,
+                    .enumerate()
+                    .map(|(i, c)| match (router_granted(c), granted.get(i)) {
+                        (Some(_), Some(q)) => mq::SubscribeReasonCode::Success(*q),
+                        (Some(q), None) => mq::SubscribeReasonCode::Success(q),
+                        (None, _) => mq::SubscribeReasonCode::Failure,
                     })
                     .collect();
                 mq::Packet::SubAck(mq::SubAck::new(ack.pkid, codes))
@@ -404,6 +464,20 @@ mod tests {
         assert_eq!(&payload[..], b"payload");
     }
 
+    async fn next_packet(session: &mut CoreSession) -> mq::Packet {
+        tokio::time::timeout(std::time::Duration::from_secs(2), session.next())
+            .await
+            .expect("a packet from the core in time")
+            .expect("the core session is open")
+    }
+
+    async fn publish_as_service(svc: &mut CoreSession, topic: String, pkid: u16, payload: Vec<u8>) {
+        let mut p = mq::Publish::new(topic, MqQoS::AtLeastOnce, payload);
+        p.pkid = pkid;
+        svc.publish(&p).await.unwrap();
+        assert!(matches!(next_packet(svc).await, mq::Packet::PubAck(_)));
+    }
+
     #[tokio::test]
     async fn persistent_session_survives_and_redelivers() {
         let core = Core::start(0, CoreLimits::default());
@@ -412,32 +486,111 @@ mod tests {
         dev.subscribe(1, &[("$iothub/methods/POST/#".into(), MqQoS::AtLeastOnce)])
             .await
             .unwrap();
-        assert!(matches!(dev.next().await.unwrap(), mq::Packet::SubAck(_)));
+        match next_packet(&mut dev).await {
+            // The device is told it got QoS 1, though the router delivers `$iothub` at QoS 0.
+            mq::Packet::SubAck(ack) => assert_eq!(
+                ack.return_codes,
+                [mq::SubscribeReasonCode::Success(MqQoS::AtLeastOnce)]
+            ),
+            other => panic!("{other:?}"),
+        }
         dev.close().await;
 
         // A service publishes while the device is away.
-        let mut svc = core.open_session("svc", true).await.unwrap();
+        let mut svc = core.open_service_session().await.unwrap();
         let topic = topic_to_core(
             &escape_client_id("dev/mod"),
             "$iothub/methods/POST/reboot/?$rid=1",
         );
-        let mut p = mq::Publish::new(topic, MqQoS::AtLeastOnce, b"{}".to_vec());
-        p.pkid = 1;
-        svc.publish(&p).await.unwrap();
-        assert!(matches!(svc.next().await.unwrap(), mq::Packet::PubAck(_)));
+        publish_as_service(&mut svc, topic, 1, b"{}".to_vec()).await;
 
         let mut dev = core.open_session("dev/mod", false).await.unwrap();
         assert!(dev.session_present());
-        match tokio::time::timeout(std::time::Duration::from_secs(2), dev.next())
-            .await
-            .unwrap()
-            .unwrap()
-        {
+        match next_packet(&mut dev).await {
             mq::Packet::Publish(p) => {
                 assert_eq!(p.topic, "$iothub/methods/POST/reboot/?$rid=1");
-                assert_eq!(p.qos, MqQoS::AtLeastOnce);
+                assert_eq!(p.qos, MqQoS::AtMostOnce, "IoT Hub sends $iothub at QoS 0");
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Measured: a full C2D queue (50 messages of 64 KiB) published while the device is away is
+    /// delivered complete and in order after it reconnects, and the unacknowledged tail again
+    /// after a second reconnect. The wildcard filter of azure-sdk-for-c gets the device's own C2D.
+    #[tokio::test]
+    async fn a_full_c2d_queue_survives_two_reconnects_in_order() {
+        let core = Core::start(1, CoreLimits::default());
+        let mut dev = core.open_session("d1", false).await.unwrap();
+        dev.subscribe(
+            1,
+            &[(
+                "devices/+/messages/devicebound/#".into(),
+                MqQoS::AtLeastOnce,
+            )],
+        )
+        .await
+        .unwrap();
+        assert!(matches!(next_packet(&mut dev).await, mq::Packet::SubAck(_)));
+        dev.close().await;
+        let mut other = core.open_session("d2", false).await.unwrap();
+        other
+            .subscribe(
+                1,
+                &[(
+                    "devices/+/messages/devicebound/#".into(),
+                    MqQoS::AtLeastOnce,
+                )],
+            )
+            .await
+            .unwrap();
+        assert!(matches!(
+            next_packet(&mut other).await,
+            mq::Packet::SubAck(_)
+        ));
+
+        let mut svc = core.open_service_session().await.unwrap();
+        for i in 0..50u16 {
+            let mut body = vec![b'x'; 64 * 1024];
+            body[..2].copy_from_slice(&i.to_be_bytes());
+            let topic = format!("devices/d1/messages/devicebound/%24.mid=m-{i}");
+            publish_as_service(&mut svc, topic, i + 1, body).await;
+        }
+
+        let mut dev = core.open_session("d1", false).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < 50 {
+            if let mq::Packet::Publish(p) = next_packet(&mut dev).await {
+                assert_eq!(p.qos, MqQoS::AtLeastOnce);
+                assert_eq!(p.payload.len(), 64 * 1024);
+                got.push((p.topic.clone(), p.pkid));
+            }
+        }
+        let expected: Vec<String> = (0..50)
+            .map(|i| format!("devices/d1/messages/devicebound/%24.mid=m-{i}"))
+            .collect();
+        assert_eq!(
+            got.iter().map(|(t, _)| t.clone()).collect::<Vec<_>>(),
+            expected
+        );
+        // Acknowledge the first 20, leave the rest, go away again.
+        for (_, pkid) in &got[..20] {
+            dev.puback(*pkid).await.unwrap();
+        }
+        dev.close().await;
+        let mut dev = core.open_session("d1", false).await.unwrap();
+        let mut again = Vec::new();
+        while again.len() < 30 {
+            if let mq::Packet::Publish(p) = next_packet(&mut dev).await {
+                again.push(p.topic.clone());
+            }
+        }
+        assert_eq!(again, expected[20..]);
+        // The other device saw none of it.
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(200), other.next())
+                .await
+                .is_err()
+        );
     }
 }

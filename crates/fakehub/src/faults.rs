@@ -554,11 +554,8 @@ pub(crate) fn inject(shared: &Arc<Shared>, fault: Fault) -> FaultHandle {
         FaultKind::Takeover => close(WireClose::Fin, CloseCause::Takeover),
         FaultKind::Disable => {
             for c in &hit {
-                shared
-                    .registry
-                    .update(&IdentityRef::from_client_id(c), |i| i.enabled = false);
+                shared.set_enabled(&IdentityRef::from_client_id(c), false);
             }
-            close(WireClose::Fin, CloseCause::Fault);
         }
         FaultKind::RotateKey => {
             for c in &hit {
@@ -614,9 +611,7 @@ pub(crate) fn end(shared: &Shared, id: u64, at: Stamp) {
             .iter()
             .filter(|c| active.matcher.matches(c))
         {
-            shared
-                .registry
-                .update(&IdentityRef::from_client_id(c), |i| i.enabled = true);
+            shared.set_enabled(&IdentityRef::from_client_id(c), true);
         }
     }
     shared.events.emit_stamped(

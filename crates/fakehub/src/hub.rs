@@ -17,6 +17,11 @@ use crate::core::{Core, CoreLimits};
 use crate::events::records::{self, ConnectionRecord, RecordContext};
 use crate::events::{CloseCause, EventKind, EventLog, EventStream, Subject};
 use crate::frontdoor::{self, Control, FrontDoorConfig, Shared, WireClose};
+use crate::iothub::c2d::CloudMessage;
+use crate::iothub::methods::{MethodError, MethodResponse};
+use crate::iothub::services::{C2dError, Services, TwinError};
+use crate::iothub::twin::Twin;
+use crate::registry::X509Auth;
 use crate::registry::{
     Device, Identity, IdentityRef, Policy, Registry, RegistryData, SymmetricKeys,
 };
@@ -40,6 +45,8 @@ pub enum HubError {
     },
     #[error("the event log could not be written: {0}")]
     EventLog(String),
+    #[error("the hub services could not start: {0}")]
+    Services(String),
 }
 
 /// Router ids only name the router thread (`router-N`); unique per process for readable thread lists.
@@ -124,10 +131,7 @@ impl HubBuilder {
             id.clone(),
             Device {
                 id,
-                identity: Identity {
-                    keys,
-                    enabled: true,
-                },
+                identity: Identity::new(keys),
                 modules: BTreeMap::new(),
             },
         );
@@ -137,13 +141,8 @@ impl HubBuilder {
     /// Register a module of an already registered device, with fresh keys.
     pub fn module(mut self, device_id: &str, module_id: impl Into<String>) -> Self {
         if let Some(d) = self.registry.devices.get_mut(device_id) {
-            d.modules.insert(
-                module_id.into(),
-                Identity {
-                    keys: SymmetricKeys::generate(),
-                    enabled: true,
-                },
-            );
+            d.modules
+                .insert(module_id.into(), Identity::new(SymmetricKeys::generate()));
         }
         self
     }
@@ -302,6 +301,7 @@ impl Hub {
             max_packet_size: b.max_packet_size,
         };
         let registry = Registry::new(b.registry);
+        registry.trust_certificate_authority(certificates.ca_der());
         let shared = Arc::new(Shared::new(
             config,
             registry,
@@ -318,8 +318,12 @@ impl Hub {
                 host_name: b.host_name.clone(),
             },
         );
+        let services = Services::start(&shared)
+            .await
+            .map_err(|e| HubError::Services(e.to_string()))?;
         let accept = tokio::spawn(frontdoor::accept_loop(listener, shared.clone()));
         Ok(HubHandle {
+            services,
             shared,
             local_addr,
             certificates: Arc::new(certificates),
@@ -331,6 +335,7 @@ impl Hub {
 
 /// A running hub. Dropping it stops the hub without waiting; [`HubHandle::shutdown`] waits.
 pub struct HubHandle {
+    services: Services,
     shared: Arc<Shared>,
     local_addr: SocketAddr,
     certificates: Arc<HubCertificates>,
@@ -504,5 +509,89 @@ impl Drop for HubHandle {
             accept.abort();
         }
         let _ = self.shared.events.flush();
+    }
+}
+
+/// X.509 identities.
+impl HubBuilder {
+    /// Let a registered device or module authenticate with a client certificate: self-signed ones
+    /// known by thumbprint, or ones issued by a CA the hub trusts (its own CA, and any added with
+    /// [`Self::trust_ca`]) whose CN is the identity. Its SAS keys keep working.
+    pub fn x509(mut self, who: &IdentityRef, auth: X509Auth) -> Self {
+        if let Some(d) = self.registry.devices.get_mut(&who.device_id) {
+            let identity = match &who.module_id {
+                None => Some(&mut d.identity),
+                Some(m) => d.modules.get_mut(m),
+            };
+            if let Some(identity) = identity {
+                identity.x509 = Some(auth);
+            }
+        }
+        self
+    }
+
+    /// Trust another CA (DER) for CA-signed device certificates ("verified CA" in IoT Hub).
+    pub fn trust_ca(
+        mut self,
+        ca: tokio_rustls::rustls::pki_types::CertificateDer<'static>,
+    ) -> Self {
+        self.registry.certificate_authorities.push(ca);
+        self
+    }
+}
+
+/// The service side: cloud-to-device messages, twins, direct methods, enabling and disabling.
+impl HubHandle {
+    /// Send a cloud-to-device message. Returns its message id once the hub holds it (the device
+    /// gets it when connected and subscribed; an offline CleanSession=0 session gets it when it
+    /// comes back). A device's queue holds at most 50 unacknowledged messages: one more is 403004.
+    pub async fn send_c2d(
+        &self,
+        device_id: &str,
+        message: CloudMessage,
+    ) -> Result<String, C2dError> {
+        self.services.send_c2d(device_id, message).await
+    }
+
+    /// How many C2D messages a device has not acknowledged yet.
+    pub async fn c2d_queue_depth(&self, device_id: &str) -> usize {
+        self.services.c2d_queue_depth(device_id).await
+    }
+
+    /// Patch an identity's desired properties (JSON merge patch; `null` removes). The device, if
+    /// subscribed, gets the patch with the new `$version`, which is returned.
+    pub async fn patch_desired(
+        &self,
+        who: &IdentityRef,
+        patch: serde_json::Value,
+    ) -> Result<u64, TwinError> {
+        self.services.patch_desired(who, patch).await
+    }
+
+    /// An identity's twin (desired and reported sections with their versions); `None` when it is
+    /// not registered.
+    pub fn twin(&self, who: &IdentityRef) -> Option<Twin> {
+        self.services.twin(who)
+    }
+
+    /// Invoke a direct method and wait up to `timeout` (the hub clock's elapsed time) for the
+    /// device's answer. 404103 at once when the device is not connected or not subscribed to
+    /// methods; 504101 when it does not answer in time.
+    pub async fn invoke_method(
+        &self,
+        who: &IdentityRef,
+        name: &str,
+        payload: serde_json::Value,
+        timeout: Duration,
+    ) -> Result<MethodResponse, MethodError> {
+        self.services
+            .invoke_method(who, name, &payload, timeout)
+            .await
+    }
+
+    /// Disable (closing its live connection; later CONNECTs get CONNACK 3) or enable an identity.
+    /// False when it is not registered.
+    pub fn set_enabled(&self, who: &IdentityRef, enabled: bool) -> bool {
+        self.services.set_enabled(who, enabled)
     }
 }

@@ -30,7 +30,13 @@ pub mod tls;
 
 pub use clock::{DeviceClock, VirtualClock};
 pub use events::records::ConnectionRecord;
-pub use events::{CloseCause, CloseHow, Closer, Event, EventKind, EventLog, EventStream};
+pub use events::{
+    CloseCause, CloseHow, Closer, Event, EventKind, EventLog, EventStream, TwinSection,
+};
 pub use frontdoor::WireClose;
 pub use hub::{Hub, HubBuilder, HubError, HubHandle};
-pub use registry::{IdentityRef, SymmetricKeys};
+pub use iothub::c2d::CloudMessage;
+pub use iothub::methods::{MethodError, MethodResponse};
+pub use iothub::services::{C2dError, TwinError};
+pub use iothub::twin::Twin;
+pub use registry::{IdentityRef, SymmetricKeys, X509Auth};

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
+use tokio_rustls::rustls::pki_types::CertificateDer;
 
 use crate::sas;
 
@@ -53,6 +54,32 @@ impl SymmetricKeys {
 pub struct Identity {
     pub keys: SymmetricKeys,
     pub enabled: bool,
+    /// How the identity may authenticate with a client certificate; `None`: SAS only.
+    pub x509: Option<X509Auth>,
+}
+
+impl Identity {
+    /// An enabled identity with these keys and no X.509 authentication.
+    pub fn new(keys: SymmetricKeys) -> Self {
+        Identity {
+            keys,
+            enabled: true,
+            x509: None,
+        }
+    }
+}
+
+/// X.509 authentication of an identity, as IoT Hub registers it (research §1.4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum X509Auth {
+    /// Self-signed certificates, recognised by thumbprint (SHA-1 or SHA-256 of the DER, hex).
+    SelfSigned {
+        primary: String,
+        secondary: Option<String>,
+    },
+    /// Certificates issued by a CA the hub trusts, whose subject CN is the device id (or
+    /// `device/module`).
+    CertificateAuthority,
 }
 
 /// A device: its own identity and its modules.
@@ -81,27 +108,35 @@ pub struct IdentityRef {
 }
 
 impl IdentityRef {
+    /// A device identity.
+    pub fn device(id: impl Into<String>) -> Self {
+        IdentityRef {
+            device_id: id.into(),
+            module_id: None,
+        }
+    }
+
+    /// A module identity.
+    pub fn module(device_id: impl Into<String>, module_id: impl Into<String>) -> Self {
+        IdentityRef {
+            device_id: device_id.into(),
+            module_id: Some(module_id.into()),
+        }
+    }
+
+    /// The identity of an MQTT client id (`device` or `device/module`; device ids have no `/`).
+    pub fn from_client_id(client_id: &str) -> Self {
+        match client_id.split_once('/') {
+            Some((d, m)) => IdentityRef::module(d, m),
+            None => IdentityRef::device(client_id),
+        }
+    }
+
     /// The MQTT client id of this identity: `device` or `device/module`.
     pub fn client_id(&self) -> String {
         match &self.module_id {
             Some(m) => format!("{}/{}", self.device_id, m),
             None => self.device_id.clone(),
-        }
-    }
-}
-
-impl IdentityRef {
-    /// The identity of a client id: `device` or `device/module`.
-    pub fn from_client_id(client_id: &str) -> IdentityRef {
-        match client_id.split_once('/') {
-            Some((d, m)) => IdentityRef {
-                device_id: d.to_owned(),
-                module_id: Some(m.to_owned()),
-            },
-            None => IdentityRef {
-                device_id: client_id.to_owned(),
-                module_id: None,
-            },
         }
     }
 }
@@ -117,6 +152,9 @@ impl std::fmt::Display for IdentityRef {
 pub struct RegistryData {
     pub devices: BTreeMap<String, Device>,
     pub policies: BTreeMap<String, Policy>,
+    /// The CA certificates (DER) the hub trusts for [`X509Auth::CertificateAuthority`] identities
+    /// ("verified" CAs in IoT Hub terms). The hub adds its own CA when it starts.
+    pub certificate_authorities: Vec<CertificateDer<'static>>,
 }
 
 /// A shared, mutable registry.
@@ -164,6 +202,19 @@ impl Registry {
             out.extend(d.modules.keys().map(|m| format!("{}/{m}", d.id)));
         }
         out
+    }
+
+    /// The CA certificates the hub trusts for CA-signed device certificates.
+    pub fn certificate_authorities(&self) -> Vec<CertificateDer<'static>> {
+        self.read().certificate_authorities.clone()
+    }
+
+    /// Trust one more CA for CA-signed device certificates.
+    pub fn trust_certificate_authority(&self, ca: CertificateDer<'static>) {
+        let mut data = self.write();
+        if !data.certificate_authorities.contains(&ca) {
+            data.certificate_authorities.push(ca);
+        }
     }
 
     /// Every device id, in order.

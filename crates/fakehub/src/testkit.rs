@@ -18,8 +18,10 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
+use crate::events::{CloseCause, CloseHow, Closer, EventKind};
 use crate::hub::HubHandle;
 use crate::registry::IdentityRef;
+use crate::tls::DeviceCertificate;
 
 pub use rumqttc::mqttbytes::v4::Packet;
 pub use rumqttc::mqttbytes::QoS as MqttQoS;
@@ -56,6 +58,14 @@ impl RawClient {
             .certificates()
             .client_config()
             .map_err(|e| io::Error::other(e.to_string()))?;
+        Self::connect_tls_with(addr, config).await
+    }
+
+    /// Open TCP and TLS to `addr` with a TLS client configuration (server name `localhost`).
+    pub async fn connect_tls_with(
+        addr: SocketAddr,
+        config: Arc<tokio_rustls::rustls::ClientConfig>,
+    ) -> io::Result<RawClient> {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
         let name = ServerName::try_from("localhost").map_err(io::Error::other)?;
@@ -97,6 +107,64 @@ impl RawClient {
         match client.recv(Duration::from_secs(5)).await {
             Received::Packet(mq::Packet::ConnAck(ack)) => Ok((client, ack)),
             other => Err(io::Error::other(format!("expected CONNACK, got {other:?}"))),
+        }
+    }
+
+    /// Connect as an X.509 identity: the certificate in TLS, the username and no password in the
+    /// CONNECT. Returns the client and the CONNACK.
+    pub async fn connect_x509(
+        hub: &HubHandle,
+        who: &IdentityRef,
+        certificate: &DeviceCertificate,
+        clean_session: bool,
+    ) -> io::Result<(RawClient, mq::ConnAck)> {
+        let config = certificate
+            .client_config(&[hub.certificates().ca_der()])
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let mut client = Self::connect_tls_with(hub.local_addr(), config).await?;
+        let connect = connect_packet(hub.host_name(), who, "", clean_session, 60);
+        client.send(&mq::Packet::Connect(connect)).await?;
+        match client.recv(Duration::from_secs(5)).await {
+            Received::Packet(mq::Packet::ConnAck(ack)) => Ok((client, ack)),
+            other => Err(io::Error::other(format!("expected CONNACK, got {other:?}"))),
+        }
+    }
+
+    /// Subscribe to filters at QoS 1 and wait (up to 5 s) for the SUBACK's return codes.
+    pub async fn subscribe(
+        &mut self,
+        pkid: u16,
+        filters: &[&str],
+    ) -> io::Result<Vec<mq::SubscribeReasonCode>> {
+        let mut sub = mq::Subscribe::new_many(
+            filters
+                .iter()
+                .map(|f| mq::SubscribeFilter::new(f.to_string(), QoS::AtLeastOnce)),
+        );
+        sub.pkid = pkid;
+        self.send(&mq::Packet::Subscribe(sub)).await?;
+        match self
+            .recv_until(
+                Duration::from_secs(5),
+                |p| matches!(p, mq::Packet::SubAck(a) if a.pkid == pkid),
+            )
+            .await
+        {
+            Some(mq::Packet::SubAck(a)) => Ok(a.return_codes),
+            other => Err(io::Error::other(format!(
+                "expected SUBACK {pkid}, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Wait (up to `timeout`) for the next PUBLISH from the hub, skipping other packets.
+    pub async fn next_publish(&mut self, timeout: Duration) -> Option<mq::Publish> {
+        match self
+            .recv_until(timeout, |p| matches!(p, mq::Packet::Publish(_)))
+            .await
+        {
+            Some(mq::Packet::Publish(p)) => Some(p),
+            _ => None,
         }
     }
 
@@ -203,6 +271,34 @@ pub fn connect_packet(
     };
     c.login = Some(mq::Login::new(user, token));
     c
+}
+
+/// Start a hub for `myhub.azure-devices.net` with these devices registered.
+pub async fn start_hub(devices: &[&str]) -> Result<HubHandle, crate::HubError> {
+    let mut b = crate::Hub::builder().host_name("myhub.azure-devices.net");
+    for d in devices {
+        b = b.device(*d);
+    }
+    b.build()?.start().await
+}
+
+/// Wait (up to `timeout`, real time) for the next `closed` event of a device's connection and
+/// return who closed it, how and why.
+pub async fn closed(
+    hub: &HubHandle,
+    device_id: &str,
+    timeout: Duration,
+) -> Option<(Closer, CloseHow, CloseCause)> {
+    let e = hub
+        .event_stream()
+        .wait_for(timeout, |e| {
+            e.device.as_deref() == Some(device_id) && matches!(e.kind, EventKind::Closed { .. })
+        })
+        .await?;
+    match e.kind {
+        EventKind::Closed { by, how, cause, .. } => Some((by, how, cause)),
+        _ => None,
+    }
 }
 
 /// The identity of a device (no module).

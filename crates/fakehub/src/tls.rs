@@ -4,6 +4,12 @@
 //! server certificate issued by it for `localhost`, `127.0.0.1`, `::1` and the hub's host name, so an
 //! SDK that verifies the host name (Python checks it) accepts the connection through
 //! `GatewayHostName=localhost`. TLS 1.2 and 1.3 are both offered: the Python SDK only speaks 1.2.
+//!
+//! Like IoT Hub, the server asks every client for a certificate but does not require one: SAS
+//! devices send none, X.509 devices send theirs. The TLS layer only checks that the client holds the
+//! certificate's private key (the handshake signature); whether the certificate identifies a
+//! registered device is decided at CONNECT (`frontdoor::auth`), where a refusal can be answered with
+//! CONNACK 5 and a 401003 record, as the hub does, instead of a failed handshake.
 
 use std::sync::Arc;
 
@@ -11,10 +17,16 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
+use sha1::Sha1;
+use sha2::{Digest, Sha256};
 use tokio_rustls::rustls::{
     self,
-    pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer},
-    ServerConfig,
+    client::danger::HandshakeSignatureValid,
+    crypto::{CryptoProvider, WebPkiSupportedAlgorithms},
+    pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime},
+    server::danger::{ClientCertVerified, ClientCertVerifier},
+    server::WebPkiClientVerifier,
+    DigitallySignedStruct, ServerConfig, SignatureScheme,
 };
 
 /// Errors while making or loading certificates.
@@ -26,6 +38,10 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
     #[error("the CA key could not be read: {0}")]
     CaKey(String),
+}
+
+fn ring_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// The hub's CA and server certificate.
@@ -140,32 +156,30 @@ impl HubCertificates {
     }
 
     /// Issue a client certificate with `CN = common_name` (a device id, or `device/module`) signed by
-    /// this CA, for X.509 devices. Returns the certificate and its private key, both PEM.
+    /// this CA, for X.509 devices registered with [`crate::registry::X509Auth::CertificateAuthority`].
     pub fn issue_device_certificate(
         &self,
         common_name: &str,
-    ) -> Result<(String, String), TlsError> {
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name.to_owned());
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    ) -> Result<DeviceCertificate, TlsError> {
         let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &self.ca)?;
-        Ok((cert.pem(), key.serialize_pem()))
+        let cert = device_params(common_name).signed_by(&key, &self.ca)?;
+        Ok(DeviceCertificate::new(cert, key))
     }
 
-    /// The rustls server configuration: TLS 1.2 and 1.3, ring crypto, the server chain.
+    /// The rustls server configuration: TLS 1.2 and 1.3, ring crypto, the server chain, and an
+    /// optional client certificate (see the module documentation).
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
-        let config =
-            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])?
-                .with_no_client_auth()
-                .with_single_cert(
-                    self.server_chain.clone(),
-                    PrivateKeyDer::Pkcs8(self.server_key.clone_key()),
-                )?;
+        let provider = ring_provider();
+        let verifier = Arc::new(OptionalClientCertificate {
+            algorithms: provider.signature_verification_algorithms,
+        });
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                self.server_chain.clone(),
+                PrivateKeyDer::Pkcs8(self.server_key.clone_key()),
+            )?;
         Ok(Arc::new(config))
     }
 
@@ -175,21 +189,202 @@ impl HubCertificates {
     }
 }
 
-/// A TLS client configuration (TLS 1.2 and 1.3, ring) that trusts exactly the given CAs.
-pub fn client_config_trusting(
+fn device_params(common_name: &str) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name.to_owned());
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params
+}
+
+/// A device's client certificate and private key, with the certificate's thumbprints.
+pub struct DeviceCertificate {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// The private key, PEM (a secret: never log it).
+    pub key_pem: String,
+    /// The certificate, DER.
+    pub cert_der: CertificateDer<'static>,
+    /// The private key, DER (PKCS #8).
+    key_der: PrivatePkcs8KeyDer<'static>,
+    pub thumbprints: Thumbprints,
+}
+
+impl std::fmt::Debug for DeviceCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceCertificate")
+            .field("thumbprints", &self.thumbprints)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeviceCertificate {
+    fn new(cert: rcgen::Certificate, key: KeyPair) -> Self {
+        let cert_der = cert.der().clone();
+        DeviceCertificate {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            thumbprints: Thumbprints::of(&cert_der),
+            cert_der,
+            key_der: PrivatePkcs8KeyDer::from(key.serialize_der()),
+        }
+    }
+
+    /// A self-signed client certificate with `CN = common_name`, for devices registered with
+    /// [`crate::registry::X509Auth::SelfSigned`] (by its thumbprint).
+    pub fn self_signed(common_name: &str) -> Result<Self, TlsError> {
+        let key = KeyPair::generate()?;
+        let cert = device_params(common_name).self_signed(&key)?;
+        Ok(DeviceCertificate::new(cert, key))
+    }
+
+    /// A TLS client configuration that presents this certificate and trusts `cas`.
+    pub fn client_config(
+        &self,
+        cas: &[CertificateDer<'static>],
+    ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        let config = client_builder(cas)?.with_client_auth_cert(
+            vec![self.cert_der.clone()],
+            PrivateKeyDer::Pkcs8(self.key_der.clone_key()),
+        )?;
+        Ok(Arc::new(config))
+    }
+}
+
+/// A certificate's thumbprints as IoT Hub shows them: upper-case hex of the SHA-1 and the SHA-256
+/// of its DER encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Thumbprints {
+    pub sha1: String,
+    pub sha256: String,
+}
+
+fn hex_upper(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+impl Thumbprints {
+    pub fn of(der: &[u8]) -> Self {
+        Thumbprints {
+            sha1: hex_upper(&Sha1::digest(der)),
+            sha256: hex_upper(&Sha256::digest(der)),
+        }
+    }
+
+    /// Whether a registered thumbprint (SHA-1 or SHA-256, hex in any case, `:` or space separated)
+    /// names this certificate.
+    pub fn matches(&self, registered: &str) -> bool {
+        let clean: String = registered
+            .chars()
+            .filter(|c| !matches!(c, ':' | ' '))
+            .collect();
+        clean.eq_ignore_ascii_case(&self.sha1) || clean.eq_ignore_ascii_case(&self.sha256)
+    }
+}
+
+/// Offers client authentication without requiring it, accepts any certificate chain at the TLS
+/// layer, and verifies the handshake signature (so a client proves it holds the key of the
+/// certificate it presents). What the certificate is worth is decided at CONNECT.
+#[derive(Debug)]
+struct OptionalClientCertificate {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for OptionalClientCertificate {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        // No hints: a client then sends whatever certificate it has.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Check that `leaf` (with the `intermediates` the client sent) chains to one of `cas`, is valid
+/// at `now` and is meant for client authentication. The error text is safe to log.
+pub fn verify_client_chain(
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
     cas: &[CertificateDer<'static>],
-) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    now: std::time::SystemTime,
+) -> Result<(), String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in cas {
+        roots
+            .add(ca.clone())
+            .map_err(|e| format!("a trusted CA is unusable: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("the hub trusts no certificate authority".to_owned());
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), ring_provider())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let since_epoch = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| "the clock is before 1970".to_owned())?;
+    verifier
+        .verify_client_cert(leaf, intermediates, UnixTime::since_unix_epoch(since_epoch))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+fn client_builder(
+    cas: &[CertificateDer<'static>],
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, TlsError>
+{
     let mut roots = rustls::RootCertStore::empty();
     for ca in cas {
         roots.add(ca.clone())?;
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(Arc::new(config))
+    Ok(rustls::ClientConfig::builder_with_provider(ring_provider())
+        .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])?
+        .with_root_certificates(roots))
+}
+
+/// A TLS client configuration (TLS 1.2 and 1.3, ring) that trusts exactly the given CAs.
+pub fn client_config_trusting(
+    cas: &[CertificateDer<'static>],
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    Ok(Arc::new(client_builder(cas)?.with_no_client_auth()))
 }
 
 /// Read the certificates in a PEM text.

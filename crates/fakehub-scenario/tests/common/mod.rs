@@ -94,22 +94,131 @@ impl SdkRun {
     }
 }
 
+/// `python tests/python/sdk_client.py ARGS` with the SDK's interpreter and the CA file to trust.
+pub fn sdk_command(args: &[&str], ca_file: &Path) -> Command {
+    let mut cmd = Command::new(python_with_sdk());
+    cmd.arg(repo_root().join("tests/python/sdk_client.py"))
+        .args(args)
+        .env("FAKEHUB_CA_FILE", ca_file);
+    cmd
+}
+
+fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
 /// Run `tests/python/sdk_client.py` with a connection string and CA file.
 pub fn run_sdk_client(args: &[&str], connection_string: &str, ca_file: &Path) -> SdkRun {
-    let out = Command::new(python_with_sdk())
-        .arg(repo_root().join("tests/python/sdk_client.py"))
-        .args(args)
+    let out = sdk_command(args, ca_file)
         .env("FAKEHUB_CONNECTION_STRING", connection_string)
-        .env("FAKEHUB_CA_FILE", ca_file)
         .output()
         .expect("run sdk_client.py");
-    let stdout = String::from_utf8_lossy(&out.stdout);
     SdkRun {
         code: out.status.code().unwrap_or(-1),
-        lines: stdout
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect(),
+        lines: json_lines(&out.stdout),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A running `sdk_client.py` whose JSON lines are read as they come, so a test can act on them
+/// (e.g. send a C2D message once the client printed `ready`).
+pub struct SdkProcess {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<serde_json::Value>,
+    seen: Vec<serde_json::Value>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl SdkProcess {
+    pub fn spawn(mut cmd: Command) -> SdkProcess {
+        use std::io::{BufRead, Read};
+        use std::process::Stdio;
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sdk_client.py");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut err = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        SdkProcess {
+            child,
+            lines,
+            seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    /// Wait (real time) for the next line whose `step` is `step`; panics with what the client
+    /// printed if it does not come.
+    pub async fn wait_step(
+        &mut self,
+        step: &str,
+        timeout: std::time::Duration,
+    ) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match self.lines.try_recv() {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if v["step"] == step {
+                        return v;
+                    }
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty)
+                    if std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(_) => panic!(
+                    "no `{step}` line from sdk_client.py; it printed {:?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    /// Wait (real time, bounded) for the client to exit; everything it printed.
+    pub async fn finish(mut self, timeout: std::time::Duration) -> SdkRun {
+        let deadline = std::time::Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("poll sdk_client.py") {
+                break status;
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = self.child.kill();
+                break self.child.wait().expect("reap sdk_client.py");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        // The reader thread ends at EOF; take what is left.
+        while let Ok(v) = self.lines.recv_timeout(std::time::Duration::from_secs(2)) {
+            self.seen.push(v);
+        }
+        SdkRun {
+            code: status.code().unwrap_or(-1),
+            lines: self.seen,
+            stderr: self.stderr.join().unwrap_or_default(),
+        }
     }
 }

@@ -70,6 +70,8 @@ pub enum CloseCause {
     HubShutdown,
     /// The message core ended the session.
     CoreClosed,
+    /// The identity was disabled in the registry (service API).
+    Disabled,
 }
 
 /// Whether a fault started or ended.
@@ -225,6 +227,58 @@ pub enum EventKind {
     ConnectedDevices {
         count: usize,
     },
+    /// The service side queued a cloud-to-device message; `queue_depth` counts it and every other
+    /// message the device has not acknowledged yet.
+    C2dQueued {
+        message_id: String,
+        size: usize,
+        queue_depth: usize,
+    },
+    /// The hub refused a cloud-to-device message (e.g. 403004: the device's queue is full).
+    C2dRefused {
+        message_id: String,
+        result: u32,
+        reason: String,
+    },
+    /// The device acknowledged a cloud-to-device message (its PUBACK, or delivery at QoS 0).
+    C2dCompleted {
+        message_id: String,
+    },
+    /// The service side invoked a direct method.
+    MethodInvoked {
+        name: String,
+        rid: String,
+        size: usize,
+    },
+    /// A direct method call ended: with the device's `status`, or with the hub's error `result`
+    /// (404103 device not online, 504101 timeout).
+    MethodResult {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rid: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<i32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<u32>,
+        duration_ms: u64,
+    },
+    /// A twin section changed: `desired` by the service side, `reported` by the device.
+    TwinUpdated {
+        section: TwinSection,
+        version: u64,
+    },
+    /// The service side enabled or disabled an identity.
+    IdentityStatus {
+        enabled: bool,
+    },
+}
+
+/// The two sections of a twin a device sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TwinSection {
+    Desired,
+    Reported,
 }
 
 fn is_empty_bag(b: &PropertyBag) -> bool {
@@ -504,6 +558,13 @@ impl EventStream {
             }
             notified.await;
         }
+    }
+
+    /// The next event if one is already in the log; never waits.
+    pub fn try_next(&mut self) -> Option<Arc<Event>> {
+        let e = self.log.lock().events.get(self.next).cloned()?;
+        self.next += 1;
+        Some(e)
     }
 
     /// Wait (up to `timeout` of real time) for an event that matches.

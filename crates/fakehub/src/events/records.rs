@@ -71,6 +71,13 @@ impl ConnectionRecord {
     pub fn properties(&self) -> Option<RecordProperties> {
         serde_json::from_str(&self.properties).ok()
     }
+
+    /// The `errorMessage` in `properties` (empty for successes).
+    pub fn error_message(&self) -> String {
+        self.properties()
+            .map(|p| p.error_message)
+            .unwrap_or_default()
+    }
 }
 
 /// The contents of the `properties` string.

@@ -1,16 +1,20 @@
-//! CONNECT validation as IoT Hub does it (research §1): the username, the client id, and the SAS
-//! token over the raw `sr` with the identity's key or a DeviceConnect policy key, with 5 minutes of
-//! clock skew. Every authentication failure is CONNACK 5 with a 401003 record; a disabled identity
-//! is CONNACK 3.
+//! CONNECT validation as IoT Hub does it (research §1): the username, the client id, and either the
+//! SAS token over the raw `sr` with the identity's key or a DeviceConnect policy key, with 5 minutes
+//! of clock skew, or (no password) the client certificate of the TLS handshake: a self-signed one
+//! registered by thumbprint, or one issued by a CA the hub trusts with `CN` = the identity. Every
+//! authentication failure is CONNACK 5 with a 401003 record; a disabled identity is CONNACK 3.
 
 use std::time::SystemTime;
 
 use rumqttc::mqttbytes::v4 as mq;
+use tokio_rustls::rustls::pki_types::CertificateDer;
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::events::AuthKind;
 use crate::iothub::username::Username;
-use crate::registry::{IdentityRef, Registry};
+use crate::registry::{Identity, IdentityRef, Registry, X509Auth};
 use crate::sas::{self, SasToken};
+use crate::tls::{self, Thumbprints};
 
 /// A CONNECT that passed.
 #[derive(Debug, Clone)]
@@ -55,18 +59,102 @@ impl Claims {
         }
     }
 
-    pub fn auth_kind(&self, connect: &mq::Connect) -> AuthKind {
+    /// How the CONNECT tries to authenticate: a password is a SAS token; without one, a client
+    /// certificate from the TLS handshake.
+    pub fn auth_kind(&self, connect: &mq::Connect, peer_certs: &[CertificateDer<'_>]) -> AuthKind {
         match connect.login.as_ref() {
             Some(l) if !l.password.is_empty() => AuthKind::Sas,
+            _ if !peer_certs.is_empty() => AuthKind::X509,
             _ => AuthKind::None,
         }
     }
 }
 
+/// Judge a client certificate (`leaf` and the `intermediates` the client sent) for `identity`.
+fn check_certificate(
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    identity: &IdentityRef,
+    registered: &Identity,
+    registry: &Registry,
+    now: SystemTime,
+) -> Result<(), Refusal> {
+    let (_, cert) = X509Certificate::from_der(leaf)
+        .map_err(|e| unauthorized(format!("the client certificate cannot be read: {e}")))?;
+    let thumbprints = Thumbprints::of(leaf);
+    match &registered.x509 {
+        None => Err(unauthorized(format!(
+            "'{identity}' authenticates with SAS keys, not with a certificate"
+        ))),
+        Some(X509Auth::SelfSigned { primary, secondary }) => {
+            let known = thumbprints.matches(primary)
+                || secondary.as_deref().is_some_and(|s| thumbprints.matches(s));
+            if !known {
+                // The documented 401003 message (research §1.4). Thumbprints are not secrets.
+                return Err(unauthorized(format!(
+                    "Thumbprint does not match configuration: Thumbprint: SHA1Hash={}, SHA2Hash={}; Configuration: PrimaryThumbprint={}, SecondaryThumbprint={}",
+                    thumbprints.sha1,
+                    thumbprints.sha256,
+                    primary,
+                    secondary.as_deref().unwrap_or("")
+                )));
+            }
+            let secs = now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            let valid = x509_parser::time::ASN1Time::from_timestamp(secs)
+                .is_ok_and(|t| cert.validity().is_valid_at(t));
+            if !valid {
+                return Err(unauthorized(
+                    "the client certificate is not valid now (outside its validity period)",
+                ));
+            }
+            Ok(())
+        }
+        Some(X509Auth::CertificateAuthority) => {
+            tls::verify_client_chain(
+                leaf,
+                intermediates,
+                &registry.certificate_authorities(),
+                now,
+            )
+            .map_err(|e| {
+                unauthorized(format!(
+                    "the client certificate is not issued by a CA this hub trusts: {e}"
+                ))
+            })?;
+            let cn = cert
+                .subject()
+                .iter_common_name()
+                .next()
+                .and_then(|cn| cn.as_str().ok())
+                .unwrap_or("");
+            if cn != identity.client_id() {
+                return Err(unauthorized(format!(
+                    "the client certificate's CN '{cn}' is not '{identity}'"
+                )));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn check_enabled(registered: &Identity, identity: &IdentityRef) -> Result<(), Refusal> {
+    if registered.enabled {
+        return Ok(());
+    }
+    Err(Refusal {
+        connack: mq::ConnectReturnCode::ServiceUnavailable,
+        result: 401003,
+        reason: format!("the device '{identity}' is disabled"),
+    })
+}
+
 /// Decide a CONNECT. `peer_certs` is the client certificate chain presented in TLS (X.509 devices).
 pub fn authenticate(
     connect: &mq::Connect,
-    _peer_certs: &[tokio_rustls::rustls::pki_types::CertificateDer<'static>],
+    peer_certs: &[CertificateDer<'static>],
     host_name: &str,
     registry: &Registry,
     now: SystemTime,
@@ -96,9 +184,18 @@ pub fn authenticate(
         )));
     };
     if login.password.is_empty() {
-        return Err(unauthorized(
-            "Authorization header missing: the CONNECT has no SAS token",
-        ));
+        let Some((leaf, intermediates)) = peer_certs.split_first() else {
+            return Err(unauthorized(
+                "Authorization header missing: the CONNECT has no SAS token and the TLS handshake no client certificate",
+            ));
+        };
+        check_certificate(leaf, intermediates, &identity, &registered, registry, now)?;
+        check_enabled(&registered, &identity)?;
+        return Ok(Authenticated {
+            identity,
+            auth: AuthKind::X509,
+            token_expiry: None,
+        });
     }
     let token = SasToken::parse(&login.password)
         .map_err(|e| unauthorized(format!("bad SAS token: {e}")))?;
@@ -139,13 +236,7 @@ pub fn authenticate(
     token
         .verify_not_expired(now)
         .map_err(|e| unauthorized(format!("{e}; renew the token and reconnect")))?;
-    if !registered.enabled {
-        return Err(Refusal {
-            connack: mq::ConnectReturnCode::ServiceUnavailable,
-            result: 401003,
-            reason: format!("the device '{identity}' is disabled"),
-        });
-    }
+    check_enabled(&registered, &identity)?;
     Ok(Authenticated {
         identity,
         auth: AuthKind::Sas,
@@ -168,19 +259,13 @@ mod tests {
         let mut modules = std::collections::BTreeMap::new();
         modules.insert(
             "edge".to_owned(),
-            Identity {
-                keys: SymmetricKeys::primary(dev_key.clone()),
-                enabled: true,
-            },
+            Identity::new(SymmetricKeys::primary(dev_key.clone())),
         );
         data.devices.insert(
             "d1".into(),
             Device {
                 id: "d1".into(),
-                identity: Identity {
-                    keys: SymmetricKeys::primary(dev_key.clone()),
-                    enabled: true,
-                },
+                identity: Identity::new(SymmetricKeys::primary(dev_key.clone())),
                 modules,
             },
         );

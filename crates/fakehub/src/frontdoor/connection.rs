@@ -329,7 +329,7 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, conn: u6
                 .unwrap_or_default(),
             keep_alive: connect.keep_alive,
             clean_session: connect.clean_session,
-            auth: claims.auth_kind(&connect),
+            auth: claims.auth_kind(&connect, &peer_certs),
             sdk: claims.username.as_ref().and_then(|u| u.client_type.clone()),
             token_expiry: claims.token.as_ref().map(|t| t.expiry()),
             will: connect.last_will.is_some(),

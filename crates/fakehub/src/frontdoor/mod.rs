@@ -110,6 +110,35 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Enable or disable an identity. Disabling closes its live connection (and the next CONNECTs
+    /// get CONNACK 3). False when it is not registered.
+    pub fn set_enabled(&self, who: &crate::registry::IdentityRef, enabled: bool) -> bool {
+        if !self.registry.update(who, |i| i.enabled = enabled) {
+            return false;
+        }
+        let subject = Subject {
+            conn: None,
+            device: Some(who.device_id.clone()),
+            module: who.module_id.clone(),
+        };
+        self.events
+            .emit(&subject, EventKind::IdentityStatus { enabled });
+        if !enabled {
+            self.sessions.control(
+                &who.client_id(),
+                Control::Close {
+                    wire: WireClose::Fin,
+                    cause: CloseCause::Disabled,
+                    detail: format!("'{who}' was disabled"),
+                    result: None,
+                },
+            );
+        }
+        true
+    }
+}
+
 /// Accept connections until shutdown; each gets its own task.
 pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     loop {

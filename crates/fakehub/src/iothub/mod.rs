@@ -1,5 +1,10 @@
-//! The Azure IoT Hub dialect on top of MQTT: usernames, the topic space, property bags.
+//! The Azure IoT Hub dialect on top of MQTT: usernames, the topic space, property bags, and the hub
+//! services (twins, direct methods, cloud-to-device messages).
 
+pub mod c2d;
+pub mod methods;
 pub mod properties;
+pub mod services;
 pub mod topics;
+pub mod twin;
 pub mod username;

@@ -59,17 +59,29 @@ impl PropertyBag {
     /// Encode as the hub writes a bag onto a device-bound topic: system keys first as `%24.key`,
     /// then application keys, each percent-encoded.
     pub fn encode(&self) -> String {
-        let enc = |s: &str| utf8_percent_encode(s, BAG_ENCODE).to_string();
         let system = self
             .system
             .iter()
-            .map(|(k, v)| format!("%24.{}={}", enc(k), enc(v)));
+            .map(|(k, v)| (format!("$.{k}"), v.as_str()));
         let application = self
             .application
             .iter()
-            .map(|(k, v)| format!("{}={}", enc(k), enc(v)));
-        system.chain(application).collect::<Vec<_>>().join("&")
+            .map(|(k, v)| (k.clone(), v.as_str()));
+        encode_pairs(system.chain(application))
     }
+}
+
+/// Encode `key=value` pairs in the given order, keys and values percent-encoded (a `$.` key becomes
+/// `%24.`), joined by `&`.
+pub fn encode_pairs<K: AsRef<str>, V: AsRef<str>>(
+    pairs: impl IntoIterator<Item = (K, V)>,
+) -> String {
+    let enc = |s: &str| utf8_percent_encode(s, BAG_ENCODE).to_string();
+    pairs
+        .into_iter()
+        .map(|(k, v)| format!("{}={}", enc(k.as_ref()), enc(v.as_ref())))
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ pub enum DevicePublish {
     /// `$iothub/twin/PATCH/properties/reported/?$rid=…`
     TwinPatchReported { rid: String },
     /// `$iothub/methods/res/{status}/?$rid=…`
-    MethodResponse { status: u16, rid: String },
+    MethodResponse { status: i32, rid: String },
 }
 
 /// Why a topic or filter was refused.
@@ -74,7 +74,7 @@ pub fn classify_publish(who: &IdentityRef, topic: &str) -> Result<DevicePublish,
             "twin/PATCH/properties/reported" => {
                 Ok(DevicePublish::TwinPatchReported { rid: rid()? })
             }
-            p => match p.strip_prefix("methods/res/").map(str::parse::<u16>) {
+            p => match p.strip_prefix("methods/res/").map(str::parse::<i32>) {
                 Some(Ok(status)) => Ok(DevicePublish::MethodResponse {
                     status,
                     rid: rid()?,
@@ -87,7 +87,7 @@ pub fn classify_publish(who: &IdentityRef, topic: &str) -> Result<DevicePublish,
 }
 
 /// What a subscription is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SubscriptionKind {
     CloudToDevice,
     ModuleInputs,
@@ -102,7 +102,12 @@ pub fn classify_filter(who: &IdentityRef, filter: &str) -> Result<SubscriptionKi
         (_, "$iothub/twin/res/#") => SubscriptionKind::TwinResponses,
         (_, "$iothub/twin/PATCH/properties/desired/#") => SubscriptionKind::DesiredProperties,
         (_, "$iothub/methods/POST/#") => SubscriptionKind::Methods,
-        (None, f) if f == format!("{}/#", devicebound_prefix(&who.device_id)) => {
+        // The second form is azure-sdk-for-c's (`AZ_IOT_HUB_CLIENT_C2D_SUBSCRIBE_TOPIC`); the core
+        // narrows it to the device's own messages.
+        (None, f)
+            if f == format!("{}/#", devicebound_prefix(&who.device_id))
+                || f == "devices/+/messages/devicebound/#" =>
+        {
             SubscriptionKind::CloudToDevice
         }
         (Some(m), f)
@@ -168,7 +173,12 @@ mod tests {
             classify_filter(&me, "devices/d/messages/devicebound/#").unwrap(),
             SubscriptionKind::CloudToDevice
         );
+        assert_eq!(
+            classify_filter(&me, "devices/+/messages/devicebound/#").unwrap(),
+            SubscriptionKind::CloudToDevice
+        );
         assert!(classify_filter(&me, "devices/e/messages/devicebound/#").is_err());
+        assert!(classify_filter(&me, "devices/+/messages/devicebound/+").is_err());
         assert!(classify_filter(&me, "#").is_err());
         let module = IdentityRef {
             device_id: "d".into(),
@@ -179,5 +189,6 @@ mod tests {
             SubscriptionKind::ModuleInputs
         );
         assert!(classify_filter(&module, "devices/d/messages/devicebound/#").is_err());
+        assert!(classify_filter(&module, "devices/+/messages/devicebound/#").is_err());
     }
 }
