@@ -368,6 +368,35 @@ impl Rig {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Step::Crash(r) => self.crash(&r.device).await,
+            // Service-side failures (device offline, queue full, method timeout) are the device's
+            // weather: the hub's event log records them, and the run goes on.
+            Step::C2d(c) => {
+                let mut message =
+                    fakehub::iothub::c2d::CloudMessage::new(c.body.clone().into_bytes());
+                message.message_id = c.message_id.clone();
+                message.properties = c.properties.clone();
+                if let Err(e) = self.hub.send_c2d(&c.device, message).await {
+                    eprintln!("  c2d to {}: {e}", c.device);
+                }
+            }
+            Step::Desired(d) => {
+                let who = fakehub::IdentityRef::from_client_id(&d.device);
+                if let Err(e) = self.hub.patch_desired(&who, d.patch.clone()).await {
+                    eprintln!("  desired patch for {}: {e}", d.device);
+                }
+            }
+            Step::Method(m) => {
+                let who = fakehub::IdentityRef::from_client_id(&m.device);
+                let timeout = m.timeout.unwrap_or(Duration::from_secs(30));
+                match self
+                    .hub
+                    .invoke_method(&who, &m.name, m.payload.clone(), timeout)
+                    .await
+                {
+                    Ok(r) => eprintln!("  method {} on {}: status {}", m.name, m.device, r.status),
+                    Err(e) => eprintln!("  method {} on {}: {e}", m.name, m.device),
+                }
+            }
             Step::Stop(r) => self.stop_device(&r.device).await,
             Step::Restart(r) => {
                 let spec = match self.devices.get(&r.device) {

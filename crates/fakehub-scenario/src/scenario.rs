@@ -118,6 +118,44 @@ pub struct DeviceRef {
     pub device: String,
 }
 
+/// A cloud-to-device message sent by the service side.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct C2dStep {
+    pub device: String,
+    /// The body (text).
+    #[serde(default)]
+    pub body: String,
+    #[serde(default)]
+    pub message_id: Option<String>,
+    /// Application properties.
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+/// A desired-properties patch sent by the service side.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredStep {
+    pub device: String,
+    /// The patch (a JSON object).
+    pub patch: serde_json::Value,
+}
+
+/// A direct method invoked by the service side; the runner waits for the answer (or the timeout).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MethodStep {
+    pub device: String,
+    pub name: String,
+    #[serde(default)]
+    pub payload: serde_json::Value,
+    /// How long to wait for the device (virtual elapsed time; default 30s).
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub timeout: Option<Duration>,
+}
+
 /// One step of the timeline, in order.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -142,6 +180,12 @@ pub enum Step {
     Restart(DeviceRef),
     /// Stop a device gracefully (SIGTERM for processes).
     Stop(DeviceRef),
+    /// Send a cloud-to-device message (queued while the device is offline).
+    C2d(C2dStep),
+    /// Patch the device's desired properties.
+    Desired(DesiredStep),
+    /// Invoke a direct method and wait for its answer; the outcome is an event in the log.
+    Method(MethodStep),
 }
 
 impl Step {
@@ -153,6 +197,9 @@ impl Step {
             Step::Crash(d) => format!("crash {}", d.device),
             Step::Restart(d) => format!("restart {}", d.device),
             Step::Stop(d) => format!("stop {}", d.device),
+            Step::C2d(c) => format!("c2d to {}", c.device),
+            Step::Desired(d) => format!("desired patch for {}", d.device),
+            Step::Method(m) => format!("method {} on {}", m.name, m.device),
         }
     }
 }
@@ -274,6 +321,17 @@ fn check(s: &Scenario) -> Result<(), (String, String)> {
                 }
             }
             Step::Stop(r) => known(&r.device)?,
+            Step::C2d(c) => known(&c.device)?,
+            Step::Desired(d) => {
+                known(&d.device)?;
+                if !d.patch.is_object() {
+                    return Err((
+                        "patch".into(),
+                        format!("the desired patch for `{}` must be an object", d.device),
+                    ));
+                }
+            }
+            Step::Method(m) => known(&m.device)?,
             Step::Fault(f) => {
                 if let Selector::Ids(list) = &f.devices {
                     for d in list {

@@ -191,3 +191,84 @@ fn schema_is_published() {
         assert!(text.contains(key), "the schema describes {key}");
     }
 }
+
+#[test]
+fn service_side_steps_reach_the_device_and_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("svc.yaml");
+    std::fs::write(
+        &file,
+        "name: svc\ndevices:\n  - id: sensor-1\ntimeline:\n  - advance: 1m\n  - c2d: { device: sensor-1, body: reboot, message_id: cmd-1, properties: { priority: high } }\n  - desired: { device: sensor-1, patch: { interval: 30 } }\n  - method: { device: sensor-1, name: reset, timeout: 5s }\n  - advance: 1m\nexpect:\n  - connected: { device: sensor-1 }\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let (code, stdout, stderr) = fakehub(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let events = std::fs::read_to_string(out.join("events.jsonl")).unwrap();
+    // The C2D message went out to the device with its properties, and the device acknowledged it.
+    let c2d = events
+        .lines()
+        .find(|l| {
+            l.contains("\"dir\":\"out\"")
+                && l.contains("messages/devicebound")
+                && l.contains("cmd-1")
+        })
+        .unwrap_or_else(|| panic!("C2D delivered:\n{events}"));
+    assert!(c2d.contains("priority"), "{c2d}");
+    assert!(
+        events.contains("\"event\":\"twin_updated\""),
+        "desired patch recorded"
+    );
+    // The sample device does not subscribe to methods: the hub answers 404103, in the log.
+    assert!(stderr.contains("method reset on sensor-1"), "{stderr}");
+    assert!(events.contains("\"event\":\"method_result\""), "{events}");
+}
+
+#[test]
+fn ctrl_c_stops_the_run_and_still_writes_what_was_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fakehub"))
+        .args([
+            "run",
+            "scenarios/keepalive-idle-timeout.yaml",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Well into the 31-minute wait (half a minute of real time at speed 60).
+    let started = std::time::Instant::now();
+    while !out.join("events.jsonl").exists()
+        && started.elapsed() < std::time::Duration::from_secs(20)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(2), "interrupted");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(25),
+        "stopped early"
+    );
+    let junit = std::fs::read_to_string(out.join("junit.xml")).unwrap();
+    assert!(junit.contains("interrupted"), "{junit}");
+    assert!(out.join("report.html").exists());
+    let events = std::fs::read_to_string(out.join("events.jsonl")).unwrap();
+    assert!(
+        events.lines().last().unwrap().contains("hub_stopped"),
+        "the log is complete"
+    );
+}
