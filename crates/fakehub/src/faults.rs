@@ -574,6 +574,18 @@ pub(crate) fn inject(shared: &Arc<Shared>, fault: Fault) -> FaultHandle {
         matcher,
         counters: HashMap::new(),
     });
+    // A one-shot fault has done its work: it ends at once unless it was given a duration.
+    let one_shot = matches!(
+        fault.kind,
+        FaultKind::Reset
+            | FaultKind::Close
+            | FaultKind::MassDrop { .. }
+            | FaultKind::Takeover
+            | FaultKind::RotateKey
+    );
+    if one_shot && fault.duration.is_none() {
+        end(shared, id, Stamp::Now);
+    }
     if let Some(d) = fault.duration {
         let task_shared = shared.clone();
         let deadline = shared.clock.now() + d;

@@ -75,11 +75,31 @@ async fn reset_is_a_tcp_reset_and_close_a_clean_eof_both_404104() {
         .snapshot()
         .iter()
         .filter_map(|e| match &e.kind {
-            EventKind::Fault { fault, .. } => Some(fault.clone()),
+            EventKind::Fault {
+                fault,
+                action: fakehub::events::FaultAction::Started,
+                ..
+            } => Some(fault.clone()),
             _ => None,
         })
         .collect();
     assert_eq!(faults, ["reset", "close"]);
+    // One-shot faults end at once: nothing stays active after them.
+    let ended = hub
+        .events()
+        .snapshot()
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.kind,
+                EventKind::Fault {
+                    action: fakehub::events::FaultAction::Ended,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(ended, 2);
     hub.shutdown().await.unwrap();
 }
 
