@@ -6,12 +6,10 @@
 
 use std::time::Duration;
 
-use fakehub::clock::DeviceClock;
 use fakehub::faults::{Fault, FaultKind, OutageMode};
 use fakehub::Hub;
 use fakehub_assert::{backoff, no_message_loss, recovers, renews_token, BackoffRule, Ledger, Log};
-use sample_device::{ConnectionString, Device, DeviceOptions};
-use tokio_util::sync::CancellationToken;
+use sample_device::{DeviceOptions, InProcess};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -23,17 +21,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .start()
         .await?;
 
-    // 2. The device under test, on the hub's clock (it sees every jump at its own instant).
-    let conn = ConnectionString::parse(&hub.connection_string("sensor-1").ok_or("no device")?)?;
-    let device = Device::new(
-        conn,
-        &hub.ca_pem(),
-        DeviceClock::Shared(hub.clock().clone()),
-        DeviceOptions::default(),
-    )?;
-    let stop = CancellationToken::new();
-    let running = tokio::spawn(device.run(stop.clone()));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // 2. The device under test, on the hub's clock (it sees every jump at its own instant). Here the
+    //    bundled sample device; your firmware's connectivity layer takes the same three inputs:
+    //    hub.connection_string(id), hub.ca_pem() and DeviceClock::Shared(hub.clock().clone()).
+    let mut device = InProcess::spawn(&hub, "sensor-1", DeviceOptions::default())?;
+    device.connected(Duration::from_secs(5)).await;
 
     // 3. Field failures, on demand: a transient hub fault drops the device and refuses it for
     //    10 minutes; then two hours pass.
@@ -46,8 +38,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     hub.inject(Fault::new(FaultKind::Reset));
     tokio::time::sleep(Duration::from_millis(300)).await;
     hub.clock().advance(Duration::from_secs(2 * 3600)).await;
-    stop.cancel();
-    let _ = running.await;
+    device.stop().await;
 
     // 4. The verdicts, from what the hub saw.
     let log = Log::of(&hub);

@@ -4,20 +4,17 @@
 
 use std::time::Duration;
 
-use fakehub::clock::DeviceClock;
 use fakehub::faults::{DropPuback, Fault, FaultKind, OutageMode, Selector};
 use fakehub::{Hub, HubHandle};
 use fakehub_assert::{Expectation, Log, Verdict};
-use sample_device::{Bug, ConnectionString, Device, DeviceEvent, DeviceOptions};
-use tokio_util::sync::CancellationToken;
+use sample_device::{Bug, DeviceOptions, InProcess};
 
 const MIN: Duration = Duration::from_secs(60);
 
 /// A hub with `n` sample devices (`d0`…) on its shared clock.
 struct Rig {
     hub: HubHandle,
-    stops: Vec<CancellationToken>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    devices: Vec<InProcess>,
 }
 
 impl Rig {
@@ -27,53 +24,24 @@ impl Rig {
             b = b.device(format!("d{i}"));
         }
         let hub = b.build().unwrap().start().await.unwrap();
-        let mut stops = Vec::new();
-        let mut tasks = Vec::new();
-        let mut ready = Vec::new();
+        let mut devices = Vec::new();
         for i in 0..n {
-            let conn =
-                ConnectionString::parse(&hub.connection_string(&format!("d{i}")).unwrap()).unwrap();
             let opts = DeviceOptions {
                 bugs: bugs.iter().copied().collect(),
                 telemetry_interval: telemetry,
                 seed: 1000 + i as u64,
                 ..Default::default()
             };
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-            let device = Device::new(
-                conn,
-                &hub.ca_pem(),
-                DeviceClock::Shared(hub.clock().clone()),
-                opts,
-            )
-            .unwrap()
-            .with_events(tx);
-            let stop = CancellationToken::new();
-            tasks.push(tokio::spawn(device.run(stop.clone())));
-            stops.push(stop);
-            ready.push(tokio::spawn(async move {
-                while let Some(e) = rx.recv().await {
-                    if matches!(e, DeviceEvent::Connected { .. }) {
-                        break;
-                    }
-                }
-                while rx.recv().await.is_some() {}
-            }));
+            devices.push(InProcess::spawn(&hub, &format!("d{i}"), opts).unwrap());
         }
         // Every device connected (its timers armed) before time moves.
-        let mut s = hub.event_stream();
-        let mut up = 0;
-        s.wait_for(Duration::from_secs(30), |e| {
-            up += usize::from(matches!(
-                e.kind,
-                fakehub::EventKind::Connack { code: 0, .. }
-            ));
-            up == n
-        })
-        .await
-        .expect("all devices connected");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        Rig { hub, stops, tasks }
+        for d in &mut devices {
+            assert!(
+                d.connected(Duration::from_secs(30)).await,
+                "all devices connected"
+            );
+        }
+        Rig { hub, devices }
     }
 
     /// Let `d` of virtual time pass with the clock running at `speed` (devices act in real time).
@@ -85,11 +53,8 @@ impl Rig {
 
     /// Stop the devices (each sends DISCONNECT unless it has that bug) and return the log.
     async fn finish(self) -> Log {
-        for s in &self.stops {
-            s.cancel();
-        }
-        for t in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        for d in self.devices {
+            d.stop().await;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         let log = Log::of(&self.hub);

@@ -5,14 +5,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use fakehub::clock::DeviceClock;
 use fakehub::clock_file::ClockFileWriter;
 use fakehub::events::Subject;
 use fakehub::{EventKind, Hub, HubHandle};
 use fakehub_assert::{Log, Verdict};
-use sample_device::{ConnectionString, Device, DeviceOptions};
+use sample_device::{DeviceOptions, InProcess};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
@@ -45,10 +44,7 @@ const PROCESS_STEP: Duration = Duration::from_secs(30);
 const PROCESS_PAUSE: Duration = Duration::from_millis(30);
 
 enum Running {
-    InProcess {
-        stop: CancellationToken,
-        task: tokio::task::JoinHandle<()>,
-    },
+    InProcess(InProcess),
     Process {
         spec: Box<DeviceSpec>,
         child: Option<Child>,
@@ -221,7 +217,6 @@ impl Rig {
             self.devices.insert(id.to_owned(), running);
             return Ok(());
         }
-        let conn = ConnectionString::parse(&self.hub.connection_string(id).unwrap_or_default())?;
         let mut bugs = Vec::new();
         for b in spec.bugs.iter().chain(&opts.sample_bugs) {
             bugs.push(
@@ -240,16 +235,9 @@ impl Rig {
         if let Some(k) = spec.keep_alive {
             dopts.keep_alive = k;
         }
-        let device = Device::new(
-            conn,
-            &self.hub.ca_pem(),
-            DeviceClock::Shared(self.hub.clock().clone()),
-            dopts,
-        )?;
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(device.run(stop.clone()));
+        let device = InProcess::spawn(&self.hub, id, dopts)?;
         self.devices
-            .insert(id.to_owned(), Running::InProcess { stop, task });
+            .insert(id.to_owned(), Running::InProcess(device));
         Ok(())
     }
 
@@ -480,10 +468,9 @@ impl Rig {
     }
 
     async fn stop_device(&mut self, id: &str) {
-        if matches!(self.devices.get(id), Some(Running::InProcess { .. })) {
-            if let Some(Running::InProcess { stop, task }) = self.devices.remove(id) {
-                stop.cancel();
-                let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        if matches!(self.devices.get(id), Some(Running::InProcess(_))) {
+            if let Some(Running::InProcess(device)) = self.devices.remove(id) {
+                device.stop().await;
             }
             return;
         }
@@ -525,24 +512,21 @@ impl Rig {
         for id in &ids {
             self.reap(id).await;
         }
-        let t0 = Instant::now();
-        let mut in_process = Vec::new();
+        // In-process devices stop together (each sends DISCONNECT), processes one by one.
+        let mut in_process = tokio::task::JoinSet::new();
         for id in &ids {
-            match self.devices.get(id) {
-                Some(Running::InProcess { stop, .. }) => {
-                    stop.cancel();
-                    in_process.push(id.clone());
+            match self.devices.remove(id) {
+                Some(Running::InProcess(device)) => {
+                    in_process.spawn(device.stop());
                 }
-                _ => self.stop_device(id).await,
+                Some(other) => {
+                    self.devices.insert(id.clone(), other);
+                    self.stop_device(id).await;
+                }
+                None => {}
             }
         }
-        for id in in_process {
-            if let Some(Running::InProcess { task, .. }) = self.devices.remove(&id) {
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(5).saturating_sub(t0.elapsed()), task)
-                        .await;
-            }
-        }
+        in_process.join_all().await;
         self.devices.clear();
         // Let the hub see the last DISCONNECTs and closes.
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -7,12 +7,10 @@
 
 use std::time::{Duration, Instant};
 
-use fakehub::clock::DeviceClock;
 use fakehub::{EventKind, Hub, HubHandle};
-use sample_device::{Bug, ConnectionString, Device, DeviceEvent, DeviceOptions};
-use tokio_util::sync::CancellationToken;
+use sample_device::{Bug, DeviceOptions, InProcess};
 
-async fn with_device(bugs: &[Bug]) -> (HubHandle, CancellationToken) {
+async fn with_device(bugs: &[Bug]) -> (HubHandle, InProcess) {
     let hub = Hub::builder()
         .device("sensor-1")
         .build()
@@ -20,29 +18,13 @@ async fn with_device(bugs: &[Bug]) -> (HubHandle, CancellationToken) {
         .start()
         .await
         .unwrap();
-    let conn = ConnectionString::parse(&hub.connection_string("sensor-1").unwrap()).unwrap();
     let opts = DeviceOptions {
         bugs: bugs.iter().copied().collect(),
         ..Default::default()
     };
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let device = Device::new(
-        conn,
-        &hub.ca_pem(),
-        DeviceClock::Shared(hub.clock().clone()),
-        opts,
-    )
-    .unwrap()
-    .with_events(tx);
-    let stop = CancellationToken::new();
-    tokio::spawn(device.run(stop.clone()));
-    while let Some(e) = rx.recv().await {
-        if matches!(e, DeviceEvent::Connected { .. }) {
-            break;
-        }
-    }
-    tokio::spawn(async move { while rx.recv().await.is_some() {} });
-    (hub, stop)
+    let mut device = InProcess::spawn(&hub, "sensor-1", opts).unwrap();
+    assert!(device.connected(Duration::from_secs(5)).await);
+    (hub, device)
 }
 
 fn reconnected_after_drop(hub: &HubHandle) -> bool {
@@ -55,7 +37,7 @@ fn reconnected_after_drop(hub: &HubHandle) -> bool {
 }
 
 async fn scenario_65_jumps() -> Duration {
-    let (hub, stop) = with_device(&[Bug::NoTokenRenewal]).await;
+    let (hub, device) = with_device(&[Bug::NoTokenRenewal]).await;
     let t0 = Instant::now();
     hub.clock().advance(Duration::from_secs(66 * 60)).await;
     let took = t0.elapsed();
@@ -63,13 +45,13 @@ async fn scenario_65_jumps() -> Duration {
         reconnected_after_drop(&hub),
         "the 65-minute drop and the reconnect happened"
     );
-    stop.cancel();
+    device.stop().await;
     hub.shutdown().await.unwrap();
     took
 }
 
 async fn scenario_65_speed() -> Duration {
-    let (hub, stop) = with_device(&[Bug::NoTokenRenewal]).await;
+    let (hub, device) = with_device(&[Bug::NoTokenRenewal]).await;
     let t0 = Instant::now();
     let start = hub.clock().now();
     hub.clock().set_speed(1000.0);
@@ -77,18 +59,18 @@ async fn scenario_65_speed() -> Duration {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let took = t0.elapsed();
-    stop.cancel();
+    device.stop().await;
     hub.shutdown().await.unwrap();
     took
 }
 
 async fn day() -> Duration {
-    let (hub, stop) = with_device(&[]).await;
+    let (hub, device) = with_device(&[]).await;
     let t0 = Instant::now();
     hub.clock().advance(Duration::from_secs(24 * 3600)).await;
     let took = t0.elapsed();
     assert!(hub.records().iter().all(|r| r.level == "Information"));
-    stop.cancel();
+    device.stop().await;
     hub.shutdown().await.unwrap();
     took
 }

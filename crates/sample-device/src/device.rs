@@ -137,6 +137,8 @@ pub enum DeviceError {
     Ca(String),
     #[error("the gateway host name '{0}' is not valid for TLS")]
     ServerName(String),
+    #[error("no usable identity: {0}")]
+    Unknown(String),
 }
 
 type Io = MqttIo<TlsStream<TcpStream>>;

@@ -5,6 +5,8 @@
 pub mod cli;
 pub mod connection_string;
 pub mod device;
+pub mod in_process;
 
 pub use connection_string::ConnectionString;
 pub use device::{Bug, Device, DeviceError, DeviceEvent, DeviceOptions};
+pub use in_process::InProcess;

@@ -3,17 +3,14 @@
 
 use std::time::{Duration, SystemTime};
 
-use fakehub::clock::DeviceClock;
 use fakehub::{ConnectionRecord, EventKind, Hub, HubBuilder, HubHandle};
-use sample_device::{Bug, ConnectionString, Device, DeviceEvent, DeviceOptions};
-use tokio_util::sync::CancellationToken;
+use sample_device::{Bug, DeviceOptions, InProcess};
 
 const MIN: u64 = 60;
 
 struct Run {
     hub: HubHandle,
-    stop: CancellationToken,
-    device: tokio::task::JoinHandle<()>,
+    device: InProcess,
     start: SystemTime,
 }
 
@@ -27,37 +24,17 @@ async fn start(builder: HubBuilder, bugs: &[Bug]) -> Run {
         .await
         .unwrap();
     let start = hub.clock().now();
-    let conn = ConnectionString::parse(&hub.connection_string("sensor-1").unwrap()).unwrap();
     let opts = DeviceOptions {
         bugs: bugs.iter().copied().collect(),
         seed: 1,
         ..Default::default()
     };
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let device = Device::new(
-        conn,
-        &hub.ca_pem(),
-        DeviceClock::Shared(hub.clock().clone()),
-        opts,
-    )
-    .unwrap()
-    .with_events(tx);
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(device.run(stop.clone()));
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
-            Ok(Some(DeviceEvent::Connected { .. })) => break,
-            Ok(Some(_)) => continue,
-            other => panic!("the device did not connect: {other:?}"),
-        }
-    }
-    tokio::spawn(async move { while rx.recv().await.is_some() {} });
-    Run {
-        hub,
-        stop,
-        device: task,
-        start,
-    }
+    let mut device = InProcess::spawn(&hub, "sensor-1", opts).unwrap();
+    assert!(
+        device.connected(Duration::from_secs(5)).await,
+        "the device connected"
+    );
+    Run { hub, device, start }
 }
 
 impl Run {
@@ -96,8 +73,7 @@ impl Run {
     }
 
     async fn finish(self) -> Vec<ConnectionRecord> {
-        self.stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.device).await;
+        self.device.stop().await;
         let records = self.hub.records();
         self.hub.shutdown().await.unwrap();
         records

@@ -1,0 +1,67 @@
+//! The sample device running in-process on a hub's shared clock: what tests, benchmarks, the
+//! assertion examples and the scenario runner all start the same way.
+
+use std::time::Duration;
+
+use fakehub::clock::DeviceClock;
+use fakehub::HubHandle;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::{ConnectionString, Device, DeviceError, DeviceEvent, DeviceOptions};
+
+/// A running in-process sample device.
+pub struct InProcess {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    connected: watch::Receiver<bool>,
+}
+
+impl InProcess {
+    /// Start device `id` of `hub`, with the hub's connection string, CA and clock.
+    pub fn spawn(hub: &HubHandle, id: &str, opts: DeviceOptions) -> Result<InProcess, DeviceError> {
+        let conn = hub
+            .connection_string(id)
+            .ok_or_else(|| DeviceError::Unknown(id.to_owned()))
+            .and_then(|c| {
+                ConnectionString::parse(&c).map_err(|e| DeviceError::Unknown(e.to_string()))
+            })?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let device = Device::new(
+            conn,
+            &hub.ca_pem(),
+            DeviceClock::Shared(hub.clock().clone()),
+            opts,
+        )?
+        .with_events(tx);
+        let (up, connected) = watch::channel(false);
+        // `Connected` is emitted once the device's timers are armed: time may move after it.
+        tokio::spawn(async move {
+            while let Some(e) = rx.recv().await {
+                if matches!(e, DeviceEvent::Connected { .. }) {
+                    up.send_replace(true);
+                }
+            }
+        });
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(device.run(stop.clone()));
+        Ok(InProcess {
+            stop,
+            task,
+            connected,
+        })
+    }
+
+    /// Wait (real time, at most `within`) until the device has connected once. False on timeout.
+    pub async fn connected(&mut self, within: Duration) -> bool {
+        tokio::time::timeout(within, self.connected.wait_for(|up| *up))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Stop the device (DISCONNECT, unless it has that bug) and wait (bounded) for it to finish.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
