@@ -367,6 +367,14 @@ pub struct Fired {
     done: Option<oneshot::Sender<()>>,
 }
 
+impl Fired {
+    /// Whether a jump is waiting for this guard (the deadline was reached by a jump, not by time
+    /// flowing).
+    pub fn holds_jump(&self) -> bool {
+        self.done.is_some()
+    }
+}
+
 impl Drop for Fired {
     fn drop(&mut self) {
         if let Some(done) = self.done.take() {

@@ -455,13 +455,13 @@ impl Device {
                     if self.has(Bug::NoDisconnect) {
                         close(io).await;
                     } else {
-                        disconnect(io).await;
+                        self.disconnect(io).await;
                     }
                     return Ended::Stopped;
                 }
                 guard = async { match renew.as_mut() { Some(t) => t.wait().await, None => std::future::pending().await } } => {
                     self.emit(DeviceEvent::Renewing);
-                    disconnect(io).await;
+                    self.disconnect(io).await;
                     return Ended::Renew(guard);
                 }
                 guard = telemetry.wait() => {
@@ -474,11 +474,28 @@ impl Device {
                     self.inflight.insert(pkid, Inflight { seq, publish: p });
                     telemetry = self.clock.timer_in(self.opts.telemetry_interval);
                     ping.set(clock.sleep(ping_every));
-                    drop(guard);
                     if let Err(e) = sent {
                         return Ended::Dropped(format!("send failed: {e}"), Some(Box::new(io)));
                     }
                     self.emit(DeviceEvent::Sent { seq, pkid, dup: false });
+                    // Woken by a jump: let the message be acknowledged at this instant before the
+                    // jump moves on (briefly: a withheld PUBACK must not hold the clock).
+                    if guard.as_ref().is_some_and(|g| g.holds_jump()) {
+                        let _ = tokio::time::timeout(Duration::from_millis(200), async {
+                            while self.inflight.contains_key(&pkid) {
+                                match io.read_packet().await {
+                                    Ok(p) => {
+                                        if self.handle(&mut io, p).await.is_err() {
+                                            break;
+                                        }
+                                    }
+                                    Err(_) => break,
+                                }
+                            }
+                        })
+                        .await;
+                    }
+                    drop(guard);
                 }
                 _ = &mut ping => {
                     let sent = io.write_packet(&mq::Packet::PingReq).await;
@@ -503,6 +520,26 @@ impl Device {
                 },
             }
         }
+    }
+
+    /// A graceful end: DISCONNECT, close our side, and read what the hub still sends until it closes
+    /// its side (bounded), so nothing it was sending meets a closed socket (which would reset the
+    /// connection) and acknowledgements already on their way are not thrown away (which would
+    /// resend messages the hub has).
+    async fn disconnect(&mut self, mut io: Io) {
+        use tokio::io::AsyncWriteExt;
+        let _ = io.write_packet(&mq::Packet::Disconnect).await;
+        let _ = tokio::time::timeout(Duration::from_millis(500), io.get_mut().shutdown()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Ok(packet) = io.read_packet().await {
+                if let mq::Packet::PubAck(ack) = packet {
+                    if let Some(m) = self.inflight.remove(&ack.pkid) {
+                        self.emit(DeviceEvent::Acked { seq: m.seq });
+                    }
+                }
+            }
+        })
+        .await;
     }
 
     /// A packet outside the session loop's own business: acknowledgements and C2D messages.
@@ -575,18 +612,7 @@ impl Device {
     }
 }
 
-/// A graceful end: DISCONNECT, close our side, and wait (briefly) for the hub to close its side, so
-/// nothing the hub was still sending meets a closed socket (which would reset the connection).
-async fn disconnect(mut io: Io) {
-    use tokio::io::AsyncWriteExt;
-    let _ = io.write_packet(&mq::Packet::Disconnect).await;
-    let _ = tokio::time::timeout(Duration::from_millis(500), io.get_mut().shutdown()).await;
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        while io.read_packet().await.is_ok() {}
-    })
-    .await;
-}
-
+/// Close the socket without DISCONNECT (TLS close_notify and FIN, bounded).
 async fn close(io: Io) {
     use tokio::io::AsyncWriteExt;
     let mut tls = io.into_inner();
