@@ -170,7 +170,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         config.out.join("ca.pem").display(),
         strings_path.display(),
     );
-    wait_for_signal().await;
+    fakehub::shutdown_signal().await;
     eprintln!("fakehub: stopping; writing {}", config.out.display());
     hub.shutdown().await?;
     Ok(())
@@ -200,26 +200,4 @@ pub fn certs(out: &Path) -> anyhow::Result<()> {
         out.join("ca.pem").display()
     );
     Ok(())
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

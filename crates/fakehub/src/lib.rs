@@ -40,3 +40,26 @@ pub use iothub::methods::{MethodError, MethodResponse};
 pub use iothub::services::{C2dError, TwinError};
 pub use iothub::twin::Twin;
 pub use registry::{IdentityRef, SymmetricKeys, X509Auth};
+
+/// Wait for Ctrl-C or SIGTERM: how a long-running hub (or device) knows to stop and flush.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -105,26 +105,11 @@ pub fn main_with_args(argv: impl IntoIterator<Item = String>) -> ExitCode {
         });
         let signal_stop = stop.clone();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            fakehub::shutdown_signal().await;
             signal_stop.cancel();
         });
         device.run(stop).await;
         let _ = printer.await;
         ExitCode::SUCCESS
     })
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
