@@ -42,6 +42,8 @@ const LABEL_CHARS: usize = 30;
 const BAR: &str = "#8fa9c8";
 const REFUSED: &str = "#212529";
 const UNANSWERED: &str = "#868e96";
+/// Marks where a device process crashed, exited or was stopped.
+const PROCESS: &str = "#000000";
 const FAULT_BAND: &str = "#e03131";
 const FAULT_TEXT: &str = "#c92a2a";
 const SERIES: &str = "#1864ab";
@@ -231,6 +233,8 @@ enum AttemptOutcome {
 struct Row {
     spans: Vec<Span>,
     attempts: Vec<Attempt>,
+    /// Ends of the device's process (crashed, exited, stopped), from `device_process` events.
+    process_ends: Vec<(SystemTime, String)>,
 }
 
 struct FaultBand {
@@ -299,6 +303,28 @@ impl Timeline {
                             band.to = Some(e.time);
                         }
                     }
+                }
+                continue;
+            }
+            if let (
+                EventKind::DeviceProcess {
+                    action,
+                    code,
+                    signal,
+                },
+                Some(w),
+            ) = (&e.kind, &who)
+            {
+                if matches!(action.as_str(), "crashed" | "exited" | "stopped") {
+                    let how = match (code, signal) {
+                        (_, Some(sig)) => format!("{action} (signal {sig})"),
+                        (Some(c), None) => format!("{action} (exit status {c})"),
+                        (None, None) => action.clone(),
+                    };
+                    rows.entry(w.clone())
+                        .or_default()
+                        .process_ends
+                        .push((e.time, how));
                 }
                 continue;
             }
@@ -527,6 +553,7 @@ fn legend(out: &mut String, timeline: &Timeline) {
         out,
         "<span class=\"item\"><svg width=\"6\" height=\"14\"><line x1=\"3\" y1=\"1\" x2=\"3\" y2=\"13\" stroke=\"{REFUSED}\" stroke-width=\"2\"/></svg>CONNECT refused</span>\n\
          <span class=\"item\"><svg width=\"10\" height=\"10\"><circle cx=\"5\" cy=\"5\" r=\"3.5\" fill=\"#fff\" stroke=\"{UNANSWERED}\" stroke-width=\"1.5\"/></svg>CONNECT unanswered</span>\n\
+         <span class=\"item\"><svg width=\"10\" height=\"10\"><path d=\"M2 2 l6 6 M8 2 l-6 6\" stroke=\"{PROCESS}\" stroke-width=\"2\"/></svg>device process ended</span>\n\
          <span class=\"item\"><svg width=\"18\" height=\"14\"><rect x=\"0\" y=\"0\" width=\"18\" height=\"14\" fill=\"{FAULT_BAND}\" fill-opacity=\"0.12\"/><rect x=\"0\" y=\"0\" width=\"2\" height=\"14\" fill=\"{FAULT_BAND}\" fill-opacity=\"0.6\"/></svg>fault active</span>\n\
          <span class=\"item\"><svg width=\"26\" height=\"12\"><path d=\"M0 10 H9 V3 H18 V7 H26\" fill=\"none\" stroke=\"{SERIES}\" stroke-width=\"2\"/></svg>connected devices</span>\n"
     );
@@ -840,6 +867,20 @@ fn device_row(
             out,
             "<g class=\"{class}\"><title>{}</title>{mark}</g>\n",
             esc(&tip)
+        );
+    }
+    for (at, how) in &row.process_ends {
+        // A cross above the row: the device's process went away.
+        let x = axis.x(*at).round();
+        put!(
+            out,
+            "<g class=\"process\"><title>device process {} at {}</title><path d=\"M{:.1} {:.1} l6 6 M{:.1} {:.1} l-6 6\" stroke=\"{PROCESS}\" stroke-width=\"2\"/></g>\n",
+            esc(how),
+            log.at(*at),
+            x - 3.0,
+            mid - 12.0,
+            x + 3.0,
+            mid - 12.0
         );
     }
     out.push_str("</g>\n");

@@ -209,6 +209,17 @@ fn scenario_log() -> Log {
 
     b.close(2700, 3, "sensor-c", graceful, None);
     b.close(3000, 4, EVIL, reset, Some("<script>alert(1)</script>"));
+    // The <evil> device's process was killed: the runner records it.
+    b.push(
+        3000,
+        None,
+        Some(EVIL),
+        EventKind::DeviceProcess {
+            action: "crashed".into(),
+            code: None,
+            signal: Some(9),
+        },
+    );
     b.fault(3300, 2, FaultAction::Started, "latency");
     b.fault(3600, 2, FaultAction::Ended, "latency");
     b.close(3900, 1, "sensor-a", expired, Some("the SAS token expired"));
@@ -323,6 +334,12 @@ fn report_has_the_expected_structure() {
         "closed sessions"
     );
     assert_eq!(html.matches("<g class=\"refused\"").count(), 2);
+    assert_eq!(
+        html.matches("<g class=\"process\"").count(),
+        1,
+        "the crash is marked"
+    );
+    assert!(html.contains("device process crashed (signal 9) at 50:00.000"));
     assert_eq!(html.matches("<g class=\"fault\"").count(), 2);
     assert!(html.contains(">outage</text>") && html.contains(">latency</text>"));
     assert!(html.contains("fault outage (#1): 20:00.000 → 30:00.000"));
