@@ -4,36 +4,19 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::{sdk_command, SdkProcess, SdkRun};
 use fakehub::tls::DeviceCertificate;
 use fakehub::{
-    CloseCause, CloudMessage, EventKind, Hub, HubBuilder, HubHandle, IdentityRef, WireClose,
-    X509Auth,
+    CloseCause, CloudMessage, EventKind, Hub, HubHandle, IdentityRef, WireClose, X509Auth,
 };
 use serde_json::json;
 
 const HOST: &str = "myhub.azure-devices.net";
 /// Real time allowed for an SDK step (process start, TLS, subscribe).
 const STEP: Duration = Duration::from_secs(60);
-
-/// A hub on 127.0.0.1:8883 (the port the SDK always uses) and its CA written to a file.
-async fn hub_on_8883(b: HubBuilder, dir: &Path) -> (HubHandle, PathBuf) {
-    let hub = b
-        .host_name(HOST)
-        .listen(SocketAddr::from(([127, 0, 0, 1], 8883)))
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
-    let ca = dir.join("ca.pem");
-    std::fs::write(&ca, hub.ca_pem()).unwrap();
-    (hub, ca)
-}
 
 fn spawn_sas(args: &[&str], hub: &HubHandle, who: &IdentityRef, ca: &Path) -> SdkProcess {
     let connection_string = match &who.module_id {
@@ -95,7 +78,7 @@ async fn the_python_sdk_receives_c2d_with_properties_and_answers_a_method() {
     common::python_with_sdk();
     let _port = common::lock_8883();
     let dir = tempfile::tempdir().unwrap();
-    let (hub, ca) = hub_on_8883(Hub::builder().device("sensor-1"), dir.path()).await;
+    let (hub, ca) = common::hub_on_8883(Hub::builder().device("sensor-1"), dir.path()).await;
     let who = IdentityRef::device("sensor-1");
 
     let mut sdk = spawn_sas(&["receive-c2d", "--count", "1"], &hub, &who, &ca);
@@ -144,7 +127,7 @@ async fn the_python_sdk_reads_the_twin_patches_reported_and_gets_desired_patches
     common::python_with_sdk();
     let _port = common::lock_8883();
     let dir = tempfile::tempdir().unwrap();
-    let (hub, ca) = hub_on_8883(Hub::builder().device("sensor-1"), dir.path()).await;
+    let (hub, ca) = common::hub_on_8883(Hub::builder().device("sensor-1"), dir.path()).await;
     let who = IdentityRef::device("sensor-1");
     assert_eq!(
         hub.patch_desired(&who, json!({"interval": 10})).await,
@@ -195,7 +178,7 @@ async fn the_python_sdk_connects_with_x509_and_a_wrong_certificate_is_401003() {
                 secondary: None,
             },
         );
-    let (hub, _ca) = hub_on_8883(b, dir.path()).await;
+    let (hub, _ca) = common::hub_on_8883(b, dir.path()).await;
 
     // Issued by the hub's CA with CN = the device id.
     let issued = hub
@@ -254,7 +237,7 @@ async fn a_python_sdk_module_client_sends_telemetry() {
     common::python_with_sdk();
     let _port = common::lock_8883();
     let dir = tempfile::tempdir().unwrap();
-    let (hub, ca) = hub_on_8883(
+    let (hub, ca) = common::hub_on_8883(
         Hub::builder().device("gw").module("gw", "filter"),
         dir.path(),
     )
@@ -303,7 +286,7 @@ async fn the_python_sdk_session_outlives_hub_side_drops() {
     common::python_with_sdk();
     let _port = common::lock_8883();
     let dir = tempfile::tempdir().unwrap();
-    let (hub, ca) = hub_on_8883(Hub::builder().device("sensor-1"), dir.path()).await;
+    let (hub, ca) = common::hub_on_8883(Hub::builder().device("sensor-1"), dir.path()).await;
     let who = IdentityRef::device("sensor-1");
     let mut sdk = spawn_sas(
         &[

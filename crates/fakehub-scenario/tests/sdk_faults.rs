@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
 use fakehub::events::FaultAction;
 use fakehub::{CloseHow, EventKind, Hub};
 
@@ -13,17 +11,7 @@ async fn the_python_sdk_survives_a_killtcp_trigger() {
     let python = common::python_with_sdk();
     let _port = common::lock_8883();
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::builder()
-        .host_name("myhub.azure-devices.net")
-        .listen(SocketAddr::from(([127, 0, 0, 1], 8883)))
-        .device("sensor-1")
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, hub.ca_pem()).unwrap();
+    let (hub, ca) = common::hub_on_8883(Hub::builder().device("sensor-1"), dir.path()).await;
     let conn = hub.connection_string("sensor-1").unwrap();
     let run = tokio::task::spawn_blocking(move || {
         let _ = python;

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -28,19 +27,9 @@ async fn the_python_sdk_renews_every_58_virtual_minutes_under_the_shim() {
     let python = common::python_with_sdk();
     let _port = common::lock_8883();
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::builder()
-        .host_name("myhub.azure-devices.net")
-        .listen(SocketAddr::from(([127, 0, 0, 1], 8883)))
-        .device("sensor-1")
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    let (hub, ca) = common::hub_on_8883(Hub::builder().device("sensor-1"), dir.path()).await;
     let clock_file = dir.path().join("clock.json");
     let _writer = ClockFileWriter::start(hub.clock(), clock_file.clone(), None).unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, hub.ca_pem()).unwrap();
     let sdk = Command::new(python)
         .arg(common::repo_root().join("tests/python/sdk_client.py"))
         .args(["connect-shutdown", "--hold", "30"])

@@ -7,17 +7,11 @@
 
 use std::time::{Duration, Instant};
 
-use fakehub::{EventKind, Hub, HubHandle};
+use fakehub::{EventKind, HubHandle};
 use sample_device::{Bug, DeviceOptions, InProcess};
 
 async fn with_device(bugs: &[Bug]) -> (HubHandle, InProcess) {
-    let hub = Hub::builder()
-        .device("sensor-1")
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    let hub = fakehub::testkit::start_hub(&["sensor-1"]).await.unwrap();
     let opts = DeviceOptions {
         bugs: bugs.iter().copied().collect(),
         ..Default::default()

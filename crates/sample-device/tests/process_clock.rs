@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use fakehub::clock_file::ClockFileWriter;
-use fakehub::{EventKind, Hub, HubHandle};
+use fakehub::{EventKind, HubHandle};
 
 const MIN: u64 = 60;
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
@@ -108,13 +108,7 @@ fn story(hub: &HubHandle) -> Vec<String> {
 
 async fn drops_every_65_minutes(adapter: Adapter) {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::builder()
-        .device("sensor-1")
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    let hub = fakehub::testkit::start_hub(&["sensor-1"]).await.unwrap();
     let _writer = ClockFileWriter::start(
         hub.clock(),
         dir.path().join("clock.json"),
@@ -179,13 +173,7 @@ async fn faketime_device_without_renewal_drops_at_65_minutes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clock_file_device_renews_before_expiry() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::builder()
-        .device("sensor-1")
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    let hub = fakehub::testkit::start_hub(&["sensor-1"]).await.unwrap();
     let _writer = ClockFileWriter::start(hub.clock(), dir.path().join("clock.json"), None).unwrap();
     let _device = spawn(&hub, dir.path(), &Adapter::ClockFile, &[]);
     let mut connect = connected(&hub, 1).await;

@@ -222,3 +222,19 @@ impl SdkProcess {
         }
     }
 }
+
+/// A hub on 127.0.0.1:8883 (the port the Azure SDKs always use), host `myhub.azure-devices.net`,
+/// and its CA written to `dir/ca.pem`. Hold [`lock_8883`] while it runs.
+pub async fn hub_on_8883(b: fakehub::HubBuilder, dir: &Path) -> (fakehub::HubHandle, PathBuf) {
+    let hub = b
+        .host_name("myhub.azure-devices.net")
+        .listen(std::net::SocketAddr::from(([127, 0, 0, 1], 8883)))
+        .build()
+        .expect("hub certificates")
+        .start()
+        .await
+        .expect("port 8883 is free");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, hub.ca_pem()).expect("write ca.pem");
+    (hub, ca)
+}
