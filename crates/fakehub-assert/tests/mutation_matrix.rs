@@ -312,3 +312,31 @@ async fn a_fleet_spreads_its_reconnects_and_no_jitter_or_no_backoff_is_caught() 
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_never_gets_back_fails_recovers_and_connected() {
+    // A stale token: after the 65-minute drop every reconnect is refused.
+    let rig = Rig::start(1, &[Bug::StaleToken], MIN).await;
+    rig.hub.clock().advance(180 * MIN).await;
+    // Judge the end of the run before the rig stops the device.
+    let log = Log::of(&rig.hub);
+    let recovers = fakehub_assert::recovers(&log, "d0", Duration::from_secs(60));
+    let connected = fakehub_assert::connected(&log, "d0");
+    println!("{recovers}\n{connected}");
+    assert!(!recovers.passed, "{recovers}");
+    assert!(
+        recovers
+            .summary
+            .contains("never followed by a successful connect"),
+        "{recovers}"
+    );
+    assert!(!connected.passed, "{connected}");
+    rig.finish().await;
+    // The well-behaved device passes both.
+    let rig = Rig::start(1, &[], MIN).await;
+    rig.hub.clock().advance(180 * MIN).await;
+    let log = Log::of(&rig.hub);
+    fakehub_assert::recovers(&log, "d0", Duration::from_secs(60)).assert();
+    fakehub_assert::connected(&log, "d0").assert();
+    rig.finish().await;
+}
