@@ -15,8 +15,7 @@
 //! Azure dialect), `core` (the embedded rumqttd router) and `events` (the event log, Connections
 //! records and the connected-devices series).
 
-pub mod clock;
-pub mod clock_file;
+pub use fakehub_protocol::{clock, clock_file, sas, tls, ResultCode};
 pub mod core;
 pub mod events;
 pub mod faults;
@@ -24,9 +23,7 @@ pub mod frontdoor;
 mod hub;
 pub mod iothub;
 pub mod registry;
-pub mod sas;
 pub mod testkit;
-pub mod tls;
 
 pub use clock::{DeviceClock, VirtualClock};
 pub use events::records::ConnectionRecord;

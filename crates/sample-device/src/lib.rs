@@ -3,7 +3,7 @@
 //! device under test).
 
 pub mod cli;
-pub mod connection_string;
+pub use fakehub_protocol::connection_string;
 pub mod device;
 pub mod in_process;
 

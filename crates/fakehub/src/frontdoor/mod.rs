@@ -7,7 +7,7 @@
 //! channel (how the hub, faults and tests close a connection).
 
 pub mod auth;
-pub mod codec;
+pub use fakehub_protocol::codec;
 mod connection;
 
 use std::collections::HashMap;

@@ -3,8 +3,7 @@
 
 pub mod c2d;
 pub mod methods;
-pub mod properties;
 pub mod services;
-pub mod topics;
 pub mod twin;
-pub mod username;
+
+pub use fakehub_protocol::{properties, topics, username};

@@ -6,7 +6,7 @@
 
 use percent_encoding::percent_decode_str;
 
-use crate::registry::IdentityRef;
+use crate::identity::IdentityRef;
 
 /// What a username says.
 #[derive(Debug, Clone, PartialEq, Eq)]

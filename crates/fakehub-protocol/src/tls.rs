@@ -156,7 +156,7 @@ impl HubCertificates {
     }
 
     /// Issue a client certificate with `CN = common_name` (a device id, or `device/module`) signed by
-    /// this CA, for X.509 devices registered with [`crate::registry::X509Auth::CertificateAuthority`].
+    /// this CA, for X.509 devices registered with `X509Auth::CertificateAuthority` (in the hub's registry).
     pub fn issue_device_certificate(
         &self,
         common_name: &str,
@@ -233,7 +233,7 @@ impl DeviceCertificate {
     }
 
     /// A self-signed client certificate with `CN = common_name`, for devices registered with
-    /// [`crate::registry::X509Auth::SelfSigned`] (by its thumbprint).
+    /// `X509Auth::SelfSigned` (in the hub's registry) (by its thumbprint).
     pub fn self_signed(common_name: &str) -> Result<Self, TlsError> {
         let key = KeyPair::generate()?;
         let cert = device_params(common_name).self_signed(&key)?;

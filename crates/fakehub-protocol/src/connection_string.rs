@@ -1,6 +1,6 @@
 //! IoT Hub device connection strings: `HostName=…;DeviceId=…;SharedAccessKey=…[;ModuleId=…][;GatewayHostName=host[:port]]`.
 
-use fakehub::IdentityRef;
+use crate::identity::IdentityRef;
 
 /// A parsed connection string. Its `Debug` never shows the key.
 #[derive(Clone, PartialEq, Eq)]

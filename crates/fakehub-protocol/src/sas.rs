@@ -204,7 +204,7 @@ pub fn mint(
 pub fn mint_for(
     clock: &crate::clock::DeviceClock,
     host_name: &str,
-    who: &crate::registry::IdentityRef,
+    who: &crate::identity::IdentityRef,
     key_b64: &str,
     ttl: Duration,
 ) -> Result<(String, SystemTime), SasError> {

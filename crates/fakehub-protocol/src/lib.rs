@@ -1,0 +1,25 @@
+//! What a fakehub hub and the devices under test share.
+//!
+//! * [`codec`]: MQTT 3.1.1 framing over any byte stream.
+//! * [`identity`], [`username`], [`topics`], [`properties`]: the IoT Hub dialect of MQTT — who a
+//!   client is, what its CONNECT username says, which topics it may use, and property bags.
+//! * [`sas`]: SAS tokens (parse, verify over the raw `sr`, mint).
+//! * [`tls`]: certificates (CA, server, device) and TLS configurations.
+//! * [`connection_string`]: device connection strings.
+//! * [`result_code`]: IoT Hub result codes.
+//! * [`clock`], [`clock_file`]: virtual time and how devices read it.
+
+pub mod clock;
+pub mod clock_file;
+pub mod codec;
+pub mod connection_string;
+pub mod identity;
+pub mod properties;
+pub mod result_code;
+pub mod sas;
+pub mod tls;
+pub mod topics;
+pub mod username;
+
+pub use identity::IdentityRef;
+pub use result_code::ResultCode;
