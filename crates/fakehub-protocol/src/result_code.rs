@@ -47,7 +47,13 @@ use ResultCode::*;
 
 /// Every named code with its number, name, HTTP-style status and a short description.
 const TABLE: &[(ResultCode, u32, &str, u16, &str)] = &[
-    (ArgumentInvalid, 400004, "ArgumentInvalid", 400, "a request argument is not valid"),
+    (
+        ArgumentInvalid,
+        400004,
+        "ArgumentInvalid",
+        400,
+        "a request argument is not valid",
+    ),
     (
         ConnectionForcefullyClosedOnNewConnection,
         400027,
@@ -55,8 +61,20 @@ const TABLE: &[(ResultCode, u32, &str, u16, &str)] = &[
         400,
         "closed because a new connection with the same identity opened",
     ),
-    (IoTHubUnauthorized, 401003, "IoTHubUnauthorized", 401, "the credentials were refused"),
-    (IoTHubQuotaExceeded, 403002, "IoTHubQuotaExceeded", 403, "the daily message quota is used up"),
+    (
+        IoTHubUnauthorized,
+        401003,
+        "IoTHubUnauthorized",
+        401,
+        "the credentials were refused",
+    ),
+    (
+        IoTHubQuotaExceeded,
+        403002,
+        "IoTHubQuotaExceeded",
+        403,
+        "the daily message quota is used up",
+    ),
     (
         DeviceMaximumQueueDepthExceeded,
         403004,
@@ -64,8 +82,20 @@ const TABLE: &[(ResultCode, u32, &str, u16, &str)] = &[
         403,
         "the device's cloud-to-device queue is full",
     ),
-    (DeviceNotFound, 404001, "DeviceNotFound", 404, "the identity is not registered"),
-    (DeviceNotOnline, 404103, "DeviceNotOnline", 404, "the device is not online"),
+    (
+        DeviceNotFound,
+        404001,
+        "DeviceNotFound",
+        404,
+        "the identity is not registered",
+    ),
+    (
+        DeviceNotOnline,
+        404103,
+        "DeviceNotOnline",
+        404,
+        "the device is not online",
+    ),
     (
         DeviceConnectionClosedRemotely,
         404104,
@@ -73,9 +103,27 @@ const TABLE: &[(ResultCode, u32, &str, u16, &str)] = &[
         404,
         "the connection closed without an MQTT DISCONNECT",
     ),
-    (DeviceAlreadyExists, 409001, "DeviceAlreadyExists", 409, "the device already exists"),
-    (PreconditionFailed, 412002, "PreconditionFailed", 412, "the ETag does not match"),
-    (ThrottlingException, 429001, "ThrottlingException", 429, "throttled"),
+    (
+        DeviceAlreadyExists,
+        409001,
+        "DeviceAlreadyExists",
+        409,
+        "the device already exists",
+    ),
+    (
+        PreconditionFailed,
+        412002,
+        "PreconditionFailed",
+        412,
+        "the ETag does not match",
+    ),
+    (
+        ThrottlingException,
+        429001,
+        "ThrottlingException",
+        429,
+        "throttled",
+    ),
     (
         ThrottleBacklogLimitExceeded,
         429002,
@@ -83,9 +131,27 @@ const TABLE: &[(ResultCode, u32, &str, u16, &str)] = &[
         429,
         "throttled beyond the shaping backlog",
     ),
-    (ServerError, 500001, "ServerError", 500, "an internal error of the hub"),
-    (GenericTimeout, 500008, "GenericTimeout", 500, "a hub operation timed out"),
-    (GatewayTimeout, 504101, "GatewayTimeout", 504, "the device did not answer in time"),
+    (
+        ServerError,
+        500001,
+        "ServerError",
+        500,
+        "an internal error of the hub",
+    ),
+    (
+        GenericTimeout,
+        500008,
+        "GenericTimeout",
+        500,
+        "a hub operation timed out",
+    ),
+    (
+        GatewayTimeout,
+        504101,
+        "GatewayTimeout",
+        504,
+        "the device did not answer in time",
+    ),
 ];
 
 impl ResultCode {
@@ -179,10 +245,16 @@ mod tests {
             assert_eq!(e.0.code(), e.1);
             assert_eq!(u32::from(e.0.status()), e.1 / 1000, "{}", e.2);
         }
-        assert_eq!(ResultCode::from_code(404104).name(), "DeviceConnectionClosedRemotely");
+        assert_eq!(
+            ResultCode::from_code(404104).name(),
+            "DeviceConnectionClosedRemotely"
+        );
         let unknown = ResultCode::from_code(503999);
         assert_eq!(unknown, Other(503999));
-        assert_eq!((unknown.code(), unknown.status(), unknown.name()), (503999, 503, "Error"));
+        assert_eq!(
+            (unknown.code(), unknown.status(), unknown.name()),
+            (503999, 503, "Error")
+        );
     }
 
     #[test]

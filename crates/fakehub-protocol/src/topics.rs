@@ -3,8 +3,8 @@
 //! IoT Hub "only supports the documented topic names and topic filters" (research §4.1): a publish or
 //! subscribe outside them closes the connection. Device and module ids are not URL-encoded in topics.
 
-use crate::properties::PropertyBag;
 use crate::identity::IdentityRef;
+use crate::properties::PropertyBag;
 
 /// What a device publish is.
 #[derive(Debug, Clone, PartialEq, Eq)]
