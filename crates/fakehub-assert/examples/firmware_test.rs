@@ -30,12 +30,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 3. Field failures, on demand: a transient hub fault drops the device and refuses it for
     //    10 minutes; then two hours pass.
     hub.inject(
-        Fault::new(FaultKind::Outage {
+        Fault::new(FaultKind::Outage(fakehub::faults::Outage {
             mode: OutageMode::Connack3,
-        })
+        }))
         .lasting(Duration::from_secs(600)),
     );
-    hub.inject(Fault::new(FaultKind::Reset));
+    hub.inject(Fault::new(FaultKind::Reset(Default::default())));
     tokio::time::sleep(Duration::from_millis(300)).await;
     hub.clock().advance(Duration::from_secs(2 * 3600)).await;
     device.stop().await;

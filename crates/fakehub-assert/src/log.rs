@@ -5,13 +5,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fakehub::events::records::{self, ConnectionRecord, RecordContext};
+use fakehub::events::Lifecycle;
 use fakehub::{Event, EventKind};
 
-/// A whole event log, in order.
+/// A whole event log, in order, with its connections folded once.
 #[derive(Debug, Clone)]
 pub struct Log {
     events: Vec<Arc<Event>>,
     start: SystemTime,
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl Log {
@@ -21,7 +23,17 @@ impl Log {
             .first()
             .map(|e| e.time)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        Log { events, start }
+        let lifecycle = Arc::new(Lifecycle::of(events.iter().map(|e| e.as_ref())));
+        Log {
+            events,
+            start,
+            lifecycle,
+        }
+    }
+
+    /// Every connection, as the lifecycle fold tells it.
+    pub fn lifecycle(&self) -> &Lifecycle {
+        &self.lifecycle
     }
 
     /// The log of a running hub, as it is now.

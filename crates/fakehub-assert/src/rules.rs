@@ -91,52 +91,29 @@ struct Conn {
     closed: Option<(CloseCause, SystemTime, u64)>,
 }
 
-/// Every connection attempt of a device that got as far as CONNECT, in order.
+/// Every connection attempt of a device that got as far as CONNECT, in order (from the log's
+/// lifecycle fold).
 fn connections(log: &Log, device: &str) -> Vec<Conn> {
-    let mut by_conn: BTreeMap<u64, Conn> = BTreeMap::new();
-    let mut order = Vec::new();
-    for e in log.of_device(device) {
-        let Some(c) = e.conn else { continue };
-        match &e.kind {
-            EventKind::Connect {
-                keep_alive,
-                token_expiry,
-                ..
-            } => {
-                order.push(c);
-                by_conn.insert(
-                    c,
-                    Conn {
-                        connect_seq: e.seq,
-                        connect_at: e.time,
-                        keep_alive: *keep_alive,
-                        token_expiry: *token_expiry,
-                        connack: None,
-                        closed: None,
-                    },
-                );
-            }
-            EventKind::Connack {
-                code,
-                session_present,
-                result,
-                ..
-            } => {
-                if let Some(x) = by_conn.get_mut(&c) {
-                    x.connack = Some((*code, *session_present, e.time, *result));
-                }
-            }
-            EventKind::Closed { cause, .. } => {
-                if let Some(x) = by_conn.get_mut(&c) {
-                    x.closed = Some((*cause, e.time, e.seq));
-                }
-            }
-            _ => {}
-        }
-    }
-    order
-        .into_iter()
-        .filter_map(|c| by_conn.remove(&c))
+    log.lifecycle()
+        .of_device(device)
+        .filter_map(|c| {
+            let connect = c.connect.as_ref()?;
+            Some(Conn {
+                connect_seq: connect.at.seq,
+                connect_at: connect.at.time,
+                keep_alive: connect.keep_alive,
+                token_expiry: connect.token_expiry,
+                connack: c.connack.as_ref().map(|a| {
+                    (
+                        a.code,
+                        a.session_present,
+                        a.at.time,
+                        a.result.map(|r| r.code()),
+                    )
+                }),
+                closed: c.closed.as_ref().map(|x| (x.cause, x.at.time, x.at.seq)),
+            })
+        })
         .collect()
 }
 

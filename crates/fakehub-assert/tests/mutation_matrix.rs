@@ -90,12 +90,13 @@ async fn run(scenario: Scenario, bugs: &[Bug]) -> Log {
         Scenario::Outage => {
             let rig = Rig::start(1, bugs, MIN).await;
             rig.hub.inject(
-                Fault::new(FaultKind::Outage {
+                Fault::new(FaultKind::Outage(fakehub::faults::Outage {
                     mode: OutageMode::Connack3,
-                })
+                }))
                 .lasting(10 * MIN),
             );
-            rig.hub.inject(Fault::new(FaultKind::Reset));
+            rig.hub
+                .inject(Fault::new(FaultKind::Reset(Default::default())));
             // 300 ms of real time before the jump: a device that retries at once shows it here
             // (a well-behaved one waits at least 0.5 s); then exact virtual time.
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -117,7 +118,8 @@ async fn run(scenario: Scenario, bugs: &[Bug]) -> Log {
                 })
                 .await
                 .expect("a PUBACK withheld");
-            rig.hub.inject(Fault::new(FaultKind::Reset));
+            rig.hub
+                .inject(Fault::new(FaultKind::Reset(Default::default())));
             rig.run_at(30.0, Duration::from_secs(15)).await;
             rig.hub.clock().advance(3 * MIN).await;
             rig.finish().await
@@ -125,8 +127,9 @@ async fn run(scenario: Scenario, bugs: &[Bug]) -> Log {
         Scenario::SessionLoss => {
             let rig = Rig::start(1, bugs, MIN).await;
             rig.hub
-                .inject(Fault::new(FaultKind::SessionLoss).lasting(MIN));
-            rig.hub.inject(Fault::new(FaultKind::Reset));
+                .inject(Fault::new(FaultKind::SessionLoss(Default::default())).lasting(MIN));
+            rig.hub
+                .inject(Fault::new(FaultKind::Reset(Default::default())));
             rig.run_at(30.0, Duration::from_secs(15)).await;
             rig.hub.clock().advance(2 * MIN).await;
             rig.finish().await
@@ -140,13 +143,15 @@ async fn run(scenario: Scenario, bugs: &[Bug]) -> Log {
         Scenario::Fleet => {
             let rig = Rig::start(50, bugs, 10 * MIN).await;
             rig.hub.inject(
-                Fault::new(FaultKind::Outage {
+                Fault::new(FaultKind::Outage(fakehub::faults::Outage {
                     mode: OutageMode::Connack3,
-                })
+                }))
                 .lasting(2 * MIN),
             );
-            rig.hub
-                .inject(Fault::new(FaultKind::MassDrop { rst: true }).devices(Selector::All));
+            rig.hub.inject(
+                Fault::new(FaultKind::MassDrop(fakehub::faults::MassDrop { rst: true }))
+                    .devices(Selector::All),
+            );
             // Jumps only: every device's retry timer fires at its exact instant, so devices without
             // jitter stay in lockstep (measuring with time flowing would blur them by scheduling).
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -97,3 +97,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MqttIo<S> {
         self.stream
     }
 }
+
+/// The MQTT name of a packet (`PUBLISH`, `PINGREQ`, …).
+pub fn packet_name(p: &mq::Packet) -> &'static str {
+    match p {
+        mq::Packet::Connect(_) => "CONNECT",
+        mq::Packet::ConnAck(_) => "CONNACK",
+        mq::Packet::Publish(_) => "PUBLISH",
+        mq::Packet::PubAck(_) => "PUBACK",
+        mq::Packet::PubRec(_) => "PUBREC",
+        mq::Packet::PubRel(_) => "PUBREL",
+        mq::Packet::PubComp(_) => "PUBCOMP",
+        mq::Packet::Subscribe(_) => "SUBSCRIBE",
+        mq::Packet::SubAck(_) => "SUBACK",
+        mq::Packet::Unsubscribe(_) => "UNSUBSCRIBE",
+        mq::Packet::UnsubAck(_) => "UNSUBACK",
+        mq::Packet::PingReq => "PINGREQ",
+        mq::Packet::PingResp => "PINGRESP",
+        mq::Packet::Disconnect => "DISCONNECT",
+    }
+}

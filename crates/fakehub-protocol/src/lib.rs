@@ -7,19 +7,24 @@
 //! * [`tls`]: certificates (CA, server, device) and TLS configurations.
 //! * [`connection_string`]: device connection strings.
 //! * [`result_code`]: IoT Hub result codes.
+//! * [`host`]: what an in-process device needs of its hub.
+//! * [`transport`]: TCP or in-memory streams, with or without TLS.
 //! * [`clock`], [`clock_file`]: virtual time and how devices read it.
 
 pub mod clock;
 pub mod clock_file;
 pub mod codec;
 pub mod connection_string;
+pub mod host;
 pub mod identity;
 pub mod properties;
 pub mod result_code;
 pub mod sas;
 pub mod tls;
 pub mod topics;
+pub mod transport;
 pub mod username;
 
+pub use host::{shutdown_signal, InProcessHub};
 pub use identity::IdentityRef;
 pub use result_code::ResultCode;

@@ -207,6 +207,12 @@ impl From<u32> for ResultCode {
     }
 }
 
+impl PartialEq<u32> for ResultCode {
+    fn eq(&self, other: &u32) -> bool {
+        self.code() == *other
+    }
+}
+
 impl Serialize for ResultCode {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u32(self.code())

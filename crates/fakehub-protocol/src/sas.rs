@@ -33,7 +33,7 @@ pub enum SasError {
     SignatureMismatch,
     #[error("the token's audience `{audience}` does not cover `{expected}`")]
     WrongAudience { audience: String, expected: String },
-    #[error("the token expired at {}", humantime::format_rfc3339_seconds(*.0))]
+    #[error("the token expired at {}", crate::clock::rfc3339_seconds(*.0))]
     Expired(SystemTime),
 }
 

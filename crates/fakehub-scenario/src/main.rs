@@ -1,11 +1,6 @@
 //! The `fakehub` command.
 
-mod input;
-mod junit;
-mod report;
-mod runner;
-mod scenario;
-mod serve;
+use fakehub_scenario::{junit, report, runner, scenario, serve};
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -235,7 +235,7 @@ impl Rig {
         if let Some(k) = spec.keep_alive {
             dopts.keep_alive = k;
         }
-        let device = InProcess::spawn(&self.hub, id, dopts)?;
+        let device = InProcess::spawn(self.hub.as_ref(), id, dopts)?;
         self.devices
             .insert(id.to_owned(), Running::InProcess(device));
         Ok(())

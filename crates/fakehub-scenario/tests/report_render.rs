@@ -1,8 +1,7 @@
 //! The HTML run report: its structure from a hand-built event log, and a real render in headless
 //! Chromium (installed from Debian when missing) whose screenshot is checked for content.
 
-#[path = "../src/report.rs"]
-mod report;
+use fakehub_scenario::report;
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -98,7 +97,7 @@ impl LogBuilder {
             EventKind::Connack {
                 code,
                 session_present: false,
-                result: refusal.map(|r| r.0),
+                result: refusal.map(|r| r.0.into()),
                 reason: refusal.map(|r| r.1.to_owned()),
             },
         );

@@ -38,7 +38,9 @@ async fn fakehub_drop() -> Duration {
         clients.push(t.await.unwrap());
     }
     let t0 = Instant::now();
-    hub.inject(Fault::new(FaultKind::MassDrop { rst: true }));
+    hub.inject(Fault::new(FaultKind::MassDrop(fakehub::faults::MassDrop {
+        rst: true,
+    })));
     let waits: Vec<_> = clients
         .into_iter()
         .map(|mut c| tokio::spawn(async move { c.recv(Duration::from_secs(10)).await }))

@@ -10,53 +10,46 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The layout follows DESIGN.md: `clock` (virtual time), `tls` (certificates), `registry`
-//! (identities), `sas` (tokens), `frontdoor` (the device-facing connection handling), `iothub` (the
-//! Azure dialect), `core` (the embedded rumqttd router) and `events` (the event log, Connections
-//! records and the connected-devices series).
+//! The API: [`Hub`] / [`HubBuilder`] / [`HubHandle`] (building, running and driving a hub, its
+//! service side included), [`faults`] (the fault catalogue), [`events`] (the event log, the
+//! connection lifecycle, Connections records, the connected-devices series), [`registry`]
+//! (identities), and from the shared protocol crate [`clock`], [`sas`], [`tls`].
+//!
+//! The machinery stays inside: `frontdoor` (accepting connections; one state machine per
+//! connection), `sessions` (the message core: live links, sessions, C2D queues), `services`
+//! (twins, methods, C2D), `shared` (what they all share).
 
-pub use fakehub_protocol::{clock, clock_file, sas, tls, ResultCode};
-pub mod core;
+pub use fakehub_protocol::{clock, clock_file, sas, tls, transport, ResultCode};
+
 pub mod events;
 pub mod faults;
-pub mod frontdoor;
+mod frontdoor;
 mod hub;
-pub mod iothub;
 pub mod registry;
+pub mod services;
+mod sessions;
+mod shared;
+#[cfg(feature = "testkit")]
 pub mod testkit;
+
+/// The IoT Hub dialect of MQTT: usernames, the topic space, property bags (from the protocol
+/// crate), and the service side's message types.
+pub mod iothub {
+    pub use crate::services::{c2d, methods, twin};
+    pub use fakehub_protocol::{properties, topics, username};
+}
 
 pub use clock::{DeviceClock, VirtualClock};
 pub use events::records::ConnectionRecord;
 pub use events::{
     CloseCause, CloseHow, Closer, Event, EventKind, EventLog, EventStream, TwinSection,
 };
-pub use frontdoor::WireClose;
 pub use hub::{Hub, HubBuilder, HubError, HubHandle};
-pub use iothub::c2d::CloudMessage;
-pub use iothub::methods::{MethodError, MethodResponse};
-pub use iothub::services::{C2dError, TwinError};
-pub use iothub::twin::Twin;
 pub use registry::{IdentityRef, SymmetricKeys, X509Auth};
+pub use services::c2d::CloudMessage;
+pub use services::methods::{MethodError, MethodResponse};
+pub use services::twin::Twin;
+pub use services::{C2dError, TwinError};
+pub use sessions::WireClose;
 
-/// Wait for Ctrl-C or SIGTERM: how a long-running hub (or device) knows to stop and flush.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
+pub use fakehub_protocol::{shutdown_signal, InProcessHub};

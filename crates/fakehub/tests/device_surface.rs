@@ -380,7 +380,7 @@ async fn c2d_queue_of_50_survives_offline_in_order_and_the_51st_is_403004() {
     assert_eq!(full.code(), Some(403004));
     assert!(hub.events().snapshot().iter().any(|e| matches!(
         &e.kind,
-        EventKind::C2dRefused { message_id, result: 403004, .. } if message_id == "m-50"
+        EventKind::C2dRefused { message_id, result, .. } if message_id == "m-50" && *result == 403004
     )));
 
     let (mut c, ack) = RawClient::connect_as(&hub, &who, false, 60).await.unwrap();

@@ -56,9 +56,13 @@ async fn reset_is_a_tcp_reset_and_close_a_clean_eof_both_404104() {
     let (mut c, _) = RawClient::connect_as(&hub, &device("c"), true, 60)
         .await
         .unwrap();
-    hub.inject(Fault::new(FaultKind::Reset).devices(Selector::Ids(vec!["a".into()])));
+    hub.inject(
+        Fault::new(FaultKind::Reset(Default::default())).devices(Selector::Ids(vec!["a".into()])),
+    );
     assert!(matches!(a.recv(T).await, Received::Reset));
-    hub.inject(Fault::new(FaultKind::Close).devices(Selector::Glob("b*".into())));
+    hub.inject(
+        Fault::new(FaultKind::Close(Default::default())).devices(Selector::Glob("b*".into())),
+    );
     assert!(matches!(b.recv(T).await, Received::Closed));
     // The unselected device is untouched.
     c.send(&Packet::PingReq).await.unwrap();
@@ -109,7 +113,7 @@ async fn blackhole_is_silence_until_the_keepalive_timeout() {
     let (mut a, _) = RawClient::connect_as(&hub, &device("a"), true, 60)
         .await
         .unwrap();
-    hub.inject(Fault::new(FaultKind::Blackhole));
+    hub.inject(Fault::new(FaultKind::Blackhole(Default::default())));
     tokio::time::sleep(Duration::from_millis(50)).await;
     a.send(&Packet::PingReq).await.unwrap();
     assert!(
@@ -130,7 +134,7 @@ async fn drop_pingresp_withholds_only_pingresp() {
     let (mut a, _) = RawClient::connect_as(&hub, &device("a"), true, 60)
         .await
         .unwrap();
-    let f = hub.inject(Fault::new(FaultKind::DropPingresp));
+    let f = hub.inject(Fault::new(FaultKind::DropPingresp(Default::default())));
     tokio::time::sleep(Duration::from_millis(50)).await;
     a.send(&Packet::PingReq).await.unwrap();
     assert!(matches!(a.recv(SHORT).await, Received::Silence));
@@ -186,9 +190,11 @@ async fn delay_suback_and_latency_follow_virtual_time() {
     let (mut a, _) = RawClient::connect_as(&hub, &device("a"), true, 60)
         .await
         .unwrap();
-    hub.inject(Fault::new(FaultKind::DelaySuback {
-        delay: Duration::from_secs(30),
-    }));
+    hub.inject(Fault::new(FaultKind::DelaySuback(
+        fakehub::faults::DelaySuback {
+            delay: Duration::from_secs(30),
+        },
+    )));
     tokio::time::sleep(Duration::from_millis(50)).await;
     let sub = mq::Subscribe::new("devices/a/messages/devicebound/#", QoS::AtLeastOnce);
     a.send(&Packet::Subscribe(sub)).await.unwrap();
@@ -202,10 +208,10 @@ async fn delay_suback_and_latency_follow_virtual_time() {
         Received::Packet(Packet::SubAck(_))
     ));
     hub.clock().set_speed(1.0);
-    hub.inject(Fault::new(FaultKind::Latency {
+    hub.inject(Fault::new(FaultKind::Latency(fakehub::faults::Latency {
         inbound: Duration::from_secs(2),
         outbound: Duration::from_secs(3),
-    }));
+    })));
     tokio::time::sleep(Duration::from_millis(50)).await;
     let start = hub.clock().elapsed();
     hub.clock().set_speed(100.0);
@@ -275,17 +281,17 @@ async fn connack_faults_delay_withhold_and_refuse() {
 async fn outages_refuse_tcp_answer_connack_3_or_hang() {
     let hub = hub(&["a"]).await;
     let who = device("a");
-    let f = hub.inject(Fault::new(FaultKind::Outage {
+    let f = hub.inject(Fault::new(FaultKind::Outage(fakehub::faults::Outage {
         mode: OutageMode::RefuseTcp,
-    }));
+    })));
     assert!(
         RawClient::connect_tls(&hub).await.is_err(),
         "TCP reset before TLS"
     );
     f.end();
-    let f = hub.inject(Fault::new(FaultKind::Outage {
+    let f = hub.inject(Fault::new(FaultKind::Outage(fakehub::faults::Outage {
         mode: OutageMode::Connack3,
-    }));
+    })));
     for _ in 0..3 {
         let (_c, ack) = RawClient::connect_as(&hub, &who, true, 60).await.unwrap();
         assert_eq!(ack.code, mq::ConnectReturnCode::ServiceUnavailable);
@@ -307,9 +313,9 @@ async fn a_fault_with_a_duration_ends_by_itself_at_its_virtual_time() {
     let hub = hub(&["a"]).await;
     let who = device("a");
     hub.inject(
-        Fault::new(FaultKind::Outage {
+        Fault::new(FaultKind::Outage(fakehub::faults::Outage {
             mode: OutageMode::Connack3,
-        })
+        }))
         .lasting(Duration::from_secs(600)),
     );
     let (_c, ack) = RawClient::connect_as(&hub, &who, true, 60).await.unwrap();
@@ -341,14 +347,19 @@ async fn takeover_disable_rotate_key_and_clock_skew() {
     let (mut a, _) = RawClient::connect_as(&hub, &device("a"), true, 60)
         .await
         .unwrap();
-    hub.inject(Fault::new(FaultKind::Takeover).devices(Selector::Ids(vec!["a".into()])));
+    hub.inject(
+        Fault::new(FaultKind::Takeover(Default::default()))
+            .devices(Selector::Ids(vec!["a".into()])),
+    );
     assert!(matches!(a.recv(T).await, Received::Closed));
     assert_eq!(codes(&hub, "a").last().unwrap().1, Some(400027));
 
     let (mut b, _) = RawClient::connect_as(&hub, &device("b"), true, 60)
         .await
         .unwrap();
-    let f = hub.inject(Fault::new(FaultKind::Disable).devices(Selector::Ids(vec!["b".into()])));
+    let f = hub.inject(
+        Fault::new(FaultKind::Disable(Default::default())).devices(Selector::Ids(vec!["b".into()])),
+    );
     assert!(matches!(b.recv(T).await, Received::Closed));
     let (_b, ack) = RawClient::connect_as(&hub, &device("b"), true, 60)
         .await
@@ -368,7 +379,10 @@ async fn takeover_disable_rotate_key_and_clock_skew() {
     let old = hub
         .sas_token(&device("c"), hub.clock().now() + Duration::from_secs(3600))
         .unwrap();
-    hub.inject(Fault::new(FaultKind::RotateKey).devices(Selector::Ids(vec!["c".into()])));
+    hub.inject(
+        Fault::new(FaultKind::RotateKey(Default::default()))
+            .devices(Selector::Ids(vec!["c".into()])),
+    );
     let mut c = RawClient::connect_tls(&hub).await.unwrap();
     c.send(&Packet::Connect(fakehub::testkit::connect_packet(
         hub.host_name(),
@@ -386,9 +400,9 @@ async fn takeover_disable_rotate_key_and_clock_skew() {
 
     // A device clock 70 minutes behind mints one-hour tokens that expired 10 minutes ago.
     hub.inject(
-        Fault::new(FaultKind::ClockSkew {
+        Fault::new(FaultKind::ClockSkew(fakehub::faults::ClockSkew {
             behind: Duration::from_secs(70 * 60),
-        })
+        }))
         .devices(Selector::Ids(vec!["d".into()])),
     );
     let (_d, ack) = RawClient::connect_as(&hub, &device("d"), true, 60)

@@ -54,14 +54,16 @@ async fn a_mass_drop_of_1000_devices_dips_the_count_and_an_outage_logs_500001_pe
 
     // The hub has a transient fault: new connections refused for 10 minutes, everyone dropped.
     hub.inject(
-        Fault::new(FaultKind::Outage {
+        Fault::new(FaultKind::Outage(fakehub::faults::Outage {
             mode: OutageMode::Connack3,
-        })
+        }))
         .lasting(Duration::from_secs(600)),
     );
     let dropped_at = hub.clock().now();
     let t0 = Instant::now();
-    hub.inject(Fault::new(FaultKind::MassDrop { rst: true }));
+    hub.inject(Fault::new(FaultKind::MassDrop(fakehub::faults::MassDrop {
+        rst: true,
+    })));
     let mut resets = 0;
     for (mut c, _) in clients {
         if matches!(
@@ -106,10 +108,10 @@ async fn a_mass_drop_of_1000_devices_dips_the_count_and_an_outage_logs_500001_pe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_holds_new_connections_to_the_limit() {
     let hub = Arc::new(hub_of(250).await);
-    hub.inject(Fault::new(FaultKind::Throttle {
+    hub.inject(Fault::new(FaultKind::Throttle(fakehub::faults::Throttle {
         per_second: 100,
         shaping: Duration::from_secs(10),
-    }));
+    })));
     let ids: Vec<String> = (0..250).map(|i| format!("d{i}")).collect();
     let clients = connect_all(&hub, ids).await;
     assert!(clients
@@ -135,10 +137,10 @@ async fn throttling_holds_new_connections_to_the_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_past_the_backlog_closes_with_429002() {
     let hub = Arc::new(hub_of(20).await);
-    hub.inject(Fault::new(FaultKind::Throttle {
+    hub.inject(Fault::new(FaultKind::Throttle(fakehub::faults::Throttle {
         per_second: 10,
         shaping: Duration::from_millis(500),
-    }));
+    })));
     let ids: Vec<String> = (0..20).map(|i| format!("d{i}")).collect();
     let gate = Arc::new(Semaphore::new(64));
     let mut tasks = Vec::new();
@@ -166,7 +168,7 @@ async fn throttling_past_the_backlog_closes_with_429002() {
             closed += usize::from(matches!(
                 e.kind,
                 EventKind::Closed {
-                    result: Some(429002),
+                    result: Some(fakehub::ResultCode::ThrottleBacklogLimitExceeded),
                     ..
                 }
             ));

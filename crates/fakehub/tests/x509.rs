@@ -22,9 +22,11 @@ fn refusal(hub: &HubHandle, dev: &str) -> (u8, Option<u32>, String) {
                 result,
                 reason,
                 ..
-            } if e.device.as_deref() == Some(dev) => {
-                Some((*code, *result, reason.clone().unwrap_or_default()))
-            }
+            } if e.device.as_deref() == Some(dev) => Some((
+                *code,
+                result.map(|r| r.code()),
+                reason.clone().unwrap_or_default(),
+            )),
             _ => None,
         })
         .expect("a CONNACK event")

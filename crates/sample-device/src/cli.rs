@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::{Bug, ConnectionString, Device, DeviceOptions};
 use clap::Parser;
-use fakehub::clock::{DeviceClock, FileClock};
+use fakehub_protocol::clock::{DeviceClock, FileClock};
 use tokio_util::sync::CancellationToken;
 
 /// The device's command line.
@@ -105,7 +105,7 @@ pub fn main_with_args(argv: impl IntoIterator<Item = String>) -> ExitCode {
         });
         let signal_stop = stop.clone();
         tokio::spawn(async move {
-            fakehub::shutdown_signal().await;
+            fakehub_protocol::shutdown_signal().await;
             signal_stop.cancel();
         });
         device.run(stop).await;

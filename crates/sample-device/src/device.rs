@@ -12,10 +12,11 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use fakehub::clock::{DeviceClock, Fired};
-use fakehub::frontdoor::codec::{MqttIo, ReadError};
-use fakehub::iothub::properties::PropertyBag;
-use fakehub::sas;
+use fakehub_protocol::clock::{DeviceClock, Fired};
+use fakehub_protocol::codec::{MqttIo, ReadError};
+use fakehub_protocol::properties::PropertyBag;
+use fakehub_protocol::sas;
+use fakehub_protocol::transport::{MemoryConnector, Secured, Stream};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rumqttc::mqttbytes::v4 as mq;
 use rumqttc::mqttbytes::QoS;
@@ -28,6 +29,18 @@ use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
 use crate::connection_string::ConnectionString;
+
+/// How the device reaches the hub.
+#[derive(Clone)]
+pub enum Dial {
+    /// TCP and TLS to the connection string's gateway host and port.
+    Tcp,
+    /// In memory, beside the hub (in-process devices), with or without TLS.
+    Memory {
+        connector: MemoryConnector,
+        tls: bool,
+    },
+}
 
 /// A behaviour the device can get wrong on purpose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -141,7 +154,7 @@ pub enum DeviceError {
     Unknown(String),
 }
 
-type Io = MqttIo<TlsStream<TcpStream>>;
+type Io = MqttIo<Secured<TlsStream<Stream>>>;
 
 struct Inflight {
     seq: u64,
@@ -155,6 +168,7 @@ pub struct Device {
     server_name: ServerName<'static>,
     clock: DeviceClock,
     opts: DeviceOptions,
+    dial: Dial,
     events: Option<tokio::sync::mpsc::UnboundedSender<DeviceEvent>>,
     // State that lives across connections.
     rng: StdRng,
@@ -181,12 +195,12 @@ impl Device {
         clock: DeviceClock,
         opts: DeviceOptions,
     ) -> Result<Device, DeviceError> {
-        let cas = fakehub::tls::certificates_from_pem(ca_pem)
+        let cas = fakehub_protocol::tls::certificates_from_pem(ca_pem)
             .map_err(|e| DeviceError::Ca(e.to_string()))?;
         if cas.is_empty() {
             return Err(DeviceError::Ca("no certificate in the CA file".into()));
         }
-        let tls = fakehub::tls::client_config_trusting(&cas)
+        let tls = fakehub_protocol::tls::client_config_trusting(&cas)
             .map_err(|e| DeviceError::Ca(e.to_string()))?;
         let server_name = ServerName::try_from(conn.gateway_host.clone())
             .map_err(|_| DeviceError::ServerName(conn.gateway_host.clone()))?;
@@ -197,6 +211,7 @@ impl Device {
             server_name,
             clock,
             opts,
+            dial: Dial::Tcp,
             events: None,
             next_seq: 0,
             next_pkid: 0,
@@ -204,6 +219,12 @@ impl Device {
             first_token: None,
             subscribed_once: false,
         })
+    }
+
+    /// Reach the hub this way (default: TCP).
+    pub fn with_dial(mut self, dial: Dial) -> Self {
+        self.dial = dial;
+        self
     }
 
     /// Send what the device does to `tx`.
@@ -356,15 +377,31 @@ impl Device {
         let clock = self.clock.clone();
         let timeout = clock.sleep(self.opts.connect_timeout);
         let attempt = async {
-            let tcp = TcpStream::connect((self.conn.gateway_host.as_str(), self.conn.port))
-                .await
-                .map_err(|e| (format!("TCP connect: {e}"), None))?;
-            let _ = tcp.set_nodelay(true);
-            let tls = TlsConnector::from(self.tls.clone())
-                .connect(self.server_name.clone(), tcp)
-                .await
-                .map_err(|e| (format!("TLS: {e}"), None))?;
-            let mut io: Io = MqttIo::new(tls, usize::MAX);
+            let (stream, tls) = match &self.dial {
+                Dial::Tcp => {
+                    let tcp = TcpStream::connect((self.conn.gateway_host.as_str(), self.conn.port))
+                        .await
+                        .map_err(|e| (format!("TCP connect: {e}"), None))?;
+                    let _ = tcp.set_nodelay(true);
+                    (Stream::Tcp(tcp), true)
+                }
+                Dial::Memory { connector, tls } => {
+                    let stream = connector
+                        .connect()
+                        .map_err(|e| (format!("connect: {e}"), None))?;
+                    (Stream::Memory(stream), *tls)
+                }
+            };
+            let secured = if tls {
+                let tls = TlsConnector::from(self.tls.clone())
+                    .connect(self.server_name.clone(), stream)
+                    .await
+                    .map_err(|e| (format!("TLS: {e}"), None))?;
+                Secured::Tls(tls)
+            } else {
+                Secured::Plain(stream)
+            };
+            let mut io: Io = MqttIo::new(secured, usize::MAX);
             let mut connect = mq::Connect::new(self.conn.identity.client_id());
             connect.keep_alive = self.keep_alive();
             connect.clean_session = false;
@@ -408,7 +445,7 @@ impl Device {
         bag.application.insert("seq".into(), seq.to_string());
         format!(
             "{}/{}",
-            fakehub::iothub::topics::telemetry_prefix(&self.conn.identity),
+            fakehub_protocol::topics::telemetry_prefix(&self.conn.identity),
             bag.encode()
         )
     }
@@ -421,7 +458,7 @@ impl Device {
             ),
             None => format!(
                 "{}/#",
-                fakehub::iothub::topics::devicebound_prefix(&self.conn.identity.device_id)
+                fakehub_protocol::topics::devicebound_prefix(&self.conn.identity.device_id)
             ),
         }
     }
@@ -624,7 +661,7 @@ mod tests {
     use super::*;
 
     fn device(bugs: &[Bug]) -> Device {
-        let hub_certs = fakehub::tls::HubCertificates::generate("h.example").unwrap();
+        let hub_certs = fakehub_protocol::tls::HubCertificates::generate("h.example").unwrap();
         let conn = ConnectionString::parse("HostName=h.example;DeviceId=d;SharedAccessKey=a2V5a2V5a2V5;GatewayHostName=localhost:1").unwrap();
         let opts = DeviceOptions {
             bugs: bugs.iter().copied().collect(),

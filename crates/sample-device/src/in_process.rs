@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use fakehub::clock::DeviceClock;
-use fakehub::HubHandle;
+use fakehub_protocol::clock::DeviceClock;
+use fakehub_protocol::InProcessHub;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::{ConnectionString, Device, DeviceError, DeviceEvent, DeviceOptions};
+use crate::{ConnectionString, Device, DeviceError, DeviceEvent, DeviceOptions, Dial};
 
 /// A running in-process sample device.
 pub struct InProcess {
@@ -18,8 +18,13 @@ pub struct InProcess {
 }
 
 impl InProcess {
-    /// Start device `id` of `hub`, with the hub's connection string, CA and clock.
-    pub fn spawn(hub: &HubHandle, id: &str, opts: DeviceOptions) -> Result<InProcess, DeviceError> {
+    /// Start device `id` of `hub`, with the hub's connection string, CA and clock, connected in
+    /// memory (no socket).
+    pub fn spawn(
+        hub: &impl InProcessHub,
+        id: &str,
+        opts: DeviceOptions,
+    ) -> Result<InProcess, DeviceError> {
         let conn = hub
             .connection_string(id)
             .ok_or_else(|| DeviceError::Unknown(id.to_owned()))
@@ -33,6 +38,10 @@ impl InProcess {
             DeviceClock::Shared(hub.clock().clone()),
             opts,
         )?
+        .with_dial(Dial::Memory {
+            connector: hub.memory_connector(),
+            tls: hub.memory_tls(),
+        })
         .with_events(tx);
         let (up, connected) = watch::channel(false);
         // `Connected` is emitted once the device's timers are armed: time may move after it.

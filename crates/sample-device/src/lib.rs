@@ -8,5 +8,5 @@ pub mod device;
 pub mod in_process;
 
 pub use connection_string::ConnectionString;
-pub use device::{Bug, Device, DeviceError, DeviceEvent, DeviceOptions};
+pub use device::{Bug, Device, DeviceError, DeviceEvent, DeviceOptions, Dial};
 pub use in_process::InProcess;

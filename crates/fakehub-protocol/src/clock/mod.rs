@@ -49,6 +49,19 @@ fn far_future() -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799)
 }
 
+/// `t` as RFC 3339 with milliseconds (`2026-12-02T02:08:17.123Z`), for any `t`: times before 1970
+/// print as 1970 and times after 9999 as 9999 (the formatter would panic on them).
+pub fn rfc3339_millis(t: SystemTime) -> String {
+    let t = t.clamp(SystemTime::UNIX_EPOCH, far_future());
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// `t` as RFC 3339 to the second, clamped like [`rfc3339_millis`].
+pub fn rfc3339_seconds(t: SystemTime) -> String {
+    let t = t.clamp(SystemTime::UNIX_EPOCH, far_future());
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
 /// `t + d`, saturating at the far future.
 pub fn wall_add(t: SystemTime, d: Duration) -> SystemTime {
     t.checked_add(d)
@@ -197,7 +210,7 @@ impl std::fmt::Debug for VirtualClock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = self.lock();
         f.debug_struct("VirtualClock")
-            .field("now", &humantime::format_rfc3339_millis(s.now()))
+            .field("now", &rfc3339_millis(s.now()))
             .field("elapsed", &s.elapsed())
             .field("speed", &s.speed)
             .finish()

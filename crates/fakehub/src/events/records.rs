@@ -4,11 +4,12 @@
 //! `DeviceClientType`. A graceful DISCONNECT is an `Information` record with no result code; every
 //! other end of an authenticated connection is an `Error` with the code its cause implies.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
+use fakehub_protocol::ResultCode;
 use serde::{Deserialize, Serialize};
 
+use super::lifecycle::{Connection, Lifecycle};
 use super::{AuthKind, CloseCause, Event, EventKind};
 
 /// Where the records say they come from.
@@ -104,42 +105,33 @@ pub struct RecordProperties {
     pub error_message: String,
 }
 
-/// The name and HTTP-style status of an IoT Hub error code.
-pub fn describe(code: u32) -> (&'static str, &'static str) {
-    match code {
-        404104 => ("DeviceConnectionClosedRemotely", "404"),
-        401003 => ("IoTHubUnauthorized", "401"),
-        400027 => ("ConnectionForcefullyClosedOnNewConnection", "400"),
-        429001 => ("ThrottlingException", "429"),
-        429002 => ("ThrottleBacklogLimitExceeded", "429"),
-        403002 => ("IoTHubQuotaExceeded", "403"),
-        500001 => ("ServerError", "500"),
-        500008 => ("GenericTimeout", "500"),
-        _ => ("Error", "500"),
-    }
-}
-
 /// The codes the hub logs when a connected session ends for `cause` (with a fault's `result`
 /// code, if any), in order. Empty for a graceful end. A hub-side reason is logged first, then the
 /// 404104 the device's side of the close produces, as for token expiry (research §2.1).
-pub fn close_codes(cause: CloseCause, result: Option<u32>) -> Vec<u32> {
+pub fn close_codes(cause: CloseCause, result: Option<ResultCode>) -> Vec<ResultCode> {
+    use ResultCode::{
+        ConnectionForcefullyClosedOnNewConnection as Takeover, DeviceConnectionClosedRemotely,
+        IoTHubUnauthorized,
+    };
     match (cause, result) {
         (CloseCause::DeviceDisconnect, _) => vec![],
-        (CloseCause::Takeover, _) => vec![400027],
-        (CloseCause::TokenExpired, _) => vec![401003, 404104],
-        (_, Some(code)) if code != 404104 => vec![code, 404104],
-        _ => vec![404104],
+        (CloseCause::Takeover, _) => vec![Takeover],
+        (CloseCause::TokenExpired, _) => vec![IoTHubUnauthorized, DeviceConnectionClosedRemotely],
+        (_, Some(code)) if code != DeviceConnectionClosedRemotely => {
+            vec![code, DeviceConnectionClosedRemotely]
+        }
+        _ => vec![DeviceConnectionClosedRemotely],
     }
 }
 
-fn error_message(code: u32, reason: Option<&str>) -> String {
+fn error_message(code: ResultCode, reason: Option<&str>) -> String {
     match (code, reason) {
-        (404104, _) => {
+        (ResultCode::DeviceConnectionClosedRemotely, _) => {
             "Device disconnected, see cause and resolution at https://aka.ms/iothub404104"
                 .to_owned()
         }
         (_, Some(r)) => r.to_owned(),
-        (c, None) => describe(c).0.to_owned(),
+        (c, None) => c.name().to_owned(),
     }
 }
 
@@ -160,51 +152,39 @@ pub fn mask_ip(addr: IpAddr) -> String {
     }
 }
 
-#[derive(Default)]
-struct ConnInfo {
-    peer: Option<SocketAddr>,
-    sdk: Option<String>,
-    auth: Option<AuthKind>,
-    connected: bool,
-}
-
-/// Turns events into records, one event at a time.
+/// Turns events into records, one event at a time (connections are forgotten once closed).
 pub struct RecordDeriver {
     context: RecordContext,
-    conns: HashMap<u64, ConnInfo>,
+    lifecycle: Lifecycle,
 }
 
 impl RecordDeriver {
     pub fn new(context: RecordContext) -> Self {
         RecordDeriver {
             context,
-            conns: HashMap::new(),
+            lifecycle: Lifecycle::new(),
         }
     }
 
     /// The records this event causes (usually none).
     pub fn push(&mut self, event: &Event) -> Vec<ConnectionRecord> {
-        let Some(conn) = event.conn else {
+        let Some(c) = self.lifecycle.push(event) else {
             return Vec::new();
         };
-        match &event.kind {
-            EventKind::Accepted { peer } => {
-                self.conns.entry(conn).or_default().peer = Some(*peer);
-                Vec::new()
-            }
-            EventKind::Connect { sdk, auth, .. } => {
-                let info = self.conns.entry(conn).or_default();
-                info.sdk = sdk.clone();
-                info.auth = Some(*auth);
-                Vec::new()
-            }
+        let records = match &event.kind {
             EventKind::Connack { code: 0, .. } => {
-                self.conns.entry(conn).or_default().connected = true;
-                vec![self.record(event, "deviceConnect", None, None)]
+                vec![record(&self.context, c, event, "deviceConnect", None, None)]
             }
             EventKind::Connack { result, reason, .. } => {
-                let code = result.unwrap_or(401003);
-                vec![self.record(event, "deviceConnect", Some(code), reason.as_deref())]
+                let code = result.unwrap_or(ResultCode::IoTHubUnauthorized);
+                vec![record(
+                    &self.context,
+                    c,
+                    event,
+                    "deviceConnect",
+                    Some(code),
+                    reason.as_deref(),
+                )]
             }
             EventKind::Closed {
                 cause,
@@ -212,97 +192,113 @@ impl RecordDeriver {
                 result,
                 ..
             } => {
-                let Some(info) = self.conns.remove(&conn) else {
-                    return Vec::new();
-                };
-                if !info.connected {
-                    // A CONNECT the hub never answered (outage, withheld CONNACK, throttling):
-                    // a failed connect attempt with the fault's code.
-                    if let (Some(code), Some(_)) = (result, &event.device) {
-                        self.conns.insert(conn, info);
-                        let r = self.record(event, "deviceConnect", Some(*code), detail.as_deref());
-                        self.conns.remove(&conn);
-                        return vec![r];
+                if c.connected() {
+                    let codes = close_codes(*cause, *result);
+                    if codes.is_empty() {
+                        vec![record(
+                            &self.context,
+                            c,
+                            event,
+                            "deviceDisconnect",
+                            None,
+                            None,
+                        )]
+                    } else {
+                        codes
+                            .into_iter()
+                            .map(|code| {
+                                record(
+                                    &self.context,
+                                    c,
+                                    event,
+                                    "deviceDisconnect",
+                                    Some(code),
+                                    detail.as_deref(),
+                                )
+                            })
+                            .collect()
                     }
-                    return Vec::new();
-                }
-                self.conns.insert(conn, info);
-                let codes = close_codes(*cause, *result);
-                let out = if codes.is_empty() {
-                    vec![self.record(event, "deviceDisconnect", None, None)]
                 } else {
-                    codes
-                        .iter()
-                        .map(|c| {
-                            self.record(event, "deviceDisconnect", Some(*c), detail.as_deref())
-                        })
-                        .collect()
-                };
-                self.conns.remove(&conn);
-                out
+                    match (result, &event.device, &c.connack) {
+                        // A CONNECT the hub never answered (outage, withheld CONNACK, throttling):
+                        // a failed connect attempt with the fault's code.
+                        (Some(code), Some(_), None) => vec![record(
+                            &self.context,
+                            c,
+                            event,
+                            "deviceConnect",
+                            Some(*code),
+                            detail.as_deref(),
+                        )],
+                        _ => Vec::new(),
+                    }
+                }
             }
             _ => Vec::new(),
-        }
-    }
-
-    fn record(
-        &self,
-        event: &Event,
-        operation: &str,
-        code: Option<u32>,
-        reason: Option<&str>,
-    ) -> ConnectionRecord {
-        let info = event.conn.and_then(|c| self.conns.get(&c));
-        let masked = info
-            .and_then(|i| i.peer)
-            .map(|p| mask_ip(p.ip()))
-            .unwrap_or_default();
-        let scope = if event.module.is_some() {
-            "module"
-        } else {
-            "device"
         };
-        let auth_type = info.and_then(|i| i.auth).and_then(|a| {
-            let kind = match a {
-                AuthKind::Sas => "sas",
-                AuthKind::X509 => "x509",
-                AuthKind::None => return None,
-            };
-            Some(
-                serde_json::json!({"scope": scope, "type": kind, "issuer": "iothub", "acceptingIpFilterRule": null})
-                    .to_string(),
-            )
-        });
-        let properties = RecordProperties {
-            device_id: event.device.clone().unwrap_or_default(),
-            module_id: event.module.clone(),
-            sdk_version: if operation == "deviceConnect" {
-                info.and_then(|i| i.sdk.clone())
-            } else {
-                None
-            },
-            protocol: "Mqtt".to_owned(),
-            auth_type,
-            masked_ip_address: masked,
-            status_code: code.map(|c| describe(c).1.to_owned()),
-            error_message: code.map(|c| error_message(c, reason)).unwrap_or_default(),
-        };
-        ConnectionRecord {
-            time: humantime::format_rfc3339_millis(event.time).to_string(),
-            resource_id: self.context.resource_id.clone(),
-            operation_name: operation.to_owned(),
-            category: "Connections".to_owned(),
-            level: if code.is_some() {
-                "Error"
-            } else {
-                "Information"
+        if matches!(event.kind, EventKind::Closed { .. }) {
+            if let Some(conn) = event.conn {
+                self.lifecycle.remove(conn);
             }
-            .to_owned(),
-            result_type: code.map(|c| c.to_string()),
-            result_description: code.map(|c| describe(c).0.to_owned()),
-            properties: serde_json::to_string(&properties).unwrap_or_default(),
-            location: self.context.location.clone(),
         }
+        records
+    }
+}
+
+fn record(
+    context: &RecordContext,
+    c: &Connection,
+    event: &Event,
+    operation: &str,
+    code: Option<ResultCode>,
+    reason: Option<&str>,
+) -> ConnectionRecord {
+    let masked = c.peer.map(|p| mask_ip(p.ip())).unwrap_or_default();
+    let scope = if event.module.is_some() {
+        "module"
+    } else {
+        "device"
+    };
+    let auth_type = c.connect.as_ref().and_then(|connect| {
+        let kind = match connect.auth {
+            AuthKind::Sas => "sas",
+            AuthKind::X509 => "x509",
+            AuthKind::None => return None,
+        };
+        Some(
+            serde_json::json!({"scope": scope, "type": kind, "issuer": "iothub", "acceptingIpFilterRule": null})
+                .to_string(),
+        )
+    });
+    let properties = RecordProperties {
+        device_id: event.device.clone().unwrap_or_default(),
+        module_id: event.module.clone(),
+        sdk_version: if operation == "deviceConnect" {
+            c.connect.as_ref().and_then(|connect| connect.sdk.clone())
+        } else {
+            None
+        },
+        protocol: "Mqtt".to_owned(),
+        auth_type,
+        masked_ip_address: masked,
+        status_code: code.map(|c| c.status().to_string()),
+        error_message: code.map(|c| error_message(c, reason)).unwrap_or_default(),
+    };
+    ConnectionRecord {
+        time: fakehub_protocol::clock::rfc3339_millis(event.time),
+        resource_id: context.resource_id.clone(),
+        operation_name: operation.to_owned(),
+        category: "Connections".to_owned(),
+        level: if code.is_some() {
+            "Error"
+        } else {
+            "Information"
+        }
+        .to_owned(),
+        result_type: code.map(|c| c.code().to_string()),
+        result_description: code.map(|c| c.name().to_owned()),
+        properties: serde_json::to_string(&properties).unwrap_or_default(),
+        location: context.location.clone(),
     }
 }
 
@@ -449,7 +445,7 @@ mod tests {
                 EventKind::Connack {
                     code: 5,
                     session_present: false,
-                    result: Some(401003),
+                    result: Some(ResultCode::IoTHubUnauthorized),
                     reason: Some("the signature does not match".into()),
                 },
             ),

@@ -11,16 +11,16 @@ use tokio_rustls::rustls::pki_types::CertificateDer;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::events::AuthKind;
-use crate::iothub::username::Username;
 use crate::registry::{Identity, IdentityRef, Registry, X509Auth};
 use crate::sas::{self, SasToken};
 use crate::tls::{self, Thumbprints};
+use fakehub_protocol::username::Username;
+use fakehub_protocol::ResultCode;
 
 /// A CONNECT that passed.
 #[derive(Debug, Clone)]
 pub struct Authenticated {
     pub identity: IdentityRef,
-    pub auth: AuthKind,
     /// The token's `se`, for SAS connections.
     pub token_expiry: Option<SystemTime>,
 }
@@ -29,14 +29,14 @@ pub struct Authenticated {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     pub connack: mq::ConnectReturnCode,
-    pub result: u32,
+    pub result: ResultCode,
     pub reason: String,
 }
 
 fn unauthorized(reason: impl Into<String>) -> Refusal {
     Refusal {
         connack: mq::ConnectReturnCode::NotAuthorized,
-        result: 401003,
+        result: ResultCode::IoTHubUnauthorized,
         reason: reason.into(),
     }
 }
@@ -146,7 +146,7 @@ fn check_enabled(registered: &Identity, identity: &IdentityRef) -> Result<(), Re
     }
     Err(Refusal {
         connack: mq::ConnectReturnCode::ServiceUnavailable,
-        result: 401003,
+        result: ResultCode::IoTHubUnauthorized,
         reason: format!("the device '{identity}' is disabled"),
     })
 }
@@ -193,7 +193,6 @@ pub fn authenticate(
         check_enabled(&registered, &identity)?;
         return Ok(Authenticated {
             identity,
-            auth: AuthKind::X509,
             token_expiry: None,
         });
     }
@@ -239,7 +238,6 @@ pub fn authenticate(
     check_enabled(&registered, &identity)?;
     Ok(Authenticated {
         identity,
-        auth: AuthKind::Sas,
         token_expiry: Some(token.expiry()),
     })
 }
@@ -381,7 +379,7 @@ mod tests {
                 "{}",
                 r.reason
             );
-            assert_eq!(r.result, 401003);
+            assert_eq!(r.result, ResultCode::IoTHubUnauthorized);
             assert!(!r.reason.contains(&dk), "no key material in reasons");
         }
         // Within the 5-minute skew an expired token still connects.

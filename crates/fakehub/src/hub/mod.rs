@@ -5,27 +5,29 @@ use std::fs::File;
 use std::io::BufWriter;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use fakehub_protocol::transport::{memory_network, MemoryConnector};
+
 use crate::clock::VirtualClock;
-use crate::core::{Core, CoreLimits};
 use crate::events::records::{self, ConnectionRecord, RecordContext};
 use crate::events::{CloseCause, EventKind, EventLog, EventStream, Subject};
-use crate::frontdoor::{self, Control, FrontDoorConfig, Shared, WireClose};
-use crate::iothub::c2d::CloudMessage;
-use crate::iothub::methods::{MethodError, MethodResponse};
-use crate::iothub::services::{C2dError, Services, TwinError};
-use crate::iothub::twin::Twin;
+use crate::frontdoor;
 use crate::registry::X509Auth;
 use crate::registry::{
     Device, Identity, IdentityRef, Policy, Registry, RegistryData, SymmetricKeys,
 };
 use crate::sas;
+use crate::services::c2d::CloudMessage;
+use crate::services::methods::{MethodError, MethodResponse};
+use crate::services::twin::Twin;
+use crate::services::{C2dError, TwinError};
+use crate::sessions::{CloseRequest, WireClose};
+use crate::shared::{FrontDoorConfig, Shared};
 use crate::tls::{HubCertificates, TlsError};
 
 /// Errors starting or stopping a hub.
@@ -44,13 +46,8 @@ pub enum HubError {
         source: std::io::Error,
     },
     #[error("the event log could not be written: {0}")]
-    EventLog(String),
-    #[error("the hub services could not start: {0}")]
-    Services(String),
+    EventLog(#[source] std::io::Error),
 }
-
-/// Router ids only name the router thread (`router-N`); unique per process for readable thread lists.
-static NEXT_ROUTER_ID: AtomicUsize = AtomicUsize::new(0);
 
 /// Configures a hub. Defaults: host `fakehub.azure-devices.net`, listen `127.0.0.1:0`, token grace
 /// 5 minutes (the 65-minute pattern), keep-alive cap 1767 s, TLS handshake and CONNECT timeouts 10 s.
@@ -66,7 +63,7 @@ pub struct HubBuilder {
     clock: Option<VirtualClock>,
     certificates: Option<HubCertificates>,
     out_dir: Option<PathBuf>,
-    core_limits: CoreLimits,
+    memory_tls: bool,
     seed: u64,
 }
 
@@ -91,7 +88,7 @@ impl HubBuilder {
             clock: None,
             certificates: None,
             out_dir: None,
-            core_limits: CoreLimits::default(),
+            memory_tls: true,
             seed: 0,
         }
     }
@@ -209,9 +206,11 @@ impl HubBuilder {
         self
     }
 
-    /// Size the message core.
-    pub fn core_limits(mut self, limits: CoreLimits) -> Self {
-        self.core_limits = limits;
+    /// Whether in-process devices that connect in memory ([`HubHandle::memory_connector`]) do a
+    /// TLS handshake too (default: yes). Without it a large in-process fleet spends no time on
+    /// handshakes, which are not under test there; TCP connections always use TLS.
+    pub fn memory_tls(mut self, tls: bool) -> Self {
+        self.memory_tls = tls;
         self
     }
 
@@ -287,10 +286,6 @@ impl Hub {
             addr: b.listen,
             source,
         })?;
-        let core = Core::start(
-            NEXT_ROUTER_ID.fetch_add(1, Ordering::Relaxed),
-            b.core_limits,
-        );
         let tls = TlsAcceptor::from(certificates.server_config()?);
         let config = FrontDoorConfig {
             host_name: b.host_name.clone(),
@@ -299,6 +294,7 @@ impl Hub {
             tls_handshake_timeout: b.tls_handshake_timeout,
             connect_timeout: b.connect_timeout,
             max_packet_size: b.max_packet_size,
+            memory_tls: b.memory_tls,
         };
         let registry = Registry::new(b.registry);
         registry.trust_certificate_authority(certificates.ca_der());
@@ -307,7 +303,6 @@ impl Hub {
             registry,
             clock.clone(),
             events.clone(),
-            core,
             tls,
             b.seed,
         ));
@@ -318,12 +313,13 @@ impl Hub {
                 host_name: b.host_name.clone(),
             },
         );
-        let services = Services::start(&shared)
-            .await
-            .map_err(|e| HubError::Services(e.to_string()))?;
-        let accept = tokio::spawn(frontdoor::accept_loop(listener, shared.clone()));
+        let (memory, memory_listener) = memory_network();
+        let accept = tokio::spawn(frontdoor::accept_tcp(listener, shared.clone()));
+        shared
+            .tasks
+            .spawn(frontdoor::accept_memory(memory_listener, shared.clone()));
         Ok(HubHandle {
-            services,
+            memory,
             shared,
             local_addr,
             certificates: Arc::new(certificates),
@@ -335,7 +331,7 @@ impl Hub {
 
 /// A running hub. Dropping it stops the hub without waiting; [`HubHandle::shutdown`] waits.
 pub struct HubHandle {
-    services: Services,
+    memory: MemoryConnector,
     shared: Arc<Shared>,
     local_addr: SocketAddr,
     certificates: Arc<HubCertificates>,
@@ -453,7 +449,12 @@ impl HubHandle {
 
     /// Client ids with a live connection.
     pub fn connected_clients(&self) -> Vec<String> {
-        self.shared.sessions.client_ids()
+        self.shared.sessions.live_clients()
+    }
+
+    /// How in-process devices reach this hub without a socket.
+    pub fn memory_connector(&self) -> MemoryConnector {
+        self.memory.clone()
     }
 
     /// Close one identity's connection from the hub side. False when it is not connected.
@@ -464,9 +465,9 @@ impl HubHandle {
         cause: CloseCause,
         detail: &str,
     ) -> bool {
-        self.shared.sessions.control(
+        self.shared.sessions.close(
             client_id,
-            Control::Close {
+            CloseRequest {
                 wire,
                 cause,
                 detail: detail.to_owned(),
@@ -478,7 +479,12 @@ impl HubHandle {
     /// Start a fault now (see [`crate::faults`]). It ends by itself after its duration, or when
     /// the returned handle's `end` is called.
     pub fn inject(&self, fault: crate::faults::Fault) -> crate::faults::FaultHandle {
-        crate::faults::inject(&self.shared, fault)
+        crate::faults::inject(&self.shared.fault_ctx(), fault)
+    }
+
+    /// The ids and names of the active faults, in the order they started.
+    pub fn active_faults(&self) -> Vec<(u64, String)> {
+        self.shared.faults.list()
     }
 
     /// Stop: no new connections, every connection closed, every task ended, the port freed and the
@@ -550,12 +556,12 @@ impl HubHandle {
         device_id: &str,
         message: CloudMessage,
     ) -> Result<String, C2dError> {
-        self.services.send_c2d(device_id, message).await
+        self.shared.services.send_c2d(device_id, message)
     }
 
     /// How many C2D messages a device has not acknowledged yet.
     pub async fn c2d_queue_depth(&self, device_id: &str) -> usize {
-        self.services.c2d_queue_depth(device_id).await
+        self.shared.services.c2d_queue_depth(device_id)
     }
 
     /// Patch an identity's desired properties (JSON merge patch; `null` removes). The device, if
@@ -565,13 +571,13 @@ impl HubHandle {
         who: &IdentityRef,
         patch: serde_json::Value,
     ) -> Result<u64, TwinError> {
-        self.services.patch_desired(who, patch).await
+        self.shared.services.patch_desired(who, &patch)
     }
 
     /// An identity's twin (desired and reported sections with their versions); `None` when it is
     /// not registered.
     pub fn twin(&self, who: &IdentityRef) -> Option<Twin> {
-        self.services.twin(who)
+        self.shared.services.twin(who)
     }
 
     /// Invoke a direct method and wait up to `timeout` (the hub clock's elapsed time) for the
@@ -584,7 +590,8 @@ impl HubHandle {
         payload: serde_json::Value,
         timeout: Duration,
     ) -> Result<MethodResponse, MethodError> {
-        self.services
+        self.shared
+            .services
             .invoke_method(who, name, &payload, timeout)
             .await
     }
@@ -592,6 +599,28 @@ impl HubHandle {
     /// Disable (closing its live connection; later CONNECTs get CONNACK 3) or enable an identity.
     /// False when it is not registered.
     pub fn set_enabled(&self, who: &IdentityRef, enabled: bool) -> bool {
-        self.services.set_enabled(who, enabled)
+        self.shared.services.set_enabled(who, enabled)
+    }
+}
+
+impl fakehub_protocol::InProcessHub for HubHandle {
+    fn connection_string(&self, device_id: &str) -> Option<String> {
+        HubHandle::connection_string(self, device_id)
+    }
+
+    fn ca_pem(&self) -> String {
+        HubHandle::ca_pem(self)
+    }
+
+    fn clock(&self) -> &VirtualClock {
+        HubHandle::clock(self)
+    }
+
+    fn memory_connector(&self) -> MemoryConnector {
+        HubHandle::memory_connector(self)
+    }
+
+    fn memory_tls(&self) -> bool {
+        self.shared.config.memory_tls
     }
 }

@@ -1,0 +1,9 @@
+//! The scenario runner and the `fakehub` command's parts: reading scenario files, running them on a
+//! hub with its devices, judging the expectations, and writing JUnit and HTML reports; and `serve`.
+
+pub mod input;
+pub mod junit;
+pub mod report;
+pub mod runner;
+pub mod scenario;
+pub mod serve;

@@ -1,0 +1,210 @@
+//! IoT Hub's in-band fault injection, as the official SDKs' own end-to-end tests use it: a
+//! telemetry message whose properties say `AzIoTHub_FaultOperationType` = `KillTcp`,
+//! `ShutDownMqtt`, `InvokeThrottling`, `InvokeMaxMessageQuota` or `InvokeAuthError` (with
+//! `…DelayInSecs` and `…DurationInSecs`) gets no PUBACK; after the delay the connection is reset
+//! (KillTcp) or closed, and for the throttling, quota and auth faults the device's CONNECTs are
+//! refused for the duration. A resent trigger (the same message id, after the reconnect) is an
+//! ordinary message: each trigger acts once.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use fakehub_protocol::properties::PropertyBag;
+use fakehub_protocol::ResultCode;
+
+use super::unit::{ConnectAttempt, ConnectVerdict, FaultUnit};
+use super::{Context, Selector, Started};
+use crate::events::{CloseCause, Stamp};
+use crate::sessions::CloseRequest;
+use crate::WireClose;
+
+/// How many trigger ids are remembered per identity (older ones are forgotten: a trigger resent
+/// after 64 newer ones would act again, which no SDK does).
+const REMEMBERED_PER_IDENTITY: usize = 64;
+/// The longest delay or duration a trigger may ask for; longer ones are cut to it.
+const LONGEST: Duration = Duration::from_secs(24 * 3600);
+
+const OPERATION: &str = "AzIoTHub_FaultOperationType";
+const DELAY: &str = "AzIoTHub_FaultOperationDelayInSecs";
+const DURATION: &str = "AzIoTHub_FaultOperationDurationInSecs";
+
+/// The trigger ids already acted on, per identity (bounded).
+#[derive(Default)]
+pub(crate) struct Triggers {
+    seen: Mutex<BTreeMap<String, VecDeque<String>>>,
+}
+
+impl Triggers {
+    /// Remember a trigger; false if it was seen already.
+    fn fresh(&self, client_id: &str, key: String) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let ids = seen.entry(client_id.to_owned()).or_default();
+        if ids.contains(&key) {
+            return false;
+        }
+        if ids.len() >= REMEMBERED_PER_IDENTITY {
+            ids.pop_front();
+        }
+        ids.push_back(key);
+        true
+    }
+}
+
+/// A number of seconds from a property: finite, not negative, cut to [`LONGEST`]; absent or not a
+/// number is zero.
+fn seconds(bag: &PropertyBag, name: &str) -> Duration {
+    bag.application
+        .get(name)
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .map(|v| {
+            Duration::try_from_secs_f64(v)
+                .unwrap_or(LONGEST)
+                .min(LONGEST)
+        })
+        .unwrap_or_default()
+}
+
+/// What one operation does: how the connection ends, the code logged, and the CONNACK refusal
+/// (return code and result) while the fault lasts.
+type Operation = (WireClose, Option<ResultCode>, Option<(u8, ResultCode)>);
+
+fn operation(op: &str) -> Option<Operation> {
+    use ResultCode::{IoTHubQuotaExceeded, IoTHubUnauthorized, ThrottlingException};
+    Some(match op {
+        "KillTcp" => (WireClose::Rst, None, None),
+        "ShutDownMqtt" => (WireClose::Fin, None, None),
+        "InvokeThrottling" => (
+            WireClose::Fin,
+            Some(ThrottlingException),
+            Some((3, ThrottlingException)),
+        ),
+        "InvokeMaxMessageQuota" => (
+            WireClose::Fin,
+            Some(IoTHubQuotaExceeded),
+            Some((3, IoTHubQuotaExceeded)),
+        ),
+        "InvokeAuthError" => (
+            WireClose::Fin,
+            Some(IoTHubUnauthorized),
+            Some((5, IoTHubUnauthorized)),
+        ),
+        _ => return None,
+    })
+}
+
+/// Look at a device's telemetry for an in-band trigger. True when it is a fresh trigger: the fault
+/// is started, and the message must not be acknowledged or forwarded.
+pub(crate) fn trigger(
+    ctx: &Context,
+    triggers: &Triggers,
+    client_id: &str,
+    bag: &PropertyBag,
+    fallback_key: impl FnOnce() -> String,
+) -> bool {
+    let Some(op) = bag.application.get(OPERATION) else {
+        return false;
+    };
+    let Some((wire, close_result, refuse)) = operation(op) else {
+        tracing::info!(op = %op, "unknown AzIoTHub_FaultOperationType ignored");
+        return false;
+    };
+    let key = bag
+        .message_id()
+        .map(str::to_owned)
+        .unwrap_or_else(fallback_key);
+    if !triggers.fresh(client_id, key) {
+        return false;
+    }
+    let delay = seconds(bag, DELAY);
+    let duration = seconds(bag, DURATION);
+    let unit = Arc::new(InbandUnit {
+        op: op.clone(),
+        client_id: client_id.to_owned(),
+        wire,
+        close_result,
+        refuse,
+        delay,
+        duration,
+        refusing_since: Arc::new(Mutex::new(None)),
+    });
+    let detail = serde_json::json!({
+        "device": client_id,
+        "delay_secs": delay.as_secs_f64(),
+        "duration_secs": duration.as_secs_f64(),
+    });
+    super::start(
+        ctx,
+        &format!("inband:{op}"),
+        unit,
+        &Selector::Ids(vec![client_id.to_owned()]),
+        Some(detail),
+        None,
+    );
+    true
+}
+
+struct InbandUnit {
+    op: String,
+    client_id: String,
+    wire: WireClose,
+    close_result: Option<ResultCode>,
+    refuse: Option<(u8, ResultCode)>,
+    delay: Duration,
+    duration: Duration,
+    /// When the fault acted (CONNACKs are refused from then on, for the refusing operations).
+    refusing_since: Arc<Mutex<Option<SystemTime>>>,
+}
+
+impl FaultUnit for InbandUnit {
+    fn started(&self, ctx: &Context, fault: &Started<'_>, _matches: &dyn Fn(&str) -> bool) {
+        let ctx = ctx.clone();
+        let id = fault.id;
+        let mut act = ctx
+            .clock
+            .timer(crate::clock::wall_add(ctx.clock.now(), self.delay));
+        let request = CloseRequest {
+            wire: self.wire,
+            cause: CloseCause::Fault,
+            detail: format!("in-band fault {}", self.op),
+            result: self.close_result,
+        };
+        let client = self.client_id.clone();
+        let duration = self.duration;
+        let refusing_since = self.refusing_since.clone();
+        let tasks = ctx.tasks.clone();
+        tasks.spawn(async move {
+            let fired = tokio::select! {
+                fired = act.wait() => fired,
+                _ = ctx.shutdown.cancelled() => return,
+            };
+            *refusing_since.lock().unwrap_or_else(|p| p.into_inner()) = Some(fired.at);
+            ctx.sessions.close(&client, request);
+            let mut end = ctx.clock.timer(crate::clock::wall_add(fired.at, duration));
+            drop(fired);
+            tokio::select! {
+                fired = end.wait() => {
+                    super::end(&ctx, id, Stamp::Wall(fired.at));
+                    drop(fired);
+                }
+                _ = ctx.shutdown.cancelled() => {}
+            }
+        });
+    }
+
+    fn on_connect(&self, _attempt: &ConnectAttempt<'_>) -> ConnectVerdict {
+        let since = *self
+            .refusing_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match (self.refuse, since) {
+            (Some((code, result)), Some(_)) => ConnectVerdict::Refuse {
+                code,
+                result,
+                reason: format!("in-band fault {}", self.op),
+            },
+            _ => ConnectVerdict::Proceed,
+        }
+    }
+}

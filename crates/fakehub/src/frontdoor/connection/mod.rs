@@ -1,0 +1,174 @@
+//! One device connection, from accept to close, as explicit states:
+//!
+//! ```text
+//! handshaking ──▶ awaiting CONNECT ──▶ authenticating ──▶ live ──▶ closing
+//!      │                 │                   │                      ▲
+//!      └─────────────────┴───────────────────┴──────────────────────┘
+//! ```
+//!
+//! Each state is one small function that returns the next. Every path ends in [`closing`]: the
+//! wire is closed, the `closed` event recorded (stamped when the hub closed, or at the deadline
+//! that caused it), the connected count and the session released. If the task ever fails, the
+//! [`Guard`] still records the close and releases what the connection held.
+
+mod connect;
+mod ending;
+mod handshake;
+mod live;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use fakehub_protocol::codec::MqttIo;
+use fakehub_protocol::transport::{Secured, Stream};
+use fakehub_protocol::IdentityRef;
+use rumqttc::mqttbytes::v4 as mq;
+use tokio_rustls::rustls::pki_types::CertificateDer;
+use tokio_rustls::server::TlsStream;
+
+use crate::clock::Fired;
+use crate::events::{CloseCause, CloseHow, Closer, EventKind, Stamp, Subject};
+use crate::shared::Shared;
+use ending::Ending;
+
+/// The framed device stream.
+type Io = MqttIo<Secured<TlsStream<Stream>>>;
+
+/// Where a connection is in its life.
+enum State {
+    Handshaking(Stream),
+    AwaitingConnect(Io, Vec<CertificateDer<'static>>),
+    Authenticating(Io, Box<mq::Connect>, Vec<CertificateDer<'static>>),
+    Live(Box<live::Live>),
+    /// Close the wire (if the hub still holds it) the way the ending says; a deadline guard, if
+    /// any, is held until the records are written.
+    Closing(Option<Io>, Ending, Option<Fired>),
+    Done,
+}
+
+/// What one connection's task knows about itself, and what it must release whatever happens.
+struct Guard {
+    shared: Arc<Shared>,
+    conn: u64,
+    subject: Subject,
+    /// Counted in the connected-devices count.
+    connected: bool,
+    /// Attached to its session under this client id.
+    attached: Option<String>,
+    /// The `closed` event is written.
+    closed: bool,
+}
+
+impl Guard {
+    fn emit(&self, kind: EventKind) {
+        self.shared.events.emit(&self.subject, kind);
+    }
+
+    fn identify(&mut self, who: &IdentityRef) {
+        self.subject.device = Some(who.device_id.clone());
+        self.subject.module = who.module_id.clone();
+    }
+
+    /// Record the close, then release the count (stamped alike).
+    fn record_close(&mut self, ending: &Ending) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        self.shared
+            .events
+            .emit_stamped(&self.subject, ending.event(), ending.at);
+        if std::mem::take(&mut self.connected) {
+            self.shared.sessions.set_connected(false, ending.at);
+        }
+    }
+
+    fn release_session(&mut self) {
+        if let Some(client) = self.attached.take() {
+            self.shared.sessions.detach(&client, self.conn);
+        }
+    }
+}
+
+impl Drop for Guard {
+    /// A task that ended without closing (a panic, or the runtime dropping it) still records its
+    /// close and gives back what it held, so the counts stay right.
+    fn drop(&mut self) {
+        if !self.closed {
+            let (cause, detail) = if self.shared.shutdown.is_cancelled() {
+                (CloseCause::HubShutdown, "hub shutting down")
+            } else {
+                (
+                    CloseCause::Internal,
+                    "the connection's task ended unexpectedly",
+                )
+            };
+            let ending = Ending {
+                by: Closer::Hub,
+                how: CloseHow::Fin,
+                cause,
+                detail: Some(detail.to_owned()),
+                wire: None,
+                at: Stamp::Now,
+                result: None,
+            };
+            self.record_close(&ending);
+        }
+        self.release_session();
+    }
+}
+
+/// Run one connection to its end.
+pub async fn run(shared: Arc<Shared>, stream: Stream, peer: SocketAddr, conn: u64) {
+    let mut guard = Guard {
+        shared,
+        conn,
+        subject: Subject {
+            conn: Some(conn),
+            ..Default::default()
+        },
+        connected: false,
+        attached: None,
+        closed: false,
+    };
+    guard.emit(EventKind::Accepted { peer });
+    let mut state = State::Handshaking(stream);
+    loop {
+        state = match state {
+            State::Handshaking(stream) => handshake::run(&mut guard, stream).await,
+            State::AwaitingConnect(io, certs) => {
+                connect::await_connect(&mut guard, io, certs).await
+            }
+            State::Authenticating(io, connect, certs) => {
+                connect::authenticate(&mut guard, io, *connect, certs).await
+            }
+            State::Live(live) => live.serve(&mut guard).await,
+            State::Closing(io, ending, fired) => {
+                closing(&mut guard, io, ending).await;
+                drop(fired);
+                State::Done
+            }
+            State::Done => break,
+        };
+    }
+}
+
+/// Close the wire the way `ending` says, record the close at that moment, linger for the device's
+/// side, then give up the session (a successor taking over waits until now).
+async fn closing(guard: &mut Guard, io: Option<Io>, ending: Ending) {
+    let clock = guard.shared.clock.clone();
+    let io = match (io, ending.wire) {
+        (Some(io), Some(wire)) => Some((ending::shut_wire(io, wire, &clock).await, wire)),
+        _ => None,
+    };
+    guard.record_close(&ending);
+    if let Some((io, wire)) = io {
+        ending::linger(io, wire, &clock).await;
+    }
+    guard.release_session();
+}
+
+/// The name of a packet, for details and `withheld` events.
+fn packet_name(p: &mq::Packet) -> &'static str {
+    fakehub_protocol::codec::packet_name(p)
+}

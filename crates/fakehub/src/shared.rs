@@ -1,0 +1,108 @@
+//! What every part of a running hub shares: its settings, registry, clock, event log, sessions,
+//! services and active faults.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::VirtualClock;
+use crate::events::EventLog;
+use crate::faults::{self, inband::Triggers, ActiveFaults};
+use crate::registry::Registry;
+use crate::services::Services;
+use crate::sessions::Sessions;
+
+/// Front-door settings.
+#[derive(Debug, Clone)]
+pub struct FrontDoorConfig {
+    pub host_name: String,
+    /// Extra time after a token's `se` before the hub closes the connection.
+    pub token_grace: Duration,
+    /// The longest idle window the hub allows, whatever the keep-alive (IoT Hub: 1767 s).
+    pub keepalive_cap: Duration,
+    /// How long a TLS handshake may take (virtual elapsed time).
+    pub tls_handshake_timeout: Duration,
+    /// How long between the handshake and the CONNECT (virtual elapsed time).
+    pub connect_timeout: Duration,
+    /// Largest MQTT packet accepted (remaining length), bytes.
+    pub max_packet_size: usize,
+    /// Whether in-memory connections use TLS too (TCP ones always do).
+    pub memory_tls: bool,
+}
+
+/// The running hub's parts.
+pub struct Shared {
+    pub config: FrontDoorConfig,
+    pub registry: Registry,
+    pub clock: VirtualClock,
+    pub events: EventLog,
+    pub sessions: Arc<Sessions>,
+    pub services: Arc<Services>,
+    pub faults: Arc<ActiveFaults>,
+    pub triggers: Triggers,
+    pub tls: TlsAcceptor,
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+    /// The run's seed (fault selection by percentage, generated ids).
+    pub seed: u64,
+    next_conn: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(
+        config: FrontDoorConfig,
+        registry: Registry,
+        clock: VirtualClock,
+        events: EventLog,
+        tls: TlsAcceptor,
+        seed: u64,
+    ) -> Shared {
+        let sessions = Arc::new(Sessions::new(events.clone(), clock.clone()));
+        let services = Arc::new(Services::new(
+            registry.clone(),
+            sessions.clone(),
+            events.clone(),
+            clock.clone(),
+            seed,
+        ));
+        Shared {
+            config,
+            registry,
+            clock,
+            events,
+            sessions,
+            services,
+            faults: Arc::new(ActiveFaults::default()),
+            triggers: Triggers::default(),
+            tls,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            seed,
+            next_conn: AtomicU64::new(1),
+        }
+    }
+
+    /// A new connection id.
+    pub fn next_conn(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// What faults reach.
+    pub fn fault_ctx(&self) -> faults::Context {
+        faults::Context {
+            active: self.faults.clone(),
+            sessions: self.sessions.clone(),
+            services: self.services.clone(),
+            registry: self.registry.clone(),
+            events: self.events.clone(),
+            clock: self.clock.clone(),
+            seed: self.seed,
+            tasks: self.tasks.clone(),
+            shutdown: self.shutdown.clone(),
+        }
+    }
+}
