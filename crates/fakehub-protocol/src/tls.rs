@@ -75,6 +75,39 @@ fn ca_params() -> CertificateParams {
     params
 }
 
+/// A server certificate for `host_name`, the loopback names and `extra`, signed by `ca`.
+fn issue_server(
+    ca: &Issuer<'static, KeyPair>,
+    host_name: &str,
+    extra: &[String],
+) -> Result<(CertificateDer<'static>, PrivatePkcs8KeyDer<'static>), TlsError> {
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    for name in std::iter::once(host_name).chain(extra.iter().map(String::as_str)) {
+        if !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            names.push(name.to_owned());
+        }
+    }
+    let mut params = CertificateParams::new(names)?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, host_name.to_owned());
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, ca)?;
+    Ok((
+        cert.der().clone(),
+        PrivatePkcs8KeyDer::from(key.serialize_der()),
+    ))
+}
+
 impl HubCertificates {
     /// A fresh CA and a server certificate for `host_name` and the loopback names.
     pub fn generate(host_name: &str) -> Result<Self, TlsError> {
@@ -111,33 +144,24 @@ impl HubCertificates {
         ca_key_pem: String,
         host_name: &str,
     ) -> Result<Self, TlsError> {
-        let mut names = vec![
-            "localhost".to_owned(),
-            "127.0.0.1".to_owned(),
-            "::1".to_owned(),
-        ];
-        if !names.iter().any(|n| n.eq_ignore_ascii_case(host_name)) {
-            names.push(host_name.to_owned());
-        }
-        let mut params = CertificateParams::new(names)?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, host_name.to_owned());
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-        let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &ca)?;
+        let (server_cert, server_key) = issue_server(&ca, host_name, &[])?;
         Ok(HubCertificates {
-            server_chain: vec![cert.der().clone(), ca_der.clone()],
-            server_key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+            server_chain: vec![server_cert, ca_der.clone()],
+            server_key,
             ca,
             ca_der,
             ca_pem,
             ca_key_pem,
         })
+    }
+
+    /// Issue a new server certificate that also names `extra` (host names or IP addresses, e.g.
+    /// the loopback address a hub listens on), from the same CA.
+    pub fn reissue_server(&mut self, host_name: &str, extra: &[String]) -> Result<(), TlsError> {
+        let (cert, key) = issue_server(&self.ca, host_name, extra)?;
+        self.server_chain = vec![cert, self.ca_der.clone()];
+        self.server_key = key;
+        Ok(())
     }
 
     /// The CA certificate devices must trust, PEM.

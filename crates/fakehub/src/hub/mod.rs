@@ -53,7 +53,7 @@ pub enum HubError {
 /// 5 minutes (the 65-minute pattern), keep-alive cap 1767 s, TLS handshake and CONNECT timeouts 10 s.
 pub struct HubBuilder {
     host_name: String,
-    listen: SocketAddr,
+    listen: Listen,
     registry: RegistryData,
     token_grace: Duration,
     keepalive_cap: Duration,
@@ -77,7 +77,7 @@ impl HubBuilder {
     pub fn new() -> Self {
         HubBuilder {
             host_name: "fakehub.azure-devices.net".to_owned(),
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            listen: Listen::At(SocketAddr::from(([127, 0, 0, 1], 0))),
             registry: RegistryData::default(),
             token_grace: Duration::from_secs(5 * 60),
             keepalive_cap: Duration::from_secs(1767),
@@ -107,7 +107,15 @@ impl HubBuilder {
 
     /// Where to listen (port 0 picks a free port).
     pub fn listen(mut self, addr: SocketAddr) -> Self {
-        self.listen = addr;
+        self.listen = Listen::At(addr);
+        self
+    }
+
+    /// Listen on `port` of a free loopback address of this hub's own (`127.x.y.z`; Linux routes the
+    /// whole of 127.0.0.0/8 to loopback), named in the server certificate: how real SDKs, which
+    /// only connect to port 8883, reach hubs that run side by side.
+    pub fn listen_loopback(mut self, port: u16) -> Self {
+        self.listen = Listen::Loopback(port);
         self
     }
 
@@ -227,6 +235,72 @@ impl HubBuilder {
     }
 }
 
+/// Where a hub listens.
+#[derive(Debug, Clone, Copy)]
+enum Listen {
+    At(SocketAddr),
+    /// This port on a free address of 127.0.0.0/8.
+    Loopback(u16),
+}
+
+impl Listen {
+    fn addr(&self) -> SocketAddr {
+        match *self {
+            Listen::At(a) => a,
+            Listen::Loopback(port) => SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+}
+
+/// How many connections may wait to be accepted: sized for reconnect storms (tokio's default is
+/// 128, which a storm of a few hundred devices overflows, and the kernel then drops SYNs that are
+/// retried a second later).
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind_at(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+fn bind(listen: &Listen) -> Result<TcpListener, HubError> {
+    match *listen {
+        Listen::At(addr) => bind_at(addr).map_err(|source| HubError::Bind { addr, source }),
+        Listen::Loopback(port) => {
+            // Start from an address drawn from the process id and the time, so hubs started side by
+            // side (tests, parallel CI jobs) rarely try the same one; walk on while taken.
+            let seed = u64::from(std::process::id()).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                ^ SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| u64::from(d.subsec_nanos()));
+            let mut last = None;
+            for attempt in 0..512u64 {
+                let n = seed.wrapping_add(attempt.wrapping_mul(0x1_0001));
+                let b = [127, (n >> 16) as u8, (n >> 8) as u8, (n as u8).max(2)];
+                if b[1] == 0 && b[2] == 0 && b[3] <= 1 {
+                    continue;
+                }
+                let addr = SocketAddr::from((b, port));
+                match bind_at(addr) {
+                    Ok(l) => return Ok(l),
+                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last = Some(e),
+                    Err(source) => return Err(HubError::Bind { addr, source }),
+                }
+            }
+            let addr = listen.addr();
+            Err(HubError::Bind {
+                addr,
+                source: last.unwrap_or_else(|| std::io::ErrorKind::AddrInUse.into()),
+            })
+        }
+    }
+}
+
 /// A configured hub, not yet listening.
 pub struct Hub {
     builder: HubBuilder,
@@ -255,7 +329,7 @@ impl Hub {
     pub async fn start(self) -> Result<HubHandle, HubError> {
         let Hub {
             builder: b,
-            certificates,
+            mut certificates,
         } = self;
         let clock = b.clock.unwrap_or_default();
         let events = EventLog::new(clock.clone());
@@ -276,16 +350,16 @@ impl Hub {
                 context.clone(),
             );
         }
-        let listener = TcpListener::bind(b.listen)
-            .await
-            .map_err(|source| HubError::Bind {
-                addr: b.listen,
-                source,
-            })?;
+        let listener = bind(&b.listen)?;
         let local_addr = listener.local_addr().map_err(|source| HubError::Bind {
-            addr: b.listen,
+            addr: b.listen.addr(),
             source,
         })?;
+        let ip = local_addr.ip();
+        if !(ip.is_unspecified() || ip == std::net::IpAddr::from([127, 0, 0, 1])) {
+            // Devices given this address must find it in the certificate.
+            certificates.reissue_server(&b.host_name, &[ip.to_string()])?;
+        }
         let tls = TlsAcceptor::from(certificates.server_config()?);
         let config = FrontDoorConfig {
             host_name: b.host_name.clone(),
@@ -374,7 +448,9 @@ impl HubHandle {
     /// listens on 8883 (the port every Azure SDK hard-codes).
     pub fn gateway_host(&self) -> String {
         let ip = self.local_addr.ip();
-        let host = if ip.is_loopback() || ip.is_unspecified() {
+        // `localhost` where it reaches the hub (it resolves to 127.0.0.1); the address itself
+        // elsewhere (it is in the server certificate).
+        let host = if ip.is_unspecified() || ip == std::net::IpAddr::from([127, 0, 0, 1]) {
             "localhost".to_owned()
         } else {
             ip.to_string()

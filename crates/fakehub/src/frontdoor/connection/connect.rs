@@ -133,6 +133,7 @@ pub(super) async fn authenticate(
         &shared.config.host_name,
         &shared.registry,
         now,
+        shared.config.token_grace,
     ) {
         Ok(a) => a,
         Err(refusal) => {
