@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -65,14 +64,8 @@ enum Command {
 }
 
 fn init_logging() {
-    // Quiet by default; FAKEHUB_LOG=debug (an EnvFilter) for more. rumqttd logs routine events at
-    // ERROR, so it stays off unless named explicitly.
+    // Quiet by default; FAKEHUB_LOG=debug (an EnvFilter) for more.
     let filter = std::env::var("FAKEHUB_LOG").unwrap_or_else(|_| "warn".to_owned());
-    let filter = if filter.contains("rumqttd") {
-        filter
-    } else {
-        format!("{filter},rumqttd=off")
-    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
@@ -86,6 +79,29 @@ fn main() -> ExitCode {
         return sample_device::cli::main_with_args(argv);
     }
     init_logging();
+    // Each scenario runs on a runtime of its own, chosen by how its devices keep time.
+    if let Command::Run {
+        scenarios,
+        out,
+        seed,
+        sample_bugs,
+    } = cli.command
+    {
+        for b in &sample_bugs {
+            if let Err(e) = b.parse::<sample_device::Bug>() {
+                eprintln!("fakehub: --sample-bug: {e}");
+                return ExitCode::from(2);
+            }
+        }
+        let opts = runner::RunOptions { seed, sample_bugs };
+        return match run(&scenarios, out.as_deref(), opts) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("fakehub: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -121,25 +137,7 @@ fn main() -> ExitCode {
                 }
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Run {
-                scenarios,
-                out,
-                seed,
-                sample_bugs,
-            } => {
-                for b in &sample_bugs {
-                    if let Err(e) = b.parse::<sample_device::Bug>() {
-                        return Err(anyhow::anyhow!("--sample-bug: {e}"));
-                    }
-                }
-                run(
-                    &scenarios,
-                    out.as_deref(),
-                    runner::RunOptions { seed, sample_bugs },
-                )
-                .await
-            }
-            Command::SampleDevice { .. } => Ok(ExitCode::SUCCESS),
+            Command::Run { .. } | Command::SampleDevice { .. } => Ok(ExitCode::SUCCESS),
         }
     });
     match result {
@@ -152,32 +150,22 @@ fn main() -> ExitCode {
 }
 
 /// Check every scenario first (a bad file runs nothing), then run them in order.
-async fn run(
-    paths: &[PathBuf],
-    out: Option<&Path>,
-    opts: runner::RunOptions,
-) -> anyhow::Result<ExitCode> {
+fn run(paths: &[PathBuf], out: Option<&Path>, opts: runner::RunOptions) -> anyhow::Result<ExitCode> {
     let mut loaded = Vec::new();
     for p in paths {
         loaded.push(scenario::load(p)?);
     }
-    let stop = CancellationToken::new();
-    let ctrl_c = stop.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            ctrl_c.cancel();
-        }
-    });
     let several = loaded.len() > 1;
     let mut all = Vec::new();
     let mut passed = true;
+    let mut interrupted = false;
     for s in &loaded {
         let dir = match out {
             Some(base) => scenario::out_dir(base, s, several),
             None => Path::new("fakehub-out").join(&s.name),
         };
         let started = std::time::Instant::now();
-        let outcome = runner::run(s, &dir, &opts, stop.clone()).await?;
+        let outcome = runner::run(s, &dir, &opts)?;
         let log_text = std::fs::read_to_string(dir.join("events.jsonl"))?;
         let log = fakehub_assert::Log::parse_jsonl(&log_text).map_err(anyhow::Error::msg)?;
         std::fs::write(
@@ -201,17 +189,19 @@ async fn run(
             println!("  {text}\n    {v}");
         }
         println!(
-            "  ({:.1}s; report: {})",
+            "  ({:.1}s, {}; report: {})",
             started.elapsed().as_secs_f64(),
+            outcome.regime.describe(),
             dir.join("report.html").display()
         );
         passed &= outcome.passed();
+        interrupted |= outcome.interrupted;
         all.push(junit::ScenarioResult {
             name: s.name.clone(),
             verdicts: outcome.verdicts,
             interrupted: outcome.interrupted,
         });
-        if stop.is_cancelled() {
+        if interrupted {
             break;
         }
     }
@@ -220,7 +210,7 @@ async fn run(
             std::fs::write(base.join("junit.xml"), junit::render(&all))?;
         }
     }
-    Ok(if stop.is_cancelled() {
+    Ok(if interrupted {
         ExitCode::from(2)
     } else if passed {
         ExitCode::SUCCESS

@@ -1,18 +1,31 @@
-//! Running a scenario: start the hub and the devices, play the timeline on the virtual clock, judge
-//! the expectations, and write the outputs.
+//! Running a scenario: start the hub and the devices, play the timeline in virtual time, judge the
+//! expectations, and write the outputs.
+//!
+//! Each run gets its own runtime, chosen by how its devices keep time (its [`Regime`]):
+//!
+//! * **Simulated** — only in-process devices. A paused single-threaded runtime is a discrete-event
+//!   simulator: time moves only when every task is idle, straight to the next deadline. Devices
+//!   connect in memory. A run is as fast as its events and repeats exactly for the same seed.
+//! * **Processes** — device processes on the hub's clock (the time preload). Time flows at real
+//!   speed while anything is busy; whenever every thread of the hub and of the device processes
+//!   sleeps, the time driver skips to the earliest deadline any of them waits for.
+//! * **Real time** — a device keeps real time (`clock: real`): nothing is skipped.
+//!
+//! In every regime `advance` and `wait` simply let virtual time pass.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fakehub::clock_file::ClockFileWriter;
 use fakehub::events::Subject;
+use fakehub::process_time::{ProcessTime, ThreadSet};
 use fakehub::{EventKind, Hub, HubHandle};
 use fakehub_assert::{Log, Verdict};
 use sample_device::{DeviceOptions, InProcess};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::scenario::{ClockAdapter, DeviceSpec, Scenario, Step};
@@ -21,6 +34,7 @@ use crate::scenario::{ClockAdapter, DeviceSpec, Scenario, Step};
 pub struct Outcome {
     pub verdicts: Vec<(String, Verdict)>,
     pub interrupted: bool,
+    pub regime: Regime,
 }
 
 impl Outcome {
@@ -33,58 +47,107 @@ impl Outcome {
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     pub seed: Option<u64>,
-    /// Bugs added to every in-process sample device (to show a scenario catching them).
+    /// Bugs added to every sample device, in-process or process (to show a scenario catching them).
     pub sample_bugs: Vec<String>,
 }
 
-const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
-/// Jumps are cut into steps this long when device processes must see time pass.
-const PROCESS_STEP: Duration = Duration::from_secs(30);
-/// Real time a device process gets to notice each step (its clock file is re-read every 10 ms).
-const PROCESS_PAUSE: Duration = Duration::from_millis(30);
-
-enum Running {
-    InProcess(InProcess),
-    Process {
-        spec: Box<DeviceSpec>,
-        child: Option<Child>,
-    },
+/// How virtual time passes in a run (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Regime {
+    Simulated,
+    Processes,
+    RealTime,
 }
 
-struct Rig {
-    hub: Arc<HubHandle>,
-    out: PathBuf,
-    devices: HashMap<String, Running>,
-    clock_file: Option<PathBuf>,
-    faketime_file: Option<PathBuf>,
-    _writer: Option<ClockFileWriter>,
-    has_processes: bool,
-    speed: f64,
-    /// `--sample-bug`s, also given to bundled sample-device processes.
-    sample_bugs: Vec<String>,
+impl Regime {
+    /// The regime a scenario's devices call for.
+    pub fn of(s: &Scenario) -> Regime {
+        let processes: Vec<&DeviceSpec> = s.devices.iter().filter(|d| d.run.is_some()).collect();
+        if processes
+            .iter()
+            .any(|d| d.clock.unwrap_or_default() == ClockAdapter::Real)
+        {
+            Regime::RealTime
+        } else if processes.is_empty() {
+            Regime::Simulated
+        } else {
+            Regime::Processes
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Regime::Simulated => "simulated (in-process devices, discrete-event time)",
+            Regime::Processes => "device processes on the hub's clock (idle time skipped)",
+            Regime::RealTime => "real time (a device keeps its own clock)",
+        }
+    }
 }
 
-fn progress(hub: &HubHandle, start: std::time::SystemTime, what: &str) {
-    let at = hub.clock().now().duration_since(start).unwrap_or_default();
+/// How long (virtual time) every device gets to connect once before the timeline starts.
+const CONNECT_LIMIT: Duration = Duration::from_secs(60);
+
+/// Run one scenario, writing into `out`, on a runtime of its own. SIGINT, SIGTERM and SIGHUP stop it
+/// (what was seen is still judged and written; the outcome says it was interrupted).
+pub fn run(scenario: &Scenario, out: &Path, opts: &RunOptions) -> anyhow::Result<Outcome> {
+    let regime = Regime::of(scenario);
+    let threads = ThreadSet::default();
+    let runtime = match regime {
+        Regime::Simulated => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()?,
+        Regime::Processes | Regime::RealTime => {
+            let t = threads.clone();
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("fakehub-run")
+                .enable_all()
+                .on_thread_start(move || t.register_current())
+                .build()?
+        }
+    };
+    // The thread that drives the run's top-level future is one of the hub's too.
+    threads.register_current();
+    let outcome = runtime.block_on(run_in(regime, scenario, out, opts, threads));
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    outcome
+}
+
+fn progress(hub: &HubHandle, what: &str) {
+    let at = hub.clock().elapsed();
     eprintln!("[{}] {what}", fakehub_assert::log::fmt_offset(at));
 }
 
-/// Run one scenario, writing into `out`.
-pub async fn run(
+/// SIGINT, SIGTERM or SIGHUP cancel `stop`.
+fn stop_on_signals(stop: CancellationToken) {
+    tokio::spawn(async move {
+        fakehub::shutdown_signal().await;
+        stop.cancel();
+    });
+}
+
+async fn run_in(
+    regime: Regime,
     scenario: &Scenario,
     out: &Path,
     opts: &RunOptions,
-    stop: CancellationToken,
+    threads: ThreadSet,
 ) -> anyhow::Result<Outcome> {
     std::fs::create_dir_all(out.join("devices"))?;
+    let stop = CancellationToken::new();
+    stop_on_signals(stop.clone());
     let seed = opts.seed.or(scenario.seed).unwrap_or(0);
     let mut builder = Hub::builder().seed(seed).out_dir(out);
     if let Some(h) = &scenario.hub.host_name {
         builder = builder.host_name(h.clone());
     }
-    if let Some(l) = scenario.hub.listen {
-        builder = builder.listen(l);
-    }
+    builder = match (scenario.hub.listen, regime) {
+        (Some(l), _) => builder.listen(l),
+        // Real SDKs only connect to port 8883: each run gets a loopback address of its own.
+        (None, Regime::Processes | Regime::RealTime) => builder.listen_loopback(8883),
+        (None, Regime::Simulated) => builder,
+    };
     if let Some(g) = scenario.hub.token_grace {
         builder = builder.token_grace(g);
     }
@@ -97,59 +160,63 @@ pub async fn run(
         }
     }
     let hub = Arc::new(builder.build()?.start().await?);
-    let start = hub.clock().now();
-    let has_processes = scenario.devices.iter().any(|d| d.run.is_some());
-    let (clock_file, faketime_file, writer) = if has_processes {
-        let dir = out.join("clock");
-        std::fs::create_dir_all(&dir)?;
-        let (c, f) = (dir.join("clock.json"), dir.join("faketime"));
-        let w = ClockFileWriter::start(hub.clock(), c.clone(), Some(f.clone()))?;
-        (Some(c), Some(f), Some(w))
-    } else {
-        (None, None, None)
-    };
-    let mut rig = Rig {
-        hub: hub.clone(),
-        out: out.to_owned(),
-        devices: HashMap::new(),
-        clock_file,
-        faketime_file,
-        _writer: writer,
-        has_processes,
-        speed: scenario.hub.speed.unwrap_or(60.0),
-        sample_bugs: opts.sample_bugs.clone(),
+    let time = match regime {
+        Regime::Processes => Some(ProcessTime::start(hub.clock(), &out.join("clock"), threads)?),
+        Regime::Simulated | Regime::RealTime => None,
     };
     eprintln!(
-        "fakehub: scenario '{}' — hub on {}, output in {}",
+        "fakehub: scenario '{}' — hub on {}, {}; output in {}",
         scenario.name,
         hub.local_addr(),
+        regime.describe(),
         out.display()
     );
     if let Some(d) = &scenario.description {
         eprintln!("  {}", d.trim());
     }
+    let mut rig = Rig {
+        hub: hub.clone(),
+        out: out.to_owned(),
+        devices: BTreeMap::new(),
+        time,
+        sample_bugs: opts.sample_bugs.clone(),
+    };
     for (i, spec) in scenario.devices.iter().enumerate() {
         for (j, id) in spec.ids().into_iter().enumerate() {
-            rig.start_device(spec, &id, seed.wrapping_add((i * 10_000 + j) as u64), opts)
-                .await?;
+            let device_seed = seed.wrapping_add(u64::try_from(i * 10_000 + j).unwrap_or(0));
+            rig.start_device(spec, &id, device_seed, opts)?;
         }
     }
-    rig.wait_connected(Duration::from_secs(30)).await;
+    let missing = tokio::select! {
+        m = rig.wait_connected(CONNECT_LIMIT) => m,
+        _ = stop.cancelled() => Vec::new(),
+    };
+    if !missing.is_empty() {
+        rig.stop_all().await;
+        drop(rig);
+        let detail = missing.join("\n  ");
+        anyhow::bail!(
+            "these devices never connected within {} of virtual time:\n  {detail}",
+            humantime::format_duration(CONNECT_LIMIT)
+        );
+    }
 
-    let mut interrupted = false;
+    let mut interrupted = stop.is_cancelled();
     for step in &scenario.timeline {
-        progress(&hub, start, &step.describe());
-        let done = tokio::select! {
-            _ = stop.cancelled() => false,
-            r = rig.step(step) => { r?; true }
-        };
-        if !done {
-            eprintln!("fakehub: interrupted; writing what was seen");
-            interrupted = true;
+        if interrupted {
             break;
         }
+        progress(&hub, &step.describe());
+        tokio::select! {
+            r = rig.step(step) => r?,
+            _ = stop.cancelled() => {}
+        }
+        interrupted = stop.is_cancelled();
     }
-    progress(&hub, start, "stopping the devices");
+    if interrupted {
+        eprintln!("fakehub: interrupted; stopping the devices and writing what was seen");
+    }
+    progress(&hub, "stopping the devices");
     hub.events()
         .emit(&Subject::default(), EventKind::TimelineEnded);
     rig.stop_all().await;
@@ -162,6 +229,9 @@ pub async fn run(
             e.evaluate(&log).into_iter().map(move |v| (text.clone(), v))
         })
         .collect();
+    if let Some(time) = rig.time.take() {
+        time.stop();
+    }
     drop(rig);
     match Arc::try_unwrap(hub) {
         Ok(h) => h.shutdown().await?,
@@ -170,6 +240,7 @@ pub async fn run(
     Ok(Outcome {
         verdicts,
         interrupted,
+        regime,
     })
 }
 
@@ -200,8 +271,46 @@ pub fn describe_expectation(e: &fakehub_assert::Expectation) -> String {
     }
 }
 
+/// A device process and what the runner knows of it.
+struct ProcessDevice {
+    spec: Box<DeviceSpec>,
+    /// The running process, if any.
+    running: Option<Running>,
+}
+
+/// A started process: its id (and process group), what the runner is doing to it, and a receiver
+/// that turns true when it has exited (and its exit is recorded).
+struct Running {
+    pid: i32,
+    /// Set by the runner before it kills or stops the process: how the exit is recorded.
+    ending: Arc<Mutex<Option<&'static str>>>,
+    exited: watch::Receiver<bool>,
+}
+
+enum Device {
+    InProcess(InProcess),
+    Process(ProcessDevice),
+}
+
+struct Rig {
+    hub: Arc<HubHandle>,
+    out: PathBuf,
+    devices: BTreeMap<String, Device>,
+    time: Option<ProcessTime>,
+    /// `--sample-bug`s, also given to bundled sample-device processes.
+    sample_bugs: Vec<String>,
+}
+
+fn device_subject(id: &str) -> Subject {
+    Subject {
+        conn: None,
+        device: Some(id.to_owned()),
+        module: None,
+    }
+}
+
 impl Rig {
-    async fn start_device(
+    fn start_device(
         &mut self,
         spec: &DeviceSpec,
         id: &str,
@@ -209,12 +318,12 @@ impl Rig {
         opts: &RunOptions,
     ) -> anyhow::Result<()> {
         if spec.run.is_some() {
-            let child = self.spawn_process(spec, id)?;
-            let running = Running::Process {
+            let running = self.spawn_process(spec, id)?;
+            let device = ProcessDevice {
                 spec: Box::new(spec.clone()),
-                child: Some(child),
+                running: Some(running),
             };
-            self.devices.insert(id.to_owned(), running);
+            self.devices.insert(id.to_owned(), Device::Process(device));
             return Ok(());
         }
         let mut bugs = Vec::new();
@@ -237,22 +346,27 @@ impl Rig {
         }
         let device = InProcess::spawn(self.hub.as_ref(), id, dopts)?;
         self.devices
-            .insert(id.to_owned(), Running::InProcess(device));
+            .insert(id.to_owned(), Device::InProcess(device));
         Ok(())
     }
 
-    fn spawn_process(&self, spec: &DeviceSpec, id: &str) -> anyhow::Result<Child> {
+    /// Start a device process in a process group of its own (so the whole group can be stopped),
+    /// killed with the runner if the runner dies, with the hub's connection string, CA and clock.
+    fn spawn_process(&self, spec: &DeviceSpec, id: &str) -> anyhow::Result<Running> {
         let run = spec.run.as_deref().unwrap_or_default();
-        let (program, args): (PathBuf, Vec<String>) = if run[0] == "sample-device" {
+        let Some((first, rest)) = run.split_first() else {
+            anyhow::bail!("device `{id}`: `run` needs a command");
+        };
+        let (program, args): (PathBuf, Vec<String>) = if first == "sample-device" {
             // The bundled sample device: this very binary's `sample-device` subcommand.
             let mut args = vec!["sample-device".to_owned()];
-            args.extend(run[1..].iter().cloned());
+            args.extend(rest.iter().cloned());
             for b in &self.sample_bugs {
                 args.extend(["--bug".to_owned(), b.clone()]);
             }
             (std::env::current_exe()?, args)
         } else {
-            (PathBuf::from(&run[0]), run[1..].to_vec())
+            (PathBuf::from(first), rest.to_vec())
         };
         let ca = self.out.join("ca.pem");
         let log = std::fs::OpenOptions::new()
@@ -266,96 +380,130 @@ impl Rig {
                 self.hub.connection_string(id).unwrap_or_default(),
             )
             .env("FAKEHUB_CA_FILE", &ca)
-            .env_remove("FAKETIME")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
-            .kill_on_drop(true);
-        match spec.clock.unwrap_or_default() {
-            ClockAdapter::ClockFile => {
-                if let Some(c) = &self.clock_file {
-                    cmd.env("FAKEHUB_CLOCK_FILE", c);
-                }
-            }
-            ClockAdapter::Python => {
-                if let Some(c) = &self.clock_file {
-                    cmd.env("FAKEHUB_CLOCK_FILE", c);
-                }
-                let shim = adapters_dir().join("python");
-                let path = match std::env::var_os("PYTHONPATH") {
-                    Some(p) => format!("{}:{}", shim.display(), p.to_string_lossy()),
-                    None => shim.display().to_string(),
-                };
-                cmd.env("PYTHONPATH", path);
-            }
-            ClockAdapter::Faketime => {
-                anyhow::ensure!(Path::new(LIBFAKETIME).exists(), "device `{id}` uses the faketime clock, but libfaketime is not installed (apt-get install faketime)");
-                if let Some(f) = &self.faketime_file {
-                    cmd.env("LD_PRELOAD", LIBFAKETIME)
-                        .env("FAKETIME_TIMESTAMP_FILE", f)
-                        .env("FAKETIME_NO_CACHE", "1")
-                        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
-                }
-            }
-            ClockAdapter::Real => {}
+            .process_group(0);
+        if let Some(time) = &self.time {
+            cmd.envs(time.env());
         }
-        let child = cmd.spawn().map_err(|e| {
+        // The device dies with the runner, even if the runner is killed outright.
+        // SAFETY: prctl is async-signal-safe; it only sets a flag of the child about to exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|e| {
             anyhow::anyhow!("device `{id}`: cannot start {}: {e}", program.display())
         })?;
-        self.device_event(id, "started", None, None);
-        Ok(child)
-    }
-
-    fn device_event(&self, id: &str, action: &str, code: Option<i32>, signal: Option<i32>) {
-        let subject = Subject {
-            conn: None,
-            device: Some(id.to_owned()),
-            module: None,
-        };
+        let pid = child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| anyhow::anyhow!("device `{id}`: the process has no id"))?;
+        if let Some(time) = &self.time {
+            time.register(pid);
+        }
         self.hub.events().emit(
-            &subject,
+            &device_subject(id),
             EventKind::DeviceProcess {
-                action: action.to_owned(),
-                code,
-                signal,
+                action: "started".into(),
+                code: None,
+                signal: None,
             },
         );
+        // Its exit is an event at the instant it happens, however it happens.
+        let ending: Arc<Mutex<Option<&'static str>>> = Arc::new(Mutex::new(None));
+        let (done, exited) = watch::channel(false);
+        let (events, who, how) = (self.hub.events().clone(), id.to_owned(), ending.clone());
+        tokio::spawn(async move {
+            use std::os::unix::process::ExitStatusExt;
+            let status = child.wait().await.ok();
+            let action = how
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .unwrap_or("exited");
+            events.emit(
+                &device_subject(&who),
+                EventKind::DeviceProcess {
+                    action: action.to_owned(),
+                    code: status.and_then(|s| s.code()),
+                    signal: status.and_then(|s| s.signal()),
+                },
+            );
+            done.send_replace(true);
+        });
+        Ok(Running {
+            pid,
+            ending,
+            exited,
+        })
     }
 
-    /// Wait (real time, bounded) until every device has connected once.
-    async fn wait_connected(&self, limit: Duration) {
-        let n = self.devices.len();
-        let mut seen = std::collections::HashSet::new();
-        let ok = self
-            .hub
-            .event_stream()
-            .wait_for(limit, |e| {
+    /// Wait until every device has connected once; the ones that did not, with what they were given.
+    async fn wait_connected(&self, limit: Duration) -> Vec<String> {
+        let ids: BTreeSet<String> = self.devices.keys().cloned().collect();
+        let mut seen = BTreeSet::new();
+        let mut stream = self.hub.event_stream();
+        let clock = self.hub.clock().clone();
+        let all = async {
+            while seen.len() < ids.len() {
+                let e = stream.next().await;
                 if let (EventKind::Connack { code: 0, .. }, Some(d)) = (&e.kind, &e.device) {
                     seen.insert(d.clone());
                 }
-                seen.len() >= n
-            })
-            .await;
-        if ok.is_none() {
-            eprintln!("fakehub: not every device connected within {limit:?}; going on (the expectations will tell)");
+            }
+        };
+        tokio::select! {
+            _ = all => {}
+            _ = clock.sleep(limit) => {}
         }
-        // In-process devices arm their timers right after connecting.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        ids.iter()
+            .filter(|id| !seen.contains(*id))
+            .map(|id| self.describe_device(id))
+            .collect()
+    }
+
+    /// What a device was given, for an error that names it (never its key).
+    fn describe_device(&self, id: &str) -> String {
+        let gateway = self.hub.gateway_host();
+        match self.devices.get(id) {
+            Some(Device::Process(p)) => {
+                let clock = match p.spec.clock.unwrap_or_default() {
+                    ClockAdapter::Real => "real time",
+                    _ => "the hub's clock (time preload)",
+                };
+                let exited = p.running.as_ref().is_none_or(|r| *r.exited.borrow());
+                format!(
+                    "`{id}`: process {:?} on {clock}, given GatewayHostName={gateway}, HostName={} and CA {}{} — see {}",
+                    p.spec.run.as_deref().unwrap_or_default(),
+                    self.hub.host_name(),
+                    self.out.join("ca.pem").display(),
+                    if exited { " (the process has exited)" } else { "" },
+                    self.out.join("devices").join(format!("{id}.log")).display()
+                )
+            }
+            Some(Device::InProcess(_)) => {
+                format!("`{id}`: the in-process sample device (in memory, on the hub's clock)")
+            }
+            None => format!("`{id}`"),
+        }
     }
 
     async fn step(&mut self, step: &Step) -> anyhow::Result<()> {
+        let clock = self.hub.clock().clone();
         match step {
-            Step::Advance(d) => self.advance(*d).await,
-            Step::Wait(d) => {
-                self.hub.clock().set_speed(self.speed);
-                tokio::time::sleep(d.div_f64(self.speed)).await;
-                self.hub.clock().set_speed(1.0);
-            }
+            // Time passes; whoever is idle is skipped over (see the module documentation).
+            Step::Advance(d) | Step::Wait(d) => clock.sleep(*d).await,
+            // In effect when `inject` returns.
             Step::Fault(f) => {
                 self.hub.inject(f.clone());
-                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            Step::Crash(r) => self.crash(&r.device).await,
+            Step::Crash(r) => self.end_process(&r.device, "crashed").await,
             // Service-side failures (device offline, queue full, method timeout) are the device's
             // weather: the hub's event log records them, and the run goes on.
             Step::C2d(c) => {
@@ -388,157 +536,87 @@ impl Rig {
             Step::Stop(r) => self.stop_device(&r.device).await,
             Step::Restart(r) => {
                 let spec = match self.devices.get(&r.device) {
-                    Some(Running::Process { spec, .. }) => (**spec).clone(),
+                    Some(Device::Process(p)) => {
+                        if p.running.as_ref().is_some_and(|r| !*r.exited.borrow()) {
+                            return Ok(());
+                        }
+                        (*p.spec).clone()
+                    }
                     _ => anyhow::bail!("`{}` is not a device process", r.device),
                 };
-                self.reap(&r.device).await;
-                let running = matches!(
-                    self.devices.get(&r.device),
-                    Some(Running::Process { child: Some(_), .. })
-                );
-                if !running {
-                    let child = self.spawn_process(&spec, &r.device)?;
-                    if let Some(Running::Process { child: slot, .. }) =
-                        self.devices.get_mut(&r.device)
-                    {
-                        *slot = Some(child);
-                    }
+                let running = self.spawn_process(&spec, &r.device)?;
+                if let Some(Device::Process(p)) = self.devices.get_mut(&r.device) {
+                    p.running = Some(running);
                 }
             }
         }
         Ok(())
     }
 
-    /// Jump; with device processes, in steps they can follow.
-    async fn advance(&self, d: Duration) {
-        if !self.has_processes {
-            self.hub.clock().advance(d).await;
+    /// Kill (`crashed`: SIGKILL, no DISCONNECT, the kernel closes its sockets) or stop (`stopped`:
+    /// SIGTERM, then SIGKILL after 5 s) a device process's whole group, and wait for its exit to be
+    /// recorded.
+    async fn end_process(&mut self, id: &str, how: &'static str) {
+        let Some(Device::Process(p)) = self.devices.get_mut(id) else {
+            return;
+        };
+        let Some(running) = p.running.take() else {
+            return;
+        };
+        let mut exited = running.exited.clone();
+        if *exited.borrow() {
             return;
         }
-        let mut left = d;
-        while !left.is_zero() {
-            let step = left.min(PROCESS_STEP);
-            self.hub.clock().advance(step).await;
-            left -= step;
-            tokio::time::sleep(PROCESS_PAUSE).await;
+        *running.ending.lock().unwrap_or_else(|e| e.into_inner()) = Some(how);
+        let signal = if how == "crashed" {
+            libc::SIGKILL
+        } else {
+            libc::SIGTERM
+        };
+        // SAFETY: kill(2) on the device's own process group; no memory is involved.
+        unsafe {
+            libc::kill(-running.pid, signal);
         }
-    }
-
-    async fn crash(&mut self, id: &str) {
-        if let Some(Running::Process {
-            child: Some(child), ..
-        }) = self.devices.get_mut(id)
-        {
-            let pid = child.id();
-            let _ = child.start_kill();
-            let status = child.wait().await.ok();
-            use std::os::unix::process::ExitStatusExt;
-            self.device_event(
-                id,
-                "crashed",
-                status.and_then(|s| s.code()),
-                status.and_then(|s| s.signal()),
-            );
-            if let Some(Running::Process { child, .. }) = self.devices.get_mut(id) {
-                *child = None;
+        let gone = tokio::time::timeout(Duration::from_secs(5), exited.wait_for(|d| *d)).await;
+        if gone.is_err() {
+            // SAFETY: as above.
+            unsafe {
+                libc::kill(-running.pid, libc::SIGKILL);
             }
-            if let Some(pid) = pid {
-                // libfaketime leaves its shared memory behind when its process is killed.
-                let _ = std::fs::remove_file(format!("/dev/shm/faketime_shm_{pid}"));
-                let _ = std::fs::remove_file(format!("/dev/shm/sem.faketime_sem_{pid}"));
-            }
-        }
-    }
-
-    /// Collect a process that ended by itself (an observed event), if it did.
-    async fn reap(&mut self, id: &str) {
-        if let Some(Running::Process {
-            child: Some(child), ..
-        }) = self.devices.get_mut(id)
-        {
-            if let Ok(Some(status)) = child.try_wait() {
-                use std::os::unix::process::ExitStatusExt;
-                let (code, signal) = (status.code(), status.signal());
-                if let Some(Running::Process { child, .. }) = self.devices.get_mut(id) {
-                    *child = None;
-                }
-                self.device_event(id, "exited", code, signal);
-            }
+            let _ = tokio::time::timeout(Duration::from_secs(5), exited.wait_for(|d| *d)).await;
         }
     }
 
     async fn stop_device(&mut self, id: &str) {
-        if matches!(self.devices.get(id), Some(Running::InProcess(_))) {
-            if let Some(Running::InProcess(device)) = self.devices.remove(id) {
-                device.stop().await;
-            }
-            return;
-        }
-        if let Some(Running::Process {
-            child: Some(child), ..
-        }) = self.devices.get_mut(id)
-        {
-            {
-                if let Some(pid) = child.id() {
-                    let _ = std::process::Command::new("kill")
-                        .args(["-TERM", &pid.to_string()])
-                        .status();
-                }
-                let status = match tokio::time::timeout(Duration::from_secs(5), child.wait()).await
-                {
-                    Ok(s) => s.ok(),
-                    Err(_) => {
-                        let _ = child.start_kill();
-                        child.wait().await.ok()
-                    }
-                };
-                use std::os::unix::process::ExitStatusExt;
-                self.device_event(
-                    id,
-                    "stopped",
-                    status.and_then(|s| s.code()),
-                    status.and_then(|s| s.signal()),
-                );
-                if let Some(Running::Process { child, .. }) = self.devices.get_mut(id) {
-                    *child = None;
+        match self.devices.get(id) {
+            Some(Device::InProcess(_)) => {
+                if let Some(Device::InProcess(device)) = self.devices.remove(id) {
+                    device.stop().await;
                 }
             }
+            Some(Device::Process(_)) => self.end_process(id, "stopped").await,
+            None => {}
         }
     }
 
     async fn stop_all(&mut self) {
         let ids: Vec<String> = self.devices.keys().cloned().collect();
-        // Processes that ended by themselves are events too.
-        for id in &ids {
-            self.reap(id).await;
-        }
         // In-process devices stop together (each sends DISCONNECT), processes one by one.
         let mut in_process = tokio::task::JoinSet::new();
         for id in &ids {
-            match self.devices.remove(id) {
-                Some(Running::InProcess(device)) => {
-                    in_process.spawn(device.stop());
+            match self.devices.get(id) {
+                Some(Device::InProcess(_)) => {
+                    if let Some(Device::InProcess(device)) = self.devices.remove(id) {
+                        in_process.spawn(device.stop());
+                    }
                 }
-                Some(other) => {
-                    self.devices.insert(id.clone(), other);
-                    self.stop_device(id).await;
-                }
+                Some(Device::Process(_)) => self.end_process(id, "stopped").await,
                 None => {}
             }
         }
         in_process.join_all().await;
         self.devices.clear();
         // Let the hub see the last DISCONNECTs and closes.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// The repository's `adapters/` directory (next to the binary's workspace, or the current directory).
-fn adapters_dir() -> PathBuf {
-    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../adapters");
-    if here.exists() {
-        here
-    } else {
-        PathBuf::from("adapters")
+        self.hub.clock().sleep(Duration::from_millis(200)).await;
     }
 }

@@ -53,24 +53,33 @@ pub struct HubSettings {
     #[serde(default, with = "humantime_serde")]
     #[schemars(with = "Option<String>")]
     pub keepalive_cap: Option<Duration>,
-    /// How fast virtual time flows during `wait` steps (default 60: a minute a second).
+    /// No longer used: time skips idle periods by itself (kept so older files get a clear error).
     #[serde(default)]
+    #[schemars(skip)]
     pub speed: Option<f64>,
 }
 
-/// How a device process sees the hub's clock.
+/// How a device process sees time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ClockAdapter {
-    /// `FAKEHUB_CLOCK_FILE` (the process reads it itself; the sample device does).
+    /// The hub's clock (the default): the process runs under fakehub's time preload, so its wall
+    /// clock, monotonic clock, sleeps, timeouts and timers all follow virtual time, and the run skips
+    /// whatever time every party spends idle. Unmodified programs: Node, CPython, native C, Rust.
     #[default]
-    ClockFile,
-    /// libfaketime follows the hub's jumps (native processes; jumps only).
-    Faketime,
-    /// The Python shim in adapters/python (unmodified Python apps).
-    Python,
-    /// The device keeps real time: a hub jump looks like device clock skew.
+    Hub,
+    /// Real time, for black boxes that cannot run under the preload: the whole run then takes real
+    /// time, and rules a run that short cannot judge say so.
     Real,
+    /// Replaced by `hub` (kept so older files get a clear error).
+    #[schemars(skip)]
+    ClockFile,
+    /// Replaced by `hub` (kept so older files get a clear error).
+    #[schemars(skip)]
+    Faketime,
+    /// Replaced by `hub` (kept so older files get a clear error).
+    #[schemars(skip)]
+    Python,
 }
 
 /// A device, or a fleet of them.
@@ -160,13 +169,14 @@ pub struct MethodStep {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Step {
-    /// Jump virtual time forward (deadlines inside fire in order).
+    /// Let this much virtual time pass, as fast as the run can: every party's deadlines inside it
+    /// fire at their own instant, and time nobody uses is skipped.
     Advance(
         #[serde(with = "humantime_serde")]
         #[schemars(with = "String")]
         Duration,
     ),
-    /// Let virtual time flow for this long, at the hub's `speed`.
+    /// The same as `advance` (both let virtual time pass; kept for readability and older files).
     Wait(
         #[serde(with = "humantime_serde")]
         #[schemars(with = "String")]
@@ -347,9 +357,40 @@ fn check(s: &Scenario) -> Result<(), (String, String)> {
             Step::Advance(_) | Step::Wait(_) => {}
         }
     }
-    if let Some(speed) = s.hub.speed {
-        if !(speed.is_finite() && speed > 0.0) {
-            return Err(("speed".into(), "`speed` must be a positive number".into()));
+    if s.hub.speed.is_some() {
+        return Err((
+            "speed".into(),
+            "`speed` is no longer needed: a run skips the time every party spends idle, so \
+             `advance` and `wait` take as long as the devices are busy (remove the line)"
+                .into(),
+        ));
+    }
+    for d in &s.devices {
+        if let Some(old @ (ClockAdapter::ClockFile | ClockAdapter::Faketime | ClockAdapter::Python)) =
+            d.clock
+        {
+            let name = match old {
+                ClockAdapter::ClockFile => "clock_file",
+                ClockAdapter::Faketime => "faketime",
+                _ => "python",
+            };
+            return Err((
+                name.into(),
+                format!(
+                    "device `{}`: `clock: {name}` was replaced by `clock: hub`, the default (the \
+                     time preload makes any process follow the hub's clock; remove the line)",
+                    d.id
+                ),
+            ));
+        }
+        if d.clock.is_some() && d.run.is_none() {
+            return Err((
+                "clock".into(),
+                format!(
+                    "device `{}`: `clock` is for `run` devices (in-process devices share the hub's clock)",
+                    d.id
+                ),
+            ));
         }
     }
     for e in &s.expect {
