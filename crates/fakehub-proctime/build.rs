@@ -20,7 +20,10 @@ fn main() {
     let target_os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     let target_arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
     if target_os != "linux" || !(target_arch == "x86_64" || target_arch == "aarch64") {
-        embed_nothing(&so, "the fakehub time preload is built for Linux x86_64 and aarch64 only");
+        embed_nothing(
+            &so,
+            "the fakehub time preload is built for Linux x86_64 and aarch64 only",
+        );
         return;
     }
     let tool = match cc::Build::new()
@@ -30,7 +33,10 @@ fn main() {
     {
         Ok(t) => t,
         Err(e) => {
-            embed_nothing(&so, &format!("no C compiler for the fakehub time preload: {e}"));
+            embed_nothing(
+                &so,
+                &format!("no C compiler for the fakehub time preload: {e}"),
+            );
             return;
         }
     };
@@ -65,11 +71,17 @@ fn run_compiler(mut cmd: Command, so: &Path) {
             for line in String::from_utf8_lossy(&out.stderr).lines() {
                 println!("cargo:warning={line}");
             }
-            println!("cargo:warning=compiling the fakehub time preload failed: {}", out.status);
+            println!(
+                "cargo:warning=compiling the fakehub time preload failed: {}",
+                out.status
+            );
             std::process::exit(1);
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            embed_nothing(so, &format!("no C compiler for the fakehub time preload: {e}"));
+            embed_nothing(
+                so,
+                &format!("no C compiler for the fakehub time preload: {e}"),
+            );
         }
         Err(e) => {
             println!("cargo:warning=cannot run the C compiler for the fakehub time preload: {e}");

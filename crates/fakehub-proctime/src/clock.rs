@@ -90,9 +90,9 @@ fn clock_ns(clock: libc::clockid_t) -> i64 {
     if rc != 0 {
         return 0;
     }
-    (ts.tv_sec as i64)
+    ts.tv_sec
         .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as i64)
+        .saturating_add(ts.tv_nsec)
 }
 
 /// The real `CLOCK_MONOTONIC` of this (hub) process, ns.

@@ -51,8 +51,18 @@ pub struct RunReport {
 /// (or the target) and wakes the threads whose deadline that is; otherwise sleeps a little real time,
 /// during which virtual time flows at the anchor's speed. `extra_tids` are threads of the calling
 /// process (the hub's runtime) that must be asleep too.
-pub fn run_until(shm: &ClockShm, target_virt_mono_ns: i64, extra_tids: &[i32]) -> Result<RunReport, Error> {
-    run_until_with(shm, target_virt_mono_ns, extra_tids, &RunOptions::default(), || false)
+pub fn run_until(
+    shm: &ClockShm,
+    target_virt_mono_ns: i64,
+    extra_tids: &[i32],
+) -> Result<RunReport, Error> {
+    run_until_with(
+        shm,
+        target_virt_mono_ns,
+        extra_tids,
+        &RunOptions::default(),
+        || false,
+    )
 }
 
 /// [`run_until`] with options and a `stop` check made before every step.
@@ -92,7 +102,8 @@ pub fn run_until_with(
             Quiescence::Idle {
                 next_deadline_virt_mono_ns,
             } => {
-                let to = next_deadline_virt_mono_ns.map_or(target_virt_mono_ns, |d| d.min(target_virt_mono_ns));
+                let to = next_deadline_virt_mono_ns
+                    .map_or(target_virt_mono_ns, |d| d.min(target_virt_mono_ns));
                 let before = shm.now().virt_mono_ns;
                 let anchor = shm.skip_to(to)?;
                 report.skips = report.skips.saturating_add(1);
@@ -104,7 +115,9 @@ pub fn run_until_with(
                 last_rewake = Some(Instant::now());
             }
             Quiescence::Busy => {
-                if scan.wake_pending && last_rewake.is_none_or(|t| t.elapsed() >= options.rewake_interval) {
+                if scan.wake_pending
+                    && last_rewake.is_none_or(|t| t.elapsed() >= options.rewake_interval)
+                {
                     let woken = shm.wake_due(shm.now().virt_mono_ns);
                     report.wakes = report.wakes.saturating_add(woken as u64);
                     last_rewake = Some(Instant::now());

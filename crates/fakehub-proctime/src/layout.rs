@@ -128,7 +128,8 @@ pub fn thread_table_offset(max_processes: u32) -> Option<usize> {
 
 /// Size of the whole file.
 pub fn file_size(max_processes: u32, max_threads: u32) -> Option<usize> {
-    thread_table_offset(max_processes)?.checked_add((max_threads as usize).checked_mul(THREAD_SLOT_SIZE)?)
+    thread_table_offset(max_processes)?
+        .checked_add((max_threads as usize).checked_mul(THREAD_SLOT_SIZE)?)
 }
 
 /// Every field's offset and every struct's size, named as the C header names them; the layout test
@@ -142,32 +143,65 @@ pub fn layout_table() -> Vec<(&'static str, usize)> {
         ("fh_header.magic", offset_of!(RawHeader, magic)),
         ("fh_header.version", offset_of!(RawHeader, version)),
         ("fh_header.header_size", offset_of!(RawHeader, header_size)),
-        ("fh_header.max_processes", offset_of!(RawHeader, max_processes)),
+        (
+            "fh_header.max_processes",
+            offset_of!(RawHeader, max_processes),
+        ),
         ("fh_header.max_threads", offset_of!(RawHeader, max_threads)),
-        ("fh_header.process_slot_size", offset_of!(RawHeader, process_slot_size)),
-        ("fh_header.thread_slot_size", offset_of!(RawHeader, thread_slot_size)),
+        (
+            "fh_header.process_slot_size",
+            offset_of!(RawHeader, process_slot_size),
+        ),
+        (
+            "fh_header.thread_slot_size",
+            offset_of!(RawHeader, thread_slot_size),
+        ),
         ("fh_header.wake_signal", offset_of!(RawHeader, wake_signal)),
         ("fh_header.flags", offset_of!(RawHeader, flags)),
-        ("fh_header.condvar_slice_ns", offset_of!(RawHeader, condvar_slice_ns)),
-        ("fh_header.other_slice_ns", offset_of!(RawHeader, other_slice_ns)),
+        (
+            "fh_header.condvar_slice_ns",
+            offset_of!(RawHeader, condvar_slice_ns),
+        ),
+        (
+            "fh_header.other_slice_ns",
+            offset_of!(RawHeader, other_slice_ns),
+        ),
         ("fh_header.seq", offset_of!(RawHeader, seq)),
         ("fh_header.anchor", offset_of!(RawHeader, anchor)),
         ("fh_header.reserved", offset_of!(RawHeader, reserved)),
-        ("fh_anchor.real_mono_ns", offset_of!(RawAnchor, real_mono_ns)),
-        ("fh_anchor.virt_mono_ns", offset_of!(RawAnchor, virt_mono_ns)),
-        ("fh_anchor.virt_wall_ns", offset_of!(RawAnchor, virt_wall_ns)),
+        (
+            "fh_anchor.real_mono_ns",
+            offset_of!(RawAnchor, real_mono_ns),
+        ),
+        (
+            "fh_anchor.virt_mono_ns",
+            offset_of!(RawAnchor, virt_mono_ns),
+        ),
+        (
+            "fh_anchor.virt_wall_ns",
+            offset_of!(RawAnchor, virt_wall_ns),
+        ),
         ("fh_anchor.speed_bits", offset_of!(RawAnchor, speed_bits)),
         ("fh_process_slot.pid", offset_of!(RawProcessSlot, pid)),
         ("fh_process_slot.flags", offset_of!(RawProcessSlot, flags)),
-        ("fh_process_slot.start_time", offset_of!(RawProcessSlot, start_time)),
+        (
+            "fh_process_slot.start_time",
+            offset_of!(RawProcessSlot, start_time),
+        ),
         ("fh_thread_slot.tid", offset_of!(RawThreadSlot, tid)),
         ("fh_thread_slot.pid", offset_of!(RawThreadSlot, pid)),
         ("fh_thread_slot.state", offset_of!(RawThreadSlot, state)),
         ("fh_thread_slot.call", offset_of!(RawThreadSlot, call)),
-        ("fh_thread_slot.deadline_ns", offset_of!(RawThreadSlot, deadline_ns)),
+        (
+            "fh_thread_slot.deadline_ns",
+            offset_of!(RawThreadSlot, deadline_ns),
+        ),
         ("fh_thread_slot.changes", offset_of!(RawThreadSlot, changes)),
         ("FH_PROCESS_TABLE_OFFSET", HEADER_SIZE),
-        ("FH_THREAD_TABLE_OFFSET(3)", thread_table_offset(3).unwrap_or(0)),
+        (
+            "FH_THREAD_TABLE_OFFSET(3)",
+            thread_table_offset(3).unwrap_or(0),
+        ),
         ("FH_FILE_SIZE(3,5)", file_size(3, 5).unwrap_or(0)),
     ]
 }

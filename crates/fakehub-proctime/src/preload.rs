@@ -39,7 +39,11 @@ impl Preload {
         ));
         let io = |what: &'static str, p: &Path| {
             let p = p.to_path_buf();
-            move |source| Error::Io { what, path: p, source }
+            move |source| Error::Io {
+                what,
+                path: p,
+                source,
+            }
         };
         let mut f = std::fs::OpenOptions::new()
             .write(true)

@@ -57,7 +57,10 @@ pub(crate) fn task_children(pid: i32, tid: i32, buf: &mut Vec<u8>, out: &mut Vec
         return;
     }
     if let Ok(text) = std::str::from_utf8(buf) {
-        out.extend(text.split_ascii_whitespace().filter_map(|s| s.parse::<i32>().ok()));
+        out.extend(
+            text.split_ascii_whitespace()
+                .filter_map(|s| s.parse::<i32>().ok()),
+        );
     }
 }
 

@@ -12,7 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 
 use crate::procfs;
-use crate::shm::{free_thread_slot, read_thread_slot, wall_minus_mono, ClockShm, ThreadSlot, ThreadState};
+use crate::shm::{
+    free_thread_slot, read_thread_slot, wall_minus_mono, ClockShm, ThreadSlot, ThreadState,
+};
 
 /// The answer of [`ClockShm::quiescence`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,7 +22,9 @@ pub enum Quiescence {
     /// Something runs (or a wake is pending): let time flow.
     Busy,
     /// Every thread is asleep; the earliest virtual deadline any of them waits for, if any.
-    Idle { next_deadline_virt_mono_ns: Option<i64> },
+    Idle {
+        next_deadline_virt_mono_ns: Option<i64>,
+    },
 }
 
 /// The details the reference driver uses.
@@ -133,7 +137,16 @@ impl ClockShm {
             }
             match procfs::process_stat(pid) {
                 None => self.drop_process(index, pid),
-                Some(st) if gone(st.state) => self.drop_process(index, pid),
+                // A zombie leader with other tasks left: the process is exiting (tearing down its
+                // memory can take milliseconds) or its main thread ended alone; either way its other
+                // tasks still count.
+                Some(st) if gone(st.state) => {
+                    if procfs::tasks(pid).is_some_and(|t| t.iter().any(|&tid| tid != pid)) {
+                        queue.push(pid);
+                    } else {
+                        self.drop_process(index, pid);
+                    }
+                }
                 Some(st) => {
                     let known = slot.start_time.load(Ordering::Acquire);
                     if known != 0 && known != st.start_time {
@@ -190,7 +203,8 @@ impl ClockShm {
                 return None;
             }
             let arrivals = procfs::task_schedstat(me, tid, &mut buf)?;
-            obs.tasks.insert((me, tid), (st.state, Witness::Arrivals(arrivals)));
+            obs.tasks
+                .insert((me, tid), (st.state, Witness::Arrivals(arrivals)));
         }
 
         // Housekeeping: slots of threads that are gone.

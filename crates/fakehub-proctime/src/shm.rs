@@ -1,6 +1,6 @@
 //! The shared-memory clock file: creation, the anchor seqlock, the process and thread tables.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -193,7 +193,11 @@ impl ClockShm {
     }
 
     /// [`ClockShm::create`] with explicit header options.
-    pub fn create_with(path: impl AsRef<Path>, limits: Limits, options: ShmOptions) -> Result<ClockShm, Error> {
+    pub fn create_with(
+        path: impl AsRef<Path>,
+        limits: Limits,
+        options: ShmOptions,
+    ) -> Result<ClockShm, Error> {
         let path = path.as_ref().to_path_buf();
         if limits.max_processes == 0 || limits.max_processes > layout::MAX_PROCESSES_LIMIT {
             return Err(Error::InvalidLimits(format!(
@@ -346,7 +350,10 @@ impl ClockShm {
         // the same limits); every field is atomic and the memory is page-aligned + 128.
         unsafe {
             std::slice::from_raw_parts(
-                self.base.as_ptr().add(layout::HEADER_SIZE).cast::<RawProcessSlot>(),
+                self.base
+                    .as_ptr()
+                    .add(layout::HEADER_SIZE)
+                    .cast::<RawProcessSlot>(),
                 self.limits.max_processes as usize,
             )
         }
@@ -475,8 +482,17 @@ impl ClockShm {
     /// The environment a process needs to run on this clock: `LD_PRELOAD` (the hub's own
     /// `LD_PRELOAD`, if any, with the preload appended) and `FAKEHUB_CLOCK_SHM`.
     pub fn env(&self, preload_path: &Path) -> Vec<(OsString, OsString)> {
+        self.env_appending(preload_path, std::env::var_os("LD_PRELOAD").as_deref())
+    }
+
+    /// [`ClockShm::env`] with the existing `LD_PRELOAD` given explicitly (the preload is appended to it).
+    pub fn env_appending(
+        &self,
+        preload_path: &Path,
+        existing_ld_preload: Option<&OsStr>,
+    ) -> Vec<(OsString, OsString)> {
         let mut ld = OsString::new();
-        if let Some(existing) = std::env::var_os("LD_PRELOAD") {
+        if let Some(existing) = existing_ld_preload {
             if !existing.is_empty() {
                 ld.push(existing);
                 ld.push(":");
@@ -485,7 +501,10 @@ impl ClockShm {
         ld.push(preload_path.as_os_str());
         vec![
             (OsString::from("LD_PRELOAD"), ld),
-            (OsString::from(layout::ENV_SHM), self.path.as_os_str().to_os_string()),
+            (
+                OsString::from(layout::ENV_SHM),
+                self.path.as_os_str().to_os_string(),
+            ),
         ]
     }
 
@@ -563,7 +582,10 @@ impl ClockShm {
         let sig = self.options.wake_signal;
         let mut sent = 0;
         for slot in self.threads() {
-            if let ThreadState::TimedWait { deadline_virt_mono_ns } = slot.state {
+            if let ThreadState::TimedWait {
+                deadline_virt_mono_ns,
+            } = slot.state
+            {
                 if due(deadline_virt_mono_ns) && tgkill(slot.pid, slot.tid, sig) {
                     sent += 1;
                 }

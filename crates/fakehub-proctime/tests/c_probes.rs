@@ -34,19 +34,35 @@ fn check_events(p: &Proc, names: &[&str], late: i64) {
     let events = p.events();
     eprintln!("events: {events:?}");
     for name in names {
-        let ev = events
-            .get(*name)
-            .unwrap_or_else(|| panic!("no event {name}; got {events:?}\nstderr {:?}", p.err_lines()));
-        assert_eq!(ev.get("ok").map(String::as_str), Some("1"), "{name}: {ev:?}");
-        assert_on_time(name, field_i64(ev, "elapsed_ns"), field_i64(ev, "expected_ns"), late);
+        let ev = events.get(*name).unwrap_or_else(|| {
+            panic!(
+                "no event {name}; got {events:?}\nstderr {:?}",
+                p.err_lines()
+            )
+        });
+        assert_eq!(
+            ev.get("ok").map(String::as_str),
+            Some("1"),
+            "{name}: {ev:?}"
+        );
+        assert_on_time(
+            name,
+            field_i64(ev, "elapsed_ns"),
+            field_i64(ev, "expected_ns"),
+            late,
+        );
     }
 }
 
 #[test]
 fn every_wrapped_wait_ends_at_its_virtual_deadline() {
     let _s = serial();
-    let Some(h) = harness_long_slices() else { return };
-    let Some(bin) = compile_c(&h, "waits.c") else { return };
+    let Some(h) = harness_long_slices() else {
+        return;
+    };
+    let Some(bin) = compile_c(&h, "waits.c") else {
+        return;
+    };
     h.set_epoch(1.0);
     let mut cmd = h.command(&bin);
     cmd.arg("waits");
@@ -87,15 +103,23 @@ fn every_wrapped_wait_ends_at_its_virtual_deadline() {
         250_000_000,
     );
     eprintln!("70 s of virtual waits took {real:?} real; {report:?}");
-    assert!(report.skips >= 20, "the driver skipped only {} times", report.skips);
+    assert!(
+        report.skips >= 20,
+        "the driver skipped only {} times",
+        report.skips
+    );
     assert!(real < Duration::from_secs(10), "took {real:?} real");
 }
 
 #[test]
 fn other_signals_still_interrupt_wrapped_waits() {
     let _s = serial();
-    let Some(h) = harness_long_slices() else { return };
-    let Some(bin) = compile_c(&h, "waits.c") else { return };
+    let Some(h) = harness_long_slices() else {
+        return;
+    };
+    let Some(bin) = compile_c(&h, "waits.c") else {
+        return;
+    };
     let mut cmd = h.command(&bin);
     cmd.arg("eintr");
     let mut p = h.spawn(cmd);
@@ -120,7 +144,9 @@ fn other_signals_still_interrupt_wrapped_waits() {
 fn a_stray_wake_signal_does_not_interrupt_unwrapped_calls() {
     let _s = serial();
     let Some(h) = Harness::new() else { return };
-    let Some(bin) = compile_c(&h, "waits.c") else { return };
+    let Some(bin) = compile_c(&h, "waits.c") else {
+        return;
+    };
     let mut cmd = h.command(&bin);
     cmd.arg("stray");
     let mut p = h.spawn(cmd);
@@ -132,7 +158,9 @@ fn a_stray_wake_signal_does_not_interrupt_unwrapped_calls() {
 fn clocks_follow_the_anchor() {
     let _s = serial();
     let Some(h) = Harness::new() else { return };
-    let Some(bin) = compile_c(&h, "waits.c") else { return };
+    let Some(bin) = compile_c(&h, "waits.c") else {
+        return;
+    };
     h.set_epoch(1.0);
     let lo = h.shm.now();
     let mut cmd = h.command(&bin);
@@ -158,12 +186,20 @@ fn clocks_follow_the_anchor() {
         hi.virt_wall_ns / 1000,
     );
     for name in ["time", "time_arg"] {
-        in_range(name, field_i64(ev, name), lo.virt_wall_ns / SEC, hi.virt_wall_ns / SEC);
+        in_range(
+            name,
+            field_i64(ev, name),
+            lo.virt_wall_ns / SEC,
+            hi.virt_wall_ns / SEC,
+        );
     }
     // TAI keeps the kernel's TAI - UTC offset
     let real_offset = real_clock(libc::CLOCK_TAI) - real_clock(libc::CLOCK_REALTIME);
     let tai = field_i64(ev, "tai") - field_i64(ev, "realtime");
-    assert!((tai - real_offset).abs() < 50_000_000, "tai offset {tai} vs real {real_offset}");
+    assert!(
+        (tai - real_offset).abs() < 50_000_000,
+        "tai offset {tai} vs real {real_offset}"
+    );
     // CPU time is not virtual: a short-lived probe used well under a second of it
     let cpu = field_i64(ev, "process_cpu");
     assert!((0..SEC).contains(&cpu), "process cpu time {cpu}");
@@ -176,31 +212,49 @@ fn real_clock(c: libc::clockid_t) -> i64 {
     };
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(c, &mut ts) };
-    ts.tv_sec as i64 * SEC + ts.tv_nsec as i64
+    ts.tv_sec * SEC + ts.tv_nsec
 }
 
 #[test]
 fn forked_and_execed_children_join_the_clock() {
     let _s = serial();
-    let Some(h) = harness_long_slices() else { return };
-    let Some(bin) = compile_c(&h, "waits.c") else { return };
+    let Some(h) = harness_long_slices() else {
+        return;
+    };
+    let Some(bin) = compile_c(&h, "waits.c") else {
+        return;
+    };
     let mut cmd = h.command(&bin);
     cmd.arg("fork");
     let mut p = h.spawn(cmd);
     let parent = p.child.id() as i32;
     let mut seen = std::collections::BTreeMap::new();
-    h.drive_with(&mut p, Duration::from_secs(100), Duration::from_secs(15), |shm| {
-        for s in shm.processes() {
-            seen.insert(s.pid, s);
-        }
-    });
-    check_events(&p, &["fork_child", "exec_child", "fork_parent"], 250_000_000);
+    h.drive_with(
+        &mut p,
+        Duration::from_secs(100),
+        Duration::from_secs(15),
+        |shm| {
+            for s in shm.processes() {
+                seen.insert(s.pid, s);
+            }
+        },
+    );
+    check_events(
+        &p,
+        &["fork_child", "exec_child", "fork_parent"],
+        250_000_000,
+    );
     let events = p.events();
     let child: i32 = events["fork_child"]["pid"].parse().expect("pid");
     assert_eq!(events["exec_child"]["pid"], events["fork_child"]["pid"]);
-    assert!(seen.get(&parent).is_some_and(|s| s.preload && s.registered_by_hub), "{seen:?}");
     assert!(
-        seen.get(&child).is_some_and(|s| s.preload && !s.registered_by_hub && s.condvar_clock),
+        seen.get(&parent)
+            .is_some_and(|s| s.preload && s.registered_by_hub),
+        "{seen:?}"
+    );
+    assert!(
+        seen.get(&child)
+            .is_some_and(|s| s.preload && !s.registered_by_hub && s.condvar_clock),
         "the forked child did not register itself: {seen:?}"
     );
 }
@@ -230,14 +284,24 @@ fn wait_for_timed(h: &Harness, pid: i32, n: usize) {
 #[test]
 fn a_wall_clock_jump_moves_wall_deadlines_only() {
     let _s = serial();
-    let Some(h) = harness_long_slices() else { return };
-    let Some(bin) = compile_c(&h, "waits.c") else { return };
+    let Some(h) = harness_long_slices() else {
+        return;
+    };
+    let Some(bin) = compile_c(&h, "waits.c") else {
+        return;
+    };
     let mut cmd = h.command(&bin);
     cmd.arg("jump");
     let mut p = h.spawn(cmd);
     let pid = p.child.id() as i32;
     wait_for_timed(&h, pid, 7);
-    let calls: Vec<WaitCall> = h.shm.threads().iter().filter(|t| t.pid == pid).map(|t| t.call).collect();
+    let calls: Vec<WaitCall> = h
+        .shm
+        .threads()
+        .iter()
+        .filter(|t| t.pid == pid)
+        .map(|t| t.call)
+        .collect();
     for c in [
         WaitCall::CondTimedwait,
         WaitCall::ClockNanosleep,
@@ -251,7 +315,10 @@ fn a_wall_clock_jump_moves_wall_deadlines_only() {
     let before = h.shm.now();
     h.shm.jump_wall(1800 * SEC).expect("jump");
     let after = h.shm.now();
-    assert!(after.virt_mono_ns - before.virt_mono_ns < SEC, "monotonic time moved");
+    assert!(
+        after.virt_mono_ns - before.virt_mono_ns < SEC,
+        "monotonic time moved"
+    );
     assert!(after.virt_wall_ns - before.virt_wall_ns >= 1800 * SEC);
     assert_eq!(h.shm.wake_all_timed(), 7);
     h.drive(&mut p, Duration::from_secs(4000), Duration::from_secs(15));
@@ -274,8 +341,12 @@ fn a_wall_clock_jump_moves_wall_deadlines_only() {
 #[test]
 fn a_speed_change_reaches_a_sleep_in_progress() {
     let _s = serial();
-    let Some(h) = harness_long_slices() else { return };
-    let Some(bin) = compile_c(&h, "waits.c") else { return };
+    let Some(h) = harness_long_slices() else {
+        return;
+    };
+    let Some(bin) = compile_c(&h, "waits.c") else {
+        return;
+    };
     let mut cmd = h.command(&bin);
     cmd.arg("speed");
     let mut p = h.spawn(cmd);
@@ -294,7 +365,9 @@ fn a_speed_change_reaches_a_sleep_in_progress() {
 fn timerfd_and_itimers_scale_with_the_speed() {
     let _s = serial();
     let Some(h) = Harness::new() else { return };
-    let Some(bin) = compile_c(&h, "waits.c") else { return };
+    let Some(bin) = compile_c(&h, "waits.c") else {
+        return;
+    };
     h.set_epoch(20.0);
     let mut cmd = h.command(&bin);
     cmd.arg("timers");
@@ -303,15 +376,24 @@ fn timerfd_and_itimers_scale_with_the_speed() {
     p.wait_real(Duration::from_secs(10));
     let real = started.elapsed();
     // at x20 a 10 s timer is 0.5 s real; a timer firing 1 real ms late is 20 ms virtual late
-    check_events(&p, &["timerfd_relative", "timerfd_absolute", "alarm", "setitimer"], 400_000_000);
-    assert!(real < Duration::from_secs(5), "four 10 s timers at x20 took {real:?}");
+    check_events(
+        &p,
+        &["timerfd_relative", "timerfd_absolute", "alarm", "setitimer"],
+        400_000_000,
+    );
+    assert!(
+        real < Duration::from_secs(5),
+        "four 10 s timers at x20 took {real:?}"
+    );
 }
 
 #[test]
 fn a_c_select_loop_idles_through_virtual_minutes() {
     let _s = serial();
     let Some(h) = Harness::new() else { return };
-    let Some(bin) = compile_c(&h, "waits.c") else { return };
+    let Some(bin) = compile_c(&h, "waits.c") else {
+        return;
+    };
     let mut cmd = h.command(&bin);
     cmd.args(["idle", "600"]);
     let started = Instant::now();

@@ -72,7 +72,9 @@ impl Harness {
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new(program);
         c.envs(self.shm.env(&self.preload));
-        c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         c
     }
 
@@ -139,7 +141,11 @@ impl Harness {
         })
         .unwrap_or_else(|e| {
             let _ = p.child.kill();
-            panic!("driver: {e}\nstdout: {:?}\nstderr: {:?}", p.out_lines(), p.err_lines())
+            panic!(
+                "driver: {e}\nstdout: {:?}\nstderr: {:?}",
+                p.out_lines(),
+                p.err_lines()
+            )
         });
         assert!(
             report.stopped,
@@ -222,7 +228,10 @@ impl Proc {
             }
             let Some(name) = parts.next() else { continue };
             let fields = parts
-                .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+                .filter_map(|kv| {
+                    kv.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                })
                 .collect();
             map.insert(name.to_string(), fields);
         }
@@ -260,16 +269,25 @@ pub fn compile_c(h: &Harness, name: &str) -> Option<PathBuf> {
 }
 
 pub fn probe_path(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("probes").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("probes")
+        .join(name)
 }
 
-/// Asserts `elapsed` (ns) is `expected` (ns) or later, by at most `late` (ns).
+/// Asserts `elapsed` (ns) is `expected` (ns) or later (1 ms of rounding allowed), by at most `late` (ns).
 pub fn assert_on_time(what: &str, elapsed: i64, expected: i64, late: i64) {
+    assert_within(what, elapsed, expected, 1_000_000, late);
+}
+
+/// Asserts `expected - early <= elapsed <= expected + late` (ns).
+pub fn assert_within(what: &str, elapsed: i64, expected: i64, early: i64, late: i64) {
     assert!(
-        elapsed >= expected - 1_000_000 && elapsed <= expected + late,
-        "{what}: woke after {:.6} s virtual, expected {:.3} s (+ at most {:.3} s)",
+        elapsed >= expected - early && elapsed <= expected + late,
+        "{what}: woke after {:.6} s virtual, expected {:.3} s (- {:.3} s, + {:.3} s)",
         elapsed as f64 / 1e9,
         expected as f64 / 1e9,
+        early as f64 / 1e9,
         late as f64 / 1e9
     );
 }
