@@ -406,3 +406,28 @@ fn a_c_select_loop_idles_through_virtual_minutes() {
     assert!(field_i64(ev, "loops") >= 590);
     assert!(field_i64(ev, "max_late_ns") < 100_000_000, "{ev:?}");
 }
+
+#[test]
+fn threads_that_take_turns_are_never_taken_for_idle() {
+    let _s = serial();
+    let Some(h) = Harness::new() else { return };
+    let Some(bin) = compile_c(&h, "waits.c") else {
+        return;
+    };
+    let mut cmd = h.command(&bin);
+    cmd.arg("pingpong");
+    let started = Instant::now();
+    let mut p = h.spawn(cmd);
+    let report = h.drive(&mut p, Duration::from_secs(2000), Duration::from_secs(60));
+    let real = started.elapsed();
+    let events = p.events();
+    let ev = events.get("pingpong").expect("pingpong event");
+    eprintln!("ping-pong: {ev:?} in {real:?}; {report:?}");
+    assert_eq!(ev.get("ok").map(String::as_str), Some("1"));
+    // the ping-pong ran for about its real time; a false idle would have skipped ~1000 s
+    let virt = field_i64(ev, "elapsed_ns");
+    assert!(
+        virt < real.as_nanos() as i64 + SEC,
+        "skipped time during the ping-pong: {virt} ns virtual in {real:?}"
+    );
+}

@@ -1,7 +1,7 @@
 /*
  * C probe for the fakehub time preload. Usage: waits MODE [ARGS]. Prints lines
  *   EVENT <name> elapsed_ns=<virtual ns since the start> ok=<1 if the call returned what it should> ...
- * Modes: waits, eintr, stray, clocks, fork, jump, speed, timers, idle SECONDS.
+ * Modes: waits, eintr, stray, clocks, fork, jump, speed, timers, pingpong, idle SECONDS.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -629,6 +629,50 @@ static int mode_timers(void) {
 }
 
 /* ---------------------------------------------------------------------------------------------- */
+/* mode pingpong: two threads pass a token through pipes (one of them always runs), while a third   */
+/* sleeps 1000 s: the driver must never take that for idleness and skip time                        */
+/* ---------------------------------------------------------------------------------------------- */
+
+static int ab[2], ba[2];
+#define PINGPONG_ROUNDS 100000
+
+static void *pong(void *arg) {
+    (void)arg;
+    char c;
+    for (int i = 0; i < PINGPONG_ROUNDS; i++) {
+        if (read(ab[0], &c, 1) != 1 || write(ba[1], &c, 1) != 1) return NULL;
+    }
+    return NULL;
+}
+
+static void *long_sleeper(void *arg) {
+    (void)arg;
+    struct timespec ts = ts_of(1000 * SEC);
+    nanosleep(&ts, NULL);
+    return NULL;
+}
+
+static int mode_pingpong(void) {
+    if (pipe(ab) || pipe(ba)) return 2;
+    pthread_t s, p;
+    pthread_create(&s, NULL, long_sleeper, NULL);
+    pthread_create(&p, NULL, pong, NULL);
+    int64_t start = elapsed();
+    char c = 'x';
+    int done = 0;
+    for (int i = 0; i < PINGPONG_ROUNDS; i++) {
+        if (write(ab[1], &c, 1) != 1 || read(ba[0], &c, 1) != 1) break;
+        done++;
+    }
+    pthread_join(p, NULL);
+    /* the virtual time the ping-pong took: about its real time, never the sleeper's 1000 s */
+    printf("EVENT pingpong elapsed_ns=%" PRId64 " rounds=%d ok=%d\n", elapsed() - start, done,
+           done == PINGPONG_ROUNDS);
+    fflush(stdout);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
 /* mode idle: a 1 s select loop (a C MQTT client's idle loop); lateness statistics                  */
 /* ---------------------------------------------------------------------------------------------- */
 
@@ -663,6 +707,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "jump")) return mode_jump();
     if (!strcmp(mode, "speed")) return mode_speed();
     if (!strcmp(mode, "timers")) return mode_timers();
+    if (!strcmp(mode, "pingpong")) return mode_pingpong();
     if (!strcmp(mode, "idle") && argc > 2) return mode_idle(strtoll(argv[2], NULL, 10));
     fprintf(stderr, "usage: %s waits|eintr|stray|clocks|fork|jump|speed|timers|idle SECONDS\n", argv[0]);
     return 2;
