@@ -10,9 +10,11 @@ use crate::{ClockShm, Error};
 pub struct RunOptions {
     /// Real time slept between two looks while something is busy (virtual time flows meanwhile).
     pub poll_interval: Duration,
-    /// How often a thread whose deadline has passed but which still sleeps is signalled again (its
-    /// first wake signal can arrive just before it starts waiting).
+    /// A thread whose deadline has passed but which still sleeps is signalled again (its first wake
+    /// signal can arrive just before it starts waiting) after this long, then after twice as long, …
     pub rewake_interval: Duration,
+    /// … up to this interval.
+    pub max_rewake_interval: Duration,
     /// Give up with [`Error::RealTimeBudget`] after this much real time.
     pub max_real: Option<Duration>,
 }
@@ -22,6 +24,7 @@ impl Default for RunOptions {
         RunOptions {
             poll_interval: Duration::from_micros(100),
             rewake_interval: Duration::from_millis(1),
+            max_rewake_interval: Duration::from_millis(100),
             max_real: None,
         }
     }
@@ -75,7 +78,9 @@ pub fn run_until_with(
 ) -> Result<RunReport, Error> {
     let started = Instant::now();
     let mut report = RunReport::default();
-    let mut last_rewake: Option<Instant> = None;
+    // re-wakes of threads that stay due: when the last was sent, and the current back-off
+    let mut last_rewake = Instant::now();
+    let mut rewake_after = options.rewake_interval;
     loop {
         let now = shm.now();
         report.end_virt_mono_ns = now.virt_mono_ns;
@@ -112,15 +117,22 @@ pub fn run_until_with(
                     .saturating_add(anchor.virt_mono_ns.saturating_sub(before).max(0));
                 let woken = shm.wake_due(anchor.virt_mono_ns);
                 report.wakes = report.wakes.saturating_add(woken as u64);
-                last_rewake = Some(Instant::now());
+                last_rewake = Instant::now();
+                rewake_after = options.rewake_interval;
             }
             Quiescence::Busy => {
-                if scan.wake_pending
-                    && last_rewake.is_none_or(|t| t.elapsed() >= options.rewake_interval)
-                {
-                    let woken = shm.wake_due(shm.now().virt_mono_ns);
-                    report.wakes = report.wakes.saturating_add(woken as u64);
-                    last_rewake = Some(Instant::now());
+                if scan.due.is_empty() {
+                    rewake_after = options.rewake_interval;
+                } else if last_rewake.elapsed() >= rewake_after {
+                    for &(pid, tid) in &scan.due {
+                        if shm.wake_thread(pid, tid) {
+                            report.wakes = report.wakes.saturating_add(1);
+                        }
+                    }
+                    last_rewake = Instant::now();
+                    rewake_after = rewake_after
+                        .saturating_mul(2)
+                        .min(options.max_rewake_interval);
                 }
                 std::thread::sleep(options.poll_interval);
             }

@@ -28,11 +28,12 @@ pub enum Quiescence {
 }
 
 /// The details the reference driver uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Scan {
     pub quiescence: Quiescence,
-    /// Busy because a thread's deadline has passed and it has not left its wait yet.
-    pub wake_pending: bool,
+    /// Busy because these threads' deadlines have passed and they have not left their waits yet
+    /// (stopped threads are left out: they cannot react until continued).
+    pub due: Vec<(i32, i32)>,
 }
 
 /// How a task proved it did not run between the two scans.
@@ -53,6 +54,11 @@ struct Observation {
 /// Tasks in these states are asleep for the driver (stopped ones too).
 fn asleep(state: u8) -> bool {
     matches!(state, b'S' | b'T' | b't' | b'I')
+}
+
+/// Stopped (SIGSTOP, a debugger): asleep, and deaf to the wake signal until continued.
+fn stopped(state: u8) -> bool {
+    matches!(state, b'T' | b't')
 }
 
 /// Gone: nothing to wait for.
@@ -77,7 +83,7 @@ impl ClockShm {
     pub(crate) fn scan(&self, extra_tids: &[i32]) -> Scan {
         let busy = Scan {
             quiescence: Quiescence::Busy,
-            wake_pending: false,
+            due: Vec::new(),
         };
         let Some((first, _)) = self.observe(extra_tids) else {
             return busy;
@@ -90,8 +96,13 @@ impl ClockShm {
         }
         let now = self.now().virt_mono_ns;
         let mut next: Option<i64> = None;
+        let mut due = Vec::new();
         for s in slots.values() {
-            if !second.tasks.contains_key(&(s.pid, s.tid)) {
+            let Some(&(state, _)) = second.tasks.get(&(s.pid, s.tid)) else {
+                continue;
+            };
+            if stopped(state) {
+                // A stopped thread cannot react: its deadline neither holds time back nor draws it.
                 continue;
             }
             if let ThreadState::TimedWait {
@@ -99,19 +110,22 @@ impl ClockShm {
             } = s.state
             {
                 if d <= now {
-                    return Scan {
-                        quiescence: Quiescence::Busy,
-                        wake_pending: true,
-                    };
+                    due.push((s.pid, s.tid));
                 }
                 next = Some(next.map_or(d, |n| n.min(d)));
             }
+        }
+        if !due.is_empty() {
+            return Scan {
+                quiescence: Quiescence::Busy,
+                due,
+            };
         }
         Scan {
             quiescence: Quiescence::Idle {
                 next_deadline_virt_mono_ns: next,
             },
-            wake_pending: false,
+            due,
         }
     }
 

@@ -567,7 +567,7 @@ impl ClockShm {
     }
 
     /// Sends the wake signal to every thread in a timed wait whose deadline is at or before
-    /// `virt_mono_now`; returns how many were signalled.
+    /// `virt_mono_now` (except stopped ones); returns how many were signalled.
     pub fn wake_due(&self, virt_mono_now: i64) -> usize {
         self.wake_where(|d| d <= virt_mono_now)
     }
@@ -578,20 +578,32 @@ impl ClockShm {
         self.wake_where(|_| true)
     }
 
+    /// Stopped threads are skipped: the wake signal is a queued real-time signal, and a stopped thread
+    /// would pile them up.
     fn wake_where(&self, due: impl Fn(i64) -> bool) -> usize {
-        let sig = self.options.wake_signal;
+        let mut buf = Vec::with_capacity(512);
         let mut sent = 0;
         for slot in self.threads() {
             if let ThreadState::TimedWait {
                 deadline_virt_mono_ns,
             } = slot.state
             {
-                if due(deadline_virt_mono_ns) && tgkill(slot.pid, slot.tid, sig) {
+                if !due(deadline_virt_mono_ns) {
+                    continue;
+                }
+                let stopped = procfs::task_stat(slot.pid, slot.tid, &mut buf)
+                    .is_some_and(|st| matches!(st.state, b'T' | b't'));
+                if !stopped && self.wake_thread(slot.pid, slot.tid) {
                     sent += 1;
                 }
             }
         }
         sent
+    }
+
+    /// Sends the wake signal to one thread.
+    pub(crate) fn wake_thread(&self, pid: i32, tid: i32) -> bool {
+        tgkill(pid, tid, self.options.wake_signal)
     }
 
     /// Frees the slot of a process that is gone, with its threads' slots.

@@ -431,3 +431,55 @@ fn threads_that_take_turns_are_never_taken_for_idle() {
         "skipped time during the ping-pong: {virt} ns virtual in {real:?}"
     );
 }
+
+/// The pending-signal mask of a thread, from /proc (SigPnd, hex).
+fn pending_signals(pid: i32, tid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).expect("status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("SigPnd:"))
+        .expect("SigPnd");
+    u64::from_str_radix(line.trim_start_matches("SigPnd:").trim(), 16).expect("hex")
+}
+
+#[test]
+fn a_stopped_process_neither_holds_time_back_nor_collects_wake_signals() {
+    let _s = serial();
+    let Some(h) = Harness::new() else { return };
+    let Some(bin) = compile_c(&h, "waits.c") else {
+        return;
+    };
+    // A: a 60 s sleep, frozen with SIGSTOP while it sleeps
+    let mut a_cmd = h.command(&bin);
+    a_cmd.arg("speed");
+    let mut a = h.spawn(a_cmd);
+    let a_pid = a.child.id() as i32;
+    wait_for_timed(&h, a_pid, 1);
+    // SAFETY: plain kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(a_pid, libc::SIGSTOP) }, 0);
+    // B: a device that keeps running for 300 s of virtual time
+    let mut b_cmd = h.command(&bin);
+    b_cmd.args(["idle", "300"]);
+    let mut b = h.spawn(b_cmd);
+    let started = Instant::now();
+    h.drive(&mut b, Duration::from_secs(400), Duration::from_secs(20));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the frozen process held time back"
+    );
+    // A's deadline passed long ago, but no wake signal was queued for it while stopped
+    let wake_bit = 1u64 << (h.shm.options().wake_signal - 1);
+    assert_eq!(
+        pending_signals(a_pid, a_pid) & wake_bit,
+        0,
+        "wake signals queued for a stopped thread"
+    );
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(a_pid, libc::SIGCONT) }, 0);
+    h.drive(&mut a, Duration::from_secs(100), Duration::from_secs(10));
+    let events = a.events();
+    let ev = events.get("speed_nanosleep").expect("event");
+    assert_eq!(ev.get("ok").map(String::as_str), Some("1"));
+    // it slept through the freeze: woke after B's 300 s, not at 60 s
+    assert!(field_i64(ev, "elapsed_ns") >= 300 * SEC, "{ev:?}");
+}
