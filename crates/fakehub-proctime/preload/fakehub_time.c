@@ -214,6 +214,15 @@ static TLS int tls_claim_failed;
 static TLS int tls_in_init;
 static TLS volatile sig_atomic_t tls_woken;
 
+/* What this thread's slot holds now. A wrapped wait restores what it found when it ends, so that a
+ * wrapped wait made by a signal handler, inside another one, leaves the outer wait's deadline published. */
+struct fh_slot_state {
+    uint32_t state;
+    uint32_t call;
+    int64_t deadline;
+};
+static TLS struct fh_slot_state tls_cur;
+
 /* One line on stderr, once per process. */
 static void note(const char *msg) {
     if (atomic_exchange(&g_noted, 1)) return;
@@ -332,6 +341,14 @@ static void slot_write(int idx, uint32_t state, uint32_t call, int64_t deadline)
     atomic_store_explicit(&t->changes, c + 2, memory_order_release);
 }
 
+/* The calling thread's own slot: also remembered in tls_cur. */
+static void own_slot_write(int idx, uint32_t state, uint32_t call, int64_t deadline) {
+    slot_write(idx, state, call, deadline);
+    tls_cur.state = state;
+    tls_cur.call = call;
+    tls_cur.deadline = deadline;
+}
+
 static void slot_free(int idx, int32_t tid) {
     struct fh_thread_slot *t = &g_threads[idx];
     slot_write(idx, FH_THREAD_RUNNING, FH_CALL_NONE, 0);
@@ -362,7 +379,7 @@ static int thread_slot(void) {
                                                      memory_order_relaxed))
             continue;
         atomic_store_explicit(&t->pid, pid, memory_order_relaxed);
-        slot_write((int)i, FH_THREAD_RUNNING, FH_CALL_NONE, 0);
+        own_slot_write((int)i, FH_THREAD_RUNNING, FH_CALL_NONE, 0);
         tls_slot = (int)i;
         (void)pthread_setspecific(g_key, (void *)(intptr_t)(i + 1));
         return (int)i;
@@ -438,6 +455,7 @@ static void on_wake_signal(int sig, siginfo_t *info, void *uctx) {
 
 static void atfork_child(void) {
     tls_slot = -1;
+    memset(&tls_cur, 0, sizeof tls_cur);
     tls_claim_failed = 0;
     tls_woken = 0;
     int s = atomic_load(&g_state);
@@ -705,6 +723,7 @@ struct fh_wait {
     uint32_t call;     /* FH_CALL_* */
     int64_t published; /* deadline last written to the slot (monotonic or wall, as kind); INT64_MIN: none */
     int64_t slice;     /* longest real wait per step */
+    struct fh_slot_state prev; /* the slot's content before this wait, restored at its end */
     int saved_errno;   /* errno at entry, restored on success */
 };
 
@@ -716,6 +735,7 @@ static void wait_begin(struct fh_wait *w, uint32_t call, int kind, int64_t deadl
     w->call = call;
     w->published = INT64_MIN;
     w->slice = slice;
+    w->prev = tls_cur;
 }
 
 /* Relative timeout: the deadline is virtual now + rel. */
@@ -747,7 +767,7 @@ static int wait_step(struct fh_wait *w, int64_t *real_timeout, int64_t *real_mon
     /* a wall-clock deadline is published as such: the driver converts it with the current anchor */
     int64_t pub = w->kind == DL_MONO ? dl : w->deadline;
     if (w->slot >= 0 && pub != w->published) {
-        slot_write(w->slot, w->kind == DL_MONO ? FH_THREAD_TIMED : FH_THREAD_TIMED_WALL, w->call, pub);
+        own_slot_write(w->slot, w->kind == DL_MONO ? FH_THREAD_TIMED : FH_THREAD_TIMED_WALL, w->call, pub);
         w->published = pub;
     }
     int64_t rt = n.speed > 0.0 ? unscale_ceil_ns(rem, n.speed) : w->slice;
@@ -765,18 +785,25 @@ static int64_t wait_remaining(const struct fh_wait *w) {
 }
 
 static void wait_end(struct fh_wait *w) {
-    if (w->slot >= 0 && w->published != INT64_MIN) slot_write(w->slot, FH_THREAD_RUNNING, FH_CALL_NONE, 0);
+    if (w->slot >= 0 && w->published != INT64_MIN) own_slot_write(w->slot, w->prev.state, w->prev.call, w->prev.deadline);
     w->published = INT64_MIN;
 }
 
-static int untimed_begin(uint32_t call) {
-    int s = thread_slot();
-    if (s >= 0) slot_write(s, FH_THREAD_UNTIMED, call, 0);
-    return s;
+struct fh_untimed {
+    int slot;
+    struct fh_slot_state prev;
+};
+
+static struct fh_untimed untimed_begin(uint32_t call) {
+    struct fh_untimed u;
+    u.slot = thread_slot(); /* may claim the slot, which sets tls_cur */
+    u.prev = tls_cur;
+    if (u.slot >= 0) own_slot_write(u.slot, FH_THREAD_UNTIMED, call, 0);
+    return u;
 }
 
-static void untimed_end(int s) {
-    if (s >= 0) slot_write(s, FH_THREAD_RUNNING, FH_CALL_NONE, 0);
+static void untimed_end(struct fh_untimed u) {
+    if (u.slot >= 0) own_slot_write(u.slot, u.prev.state, u.prev.call, u.prev.deadline);
 }
 
 /* Block the wake signal (so that its arrival cannot be lost between a clock check and the wait). */
@@ -959,7 +986,7 @@ EXPORT int poll(struct pollfd *fds, nfds_t n, int timeout) {
     }
     if (timeout == 0 || !active()) return real(fds, n, timeout);
     if (timeout < 0) {
-        int s = untimed_begin(FH_CALL_POLL);
+        struct fh_untimed s = untimed_begin(FH_CALL_POLL);
         int rc = real(fds, n, timeout);
         int err = errno;
         untimed_end(s);
@@ -980,7 +1007,7 @@ EXPORT int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *tmo, const
     }
     if (!active()) return real(fds, n, tmo, sigmask);
     if (!tmo) {
-        int s = untimed_begin(FH_CALL_PPOLL);
+        struct fh_untimed s = untimed_begin(FH_CALL_PPOLL);
         int rc = real(fds, n, tmo, sigmask);
         int err = errno;
         untimed_end(s);
@@ -1056,7 +1083,7 @@ EXPORT int select(int nfds, fd_set *r, fd_set *wr, fd_set *e, struct timeval *tv
     }
     if (!active() || nfds < 0 || nfds > FD_SETSIZE) return real(nfds, r, wr, e, tv);
     if (!tv) {
-        int s = untimed_begin(FH_CALL_SELECT);
+        struct fh_untimed s = untimed_begin(FH_CALL_SELECT);
         int rc = real(nfds, r, wr, e, tv);
         int err = errno;
         untimed_end(s);
@@ -1079,7 +1106,7 @@ EXPORT int pselect(int nfds, fd_set *r, fd_set *wr, fd_set *e, const struct time
     }
     if (!active() || nfds < 0 || nfds > FD_SETSIZE) return real(nfds, r, wr, e, tmo, sigmask);
     if (!tmo) {
-        int s = untimed_begin(FH_CALL_PSELECT);
+        struct fh_untimed s = untimed_begin(FH_CALL_PSELECT);
         int rc = real(nfds, r, wr, e, tmo, sigmask);
         int err = errno;
         untimed_end(s);
@@ -1140,7 +1167,7 @@ EXPORT int epoll_wait(int epfd, struct epoll_event *ev, int max, int timeout) {
     }
     if (timeout == 0 || !active() || !real_epoll_pwait()) return real(epfd, ev, max, timeout);
     if (timeout < 0) {
-        int s = untimed_begin(FH_CALL_EPOLL_WAIT);
+        struct fh_untimed s = untimed_begin(FH_CALL_EPOLL_WAIT);
         int rc = real(epfd, ev, max, timeout);
         int err = errno;
         untimed_end(s);
@@ -1161,7 +1188,7 @@ EXPORT int epoll_pwait(int epfd, struct epoll_event *ev, int max, int timeout, c
     }
     if (timeout == 0 || !active()) return real(epfd, ev, max, timeout, sigmask);
     if (timeout < 0) {
-        int s = untimed_begin(FH_CALL_EPOLL_PWAIT);
+        struct fh_untimed s = untimed_begin(FH_CALL_EPOLL_PWAIT);
         int rc = real(epfd, ev, max, timeout, sigmask);
         int err = errno;
         untimed_end(s);
@@ -1182,7 +1209,7 @@ EXPORT int epoll_pwait2(int epfd, struct epoll_event *ev, int max, const struct 
     }
     if (!active()) return real(epfd, ev, max, tmo, sigmask);
     if (!tmo) {
-        int s = untimed_begin(FH_CALL_EPOLL_PWAIT2);
+        struct fh_untimed s = untimed_begin(FH_CALL_EPOLL_PWAIT2);
         int rc = real(epfd, ev, max, tmo, sigmask);
         int err = errno;
         untimed_end(s);
@@ -1275,7 +1302,7 @@ EXPORT int pthread_cond_wait(pthread_cond_t *c, pthread_mutex_t *mx) {
     pthread_cond_wait_fn real = real_pthread_cond_wait();
     if (!real) return ENOSYS;
     if (!active()) return real(c, mx);
-    int s = untimed_begin(FH_CALL_COND_WAIT);
+    struct fh_untimed s = untimed_begin(FH_CALL_COND_WAIT);
     int rc = real(c, mx);
     untimed_end(s);
     return rc;
@@ -1345,7 +1372,7 @@ EXPORT int sem_wait(sem_t *s) {
         return -1;
     }
     if (!active()) return real(s);
-    int slot = untimed_begin(FH_CALL_SEM_WAIT);
+    struct fh_untimed slot = untimed_begin(FH_CALL_SEM_WAIT);
     int rc = real(s);
     int err = errno;
     untimed_end(slot);
@@ -1489,7 +1516,7 @@ EXPORT long syscall(long number, ...) {
         if (cmd == FUTEX_WAIT || cmd == FUTEX_WAIT_BITSET) {
             const struct timespec *tmo = (const struct timespec *)a4;
             if (!tmo) {
-                int s = untimed_begin(cmd == FUTEX_WAIT ? FH_CALL_FUTEX_WAIT : FH_CALL_FUTEX_WAIT_BITSET);
+                struct fh_untimed s = untimed_begin(cmd == FUTEX_WAIT ? FH_CALL_FUTEX_WAIT : FH_CALL_FUTEX_WAIT_BITSET);
                 long rc = real(number, a1, a2, a3, a4, a5, a6);
                 int err = errno;
                 untimed_end(s);

@@ -483,3 +483,20 @@ fn a_stopped_process_neither_holds_time_back_nor_collects_wake_signals() {
     // it slept through the freeze: woke after B's 300 s, not at 60 s
     assert!(field_i64(ev, "elapsed_ns") >= 300 * SEC, "{ev:?}");
 }
+
+#[test]
+fn a_wait_inside_a_signal_handler_leaves_the_outer_deadline_published() {
+    let _s = serial();
+    let Some(h) = Harness::new() else { return };
+    let Some(bin) = compile_c(&h, "waits.c") else {
+        return;
+    };
+    for _ in 0..3 {
+        let mut cmd = h.command(&bin);
+        cmd.arg("handler");
+        let mut p = h.spawn(cmd);
+        h.drive(&mut p, Duration::from_secs(1000), Duration::from_secs(15));
+        // the handler's 1 s sleep happened at 5 s; the outer condvar wait still ends at 60 s
+        check_events(&p, &["handler_outer_cond"], 250_000_000);
+    }
+}

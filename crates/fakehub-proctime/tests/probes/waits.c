@@ -1,7 +1,7 @@
 /*
  * C probe for the fakehub time preload. Usage: waits MODE [ARGS]. Prints lines
  *   EVENT <name> elapsed_ns=<virtual ns since the start> ok=<1 if the call returned what it should> ...
- * Modes: waits, eintr, stray, clocks, fork, jump, speed, timers, pingpong, idle SECONDS.
+ * Modes: waits, eintr, stray, clocks, fork, jump, speed, timers, pingpong, handler, idle SECONDS.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -629,6 +629,46 @@ static int mode_timers(void) {
 }
 
 /* ---------------------------------------------------------------------------------------------- */
+/* mode handler: a signal handler sleeps (a wrapped wait) while its thread is in a condvar wait,    */
+/* which glibc resumes after the handler: the outer wait's deadline must stay published            */
+/* ---------------------------------------------------------------------------------------------- */
+
+static void on_usr1_sleep(int sig) {
+    (void)sig;
+    struct timespec ts = ts_of(SEC);
+    nanosleep(&ts, NULL);
+}
+
+static void *cond_waiter_60(void *arg) {
+    (void)arg;
+    struct timespec ts = ts_of(t0 + 60 * SEC);
+    pthread_mutex_lock(&mx);
+    int rc = 0;
+    while (rc == 0) rc = pthread_cond_timedwait(&cond_mono, &mx, &ts);
+    pthread_mutex_unlock(&mx);
+    event("handler_outer_cond", 60, rc == ETIMEDOUT, rc, 0);
+    return NULL;
+}
+
+static int mode_handler(void) {
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&cond_mono, &ca);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_usr1_sleep;
+    sigaction(SIGUSR1, &sa, NULL);
+    pthread_t th;
+    pthread_create(&th, NULL, cond_waiter_60, NULL);
+    struct timespec five = ts_of(5 * SEC);
+    nanosleep(&five, NULL);
+    pthread_kill(th, SIGUSR1);
+    pthread_join(th, NULL);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
 /* mode pingpong: two threads pass a token through pipes (one of them always runs), while a third   */
 /* sleeps 1000 s: the driver must never take that for idleness and skip time                        */
 /* ---------------------------------------------------------------------------------------------- */
@@ -708,6 +748,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "speed")) return mode_speed();
     if (!strcmp(mode, "timers")) return mode_timers();
     if (!strcmp(mode, "pingpong")) return mode_pingpong();
+    if (!strcmp(mode, "handler")) return mode_handler();
     if (!strcmp(mode, "idle") && argc > 2) return mode_idle(strtoll(argv[2], NULL, 10));
     fprintf(stderr, "usage: %s waits|eintr|stray|clocks|fork|jump|speed|timers|idle SECONDS\n", argv[0]);
     return 2;
