@@ -29,10 +29,14 @@ pub(crate) fn parse_stat(content: &[u8]) -> Option<Stat> {
     Some(Stat { state, start_time })
 }
 
-/// The third number of `schedstat`: how many times the task got a CPU.
-pub(crate) fn parse_schedstat(content: &[u8]) -> Option<u64> {
+/// `schedstat`: the CPU time the task has used (ns, brought up to date whenever it leaves a CPU) and
+/// how many times it got a CPU.
+pub(crate) fn parse_schedstat(content: &[u8]) -> Option<(u64, u64)> {
     let text = std::str::from_utf8(content).ok()?;
-    text.split_ascii_whitespace().nth(2)?.parse().ok()
+    let mut f = text.split_ascii_whitespace();
+    let runtime = f.next()?.parse().ok()?;
+    let arrivals = f.nth(1)?.parse().ok()?;
+    Some((runtime, arrivals))
 }
 
 pub(crate) fn process_stat(pid: i32) -> Option<Stat> {
@@ -46,9 +50,18 @@ pub(crate) fn task_stat(pid: i32, tid: i32, buf: &mut Vec<u8>) -> Option<Stat> {
     parse_stat(buf)
 }
 
-pub(crate) fn task_schedstat(pid: i32, tid: i32, buf: &mut Vec<u8>) -> Option<u64> {
+pub(crate) fn task_schedstat(pid: i32, tid: i32, buf: &mut Vec<u8>) -> Option<(u64, u64)> {
     read_small(&format!("/proc/{pid}/task/{tid}/schedstat"), buf)?;
     parse_schedstat(buf)
+}
+
+/// Whether the task is off its run queue: `wchan` names a wait channel only for a task that has left
+/// the run queue (since Linux 5.16 `get_wchan` checks `on_rq`); "0" for a task that runs, is runnable,
+/// or has only just set its sleeping state on its CPU. None if unreadable.
+pub(crate) fn task_off_runqueue(pid: i32, tid: i32, buf: &mut Vec<u8>) -> Option<bool> {
+    read_small(&format!("/proc/{pid}/task/{tid}/wchan"), buf)?;
+    let text = std::str::from_utf8(buf).ok()?.trim();
+    Some(!text.is_empty() && text != "0")
 }
 
 /// The children of one task (`children` needs CONFIG_PROC_CHILDREN; without it: none).
@@ -105,7 +118,10 @@ mod tests {
 
     #[test]
     fn schedstat() {
-        assert_eq!(parse_schedstat(b"21594551 1751794 72\n"), Some(72));
+        assert_eq!(
+            parse_schedstat(b"21594551 1751794 72\n"),
+            Some((21594551, 72))
+        );
         assert_eq!(parse_schedstat(b"1 2"), None);
     }
 

@@ -4,9 +4,13 @@
 //! last thread is read. So the scan is done twice and compared. Between the two scans a thread must not
 //! have run: for a thread inside a wrapped wait (slot TIMED or UNTIMED) its slot's change counter must be
 //! unchanged (it may wake up between slices, but it never returned to the program); for any other
-//! thread, its `schedstat` count of CPU arrivals must be unchanged. If both scans found every task
-//! asleep and nothing changed, there was an instant (the end of the first scan) at which everything was
-//! asleep at once, and the slots read then hold the deadlines.
+//! thread, its `schedstat` (CPU arrivals and CPU time) must be unchanged, and it must have been *off its
+//! run queue* after that was read: /proc says `S` as soon as a thread has set its sleeping state, while
+//! it is still on its CPU, and a thread woken in that instant runs on without a new arrival. `wchan`
+//! names a wait channel only for a thread off its run queue (found with the pyenv `python3` shim, whose
+//! bash forks were missed about one run in twenty with the arrival count alone).
+//! If both scans found every task asleep and nothing changed, there was an instant (the end of the first
+//! scan) at which everything was asleep at once, and the slots read then hold the deadlines.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
@@ -41,8 +45,8 @@ pub(crate) struct Scan {
 enum Witness {
     /// Slot change counter (the task is inside a wrapped wait).
     Slot(u64),
-    /// CPU arrivals from schedstat.
-    Arrivals(u64),
+    /// CPU time used (ns) and CPU arrivals, from schedstat.
+    Cpu(u64, u64),
 }
 
 #[derive(Default, PartialEq, Eq)]
@@ -144,13 +148,13 @@ impl ClockShm {
 
         // Registered processes that are alive; drop the others.
         let mut queue: Vec<i32> = Vec::new();
-        for (index, slot) in self.process_slots().iter().enumerate() {
+        for slot in self.process_slots() {
             let pid = slot.pid.load(Ordering::Acquire);
             if pid == 0 {
                 continue;
             }
             match procfs::process_stat(pid) {
-                None => self.drop_process(index, pid),
+                None => self.drop_process(pid),
                 // A zombie leader with other tasks left: the process is exiting (tearing down its
                 // memory can take milliseconds) or its main thread ended alone; either way its other
                 // tasks still count.
@@ -158,13 +162,13 @@ impl ClockShm {
                     if procfs::tasks(pid).is_some_and(|t| t.iter().any(|&tid| tid != pid)) {
                         queue.push(pid);
                     } else {
-                        self.drop_process(index, pid);
+                        self.drop_process(pid);
                     }
                 }
                 Some(st) => {
                     let known = slot.start_time.load(Ordering::Acquire);
                     if known != 0 && known != st.start_time {
-                        self.drop_process(index, pid); // the pid now belongs to another process
+                        self.drop_process(pid); // the pid now belongs to another process
                     } else {
                         queue.push(pid);
                     }
@@ -216,9 +220,8 @@ impl ClockShm {
             if !asleep(st.state) {
                 return None;
             }
-            let arrivals = procfs::task_schedstat(me, tid, &mut buf)?;
-            obs.tasks
-                .insert((me, tid), (st.state, Witness::Arrivals(arrivals)));
+            let witness = cpu_witness(me, tid, &mut buf)?;
+            obs.tasks.insert((me, tid), (st.state, witness));
         }
 
         // Housekeeping: slots of threads that are gone.
@@ -250,6 +253,16 @@ impl ClockShm {
                 return Some(Witness::Slot(s.changes));
             }
         }
-        procfs::task_schedstat(pid, tid, buf).map(Witness::Arrivals)
+        cpu_witness(pid, tid, buf)
     }
+}
+
+/// The CPU counters of a thread that is off its run queue after they were read; None if it is not (or
+/// unreadable): then it counts as busy.
+fn cpu_witness(pid: i32, tid: i32, buf: &mut Vec<u8>) -> Option<Witness> {
+    let (runtime, arrivals) = procfs::task_schedstat(pid, tid, buf)?;
+    if !procfs::task_off_runqueue(pid, tid, buf)? {
+        return None;
+    }
+    Some(Witness::Cpu(runtime, arrivals))
 }

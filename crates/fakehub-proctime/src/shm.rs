@@ -536,25 +536,33 @@ impl ClockShm {
         Ok(())
     }
 
-    /// The claimed process slots.
+    /// The claimed process slots, one per pid (the hub's registration and the preload's own claim can
+    /// race into two slots; they are merged here).
     pub fn processes(&self) -> Vec<ProcessSlot> {
-        self.process_slots()
-            .iter()
-            .filter_map(|s| {
-                let pid = s.pid.load(Ordering::Acquire);
-                if pid == 0 {
-                    return None;
-                }
-                let flags = s.flags.load(Ordering::Acquire);
-                Some(ProcessSlot {
-                    pid,
-                    preload: flags & layout::PROC_PRELOAD != 0,
-                    registered_by_hub: flags & layout::PROC_HUB != 0,
-                    condvar_clock: flags & layout::PROC_CONDVAR_CLOCK != 0,
-                    start_time: s.start_time.load(Ordering::Acquire),
-                })
-            })
-            .collect()
+        let mut by_pid: std::collections::BTreeMap<i32, ProcessSlot> =
+            std::collections::BTreeMap::new();
+        for s in self.process_slots() {
+            let pid = s.pid.load(Ordering::Acquire);
+            if pid == 0 {
+                continue;
+            }
+            let flags = s.flags.load(Ordering::Acquire);
+            let start_time = s.start_time.load(Ordering::Acquire);
+            let e = by_pid.entry(pid).or_insert(ProcessSlot {
+                pid,
+                preload: false,
+                registered_by_hub: false,
+                condvar_clock: false,
+                start_time,
+            });
+            e.preload |= flags & layout::PROC_PRELOAD != 0;
+            e.registered_by_hub |= flags & layout::PROC_HUB != 0;
+            e.condvar_clock |= flags & layout::PROC_CONDVAR_CLOCK != 0;
+            if e.start_time == 0 {
+                e.start_time = start_time;
+            }
+        }
+        by_pid.into_values().collect()
     }
 
     /// The claimed thread slots.
@@ -606,9 +614,9 @@ impl ClockShm {
         tgkill(pid, tid, self.options.wake_signal)
     }
 
-    /// Frees the slot of a process that is gone, with its threads' slots.
-    pub(crate) fn drop_process(&self, index: usize, pid: i32) {
-        if let Some(slot) = self.process_slots().get(index) {
+    /// Frees the slots of a process that is gone (every slot holding its pid), with its threads' slots.
+    pub(crate) fn drop_process(&self, pid: i32) {
+        for slot in self.process_slots() {
             if slot
                 .pid
                 .compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed)
