@@ -1,0 +1,268 @@
+//! Is every thread asleep? The driver may skip virtual time only then.
+//!
+//! One look at /proc is not enough: a thread read as sleeping may wake (a packet, a signal) before the
+//! last thread is read. So the scan is done twice and compared. Between the two scans a thread must not
+//! have run: for a thread inside a wrapped wait (slot TIMED or UNTIMED) its slot's change counter must be
+//! unchanged (it may wake up between slices, but it never returned to the program); for any other
+//! thread, its `schedstat` (CPU arrivals and CPU time) must be unchanged, and it must have been *off its
+//! run queue* after that was read: /proc says `S` as soon as a thread has set its sleeping state, while
+//! it is still on its CPU, and a thread woken in that instant runs on without a new arrival. `wchan`
+//! names a wait channel only for a thread off its run queue (found with the pyenv `python3` shim, whose
+//! bash forks were missed about one run in twenty with the arrival count alone).
+//! If both scans found every task asleep and nothing changed, there was an instant (the end of the first
+//! scan) at which everything was asleep at once, and the slots read then hold the deadlines.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+
+use crate::procfs;
+use crate::shm::{
+    free_thread_slot, read_thread_slot, wall_minus_mono, ClockShm, ThreadSlot, ThreadState,
+};
+
+/// The answer of [`ClockShm::quiescence`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quiescence {
+    /// Something runs (or a wake is pending): let time flow.
+    Busy,
+    /// Every thread is asleep; the earliest virtual deadline any of them waits for, if any.
+    Idle {
+        next_deadline_virt_mono_ns: Option<i64>,
+    },
+}
+
+/// The details the reference driver uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Scan {
+    pub quiescence: Quiescence,
+    /// Busy because these threads' deadlines have passed and they have not left their waits yet
+    /// (stopped threads are left out: they cannot react until continued).
+    pub due: Vec<(i32, i32)>,
+}
+
+/// How a task proved it did not run between the two scans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Witness {
+    /// Slot change counter (the task is inside a wrapped wait).
+    Slot(u64),
+    /// CPU time used (ns) and CPU arrivals, from schedstat.
+    Cpu(u64, u64),
+}
+
+#[derive(Default, PartialEq, Eq)]
+struct Observation {
+    /// (pid, tid) -> (state letter, witness)
+    tasks: BTreeMap<(i32, i32), (u8, Witness)>,
+}
+
+/// Tasks in these states are asleep for the driver (stopped ones too).
+fn asleep(state: u8) -> bool {
+    matches!(state, b'S' | b'T' | b't' | b'I')
+}
+
+/// Stopped (SIGSTOP, a debugger): asleep, and deaf to the wake signal until continued.
+fn stopped(state: u8) -> bool {
+    matches!(state, b'T' | b't')
+}
+
+/// Gone: nothing to wait for.
+fn gone(state: u8) -> bool {
+    matches!(state, b'Z' | b'X' | b'x')
+}
+
+/// Bound on processes followed through `children`.
+const MAX_MEMBERS: usize = 4096;
+
+impl ClockShm {
+    /// Idle only if every task of every registered live process (and of their descendants), and every
+    /// `extra_tids` thread of the calling process, sleeps — two scans agreeing — and no thread in a timed
+    /// wait has a deadline at or before the current virtual time (that wake is still pending).
+    /// Processes that are gone (or zombies, or whose pid was reused) are dropped from the table; the
+    /// slots of threads that are gone are freed. A sleeping thread without a slot, or whose slot says
+    /// running, sleeps in something not wrapped: it counts as an untimed wait.
+    pub fn quiescence(&self, extra_tids: &[i32]) -> Quiescence {
+        self.scan(extra_tids).quiescence
+    }
+
+    pub(crate) fn scan(&self, extra_tids: &[i32]) -> Scan {
+        let busy = Scan {
+            quiescence: Quiescence::Busy,
+            due: Vec::new(),
+        };
+        let Some((first, _)) = self.observe(extra_tids) else {
+            return busy;
+        };
+        let Some((second, slots)) = self.observe(extra_tids) else {
+            return busy;
+        };
+        if first != second {
+            return busy;
+        }
+        let now = self.now().virt_mono_ns;
+        let mut next: Option<i64> = None;
+        let mut due = Vec::new();
+        for s in slots.values() {
+            let Some(&(state, _)) = second.tasks.get(&(s.pid, s.tid)) else {
+                continue;
+            };
+            if stopped(state) {
+                // A stopped thread cannot react: its deadline neither holds time back nor draws it.
+                continue;
+            }
+            if let ThreadState::TimedWait {
+                deadline_virt_mono_ns: d,
+            } = s.state
+            {
+                if d <= now {
+                    due.push((s.pid, s.tid));
+                }
+                next = Some(next.map_or(d, |n| n.min(d)));
+            }
+        }
+        if !due.is_empty() {
+            return Scan {
+                quiescence: Quiescence::Busy,
+                due,
+            };
+        }
+        Scan {
+            quiescence: Quiescence::Idle {
+                next_deadline_virt_mono_ns: next,
+            },
+            due,
+        }
+    }
+
+    /// One scan; None as soon as a task is not asleep.
+    fn observe(&self, extra_tids: &[i32]) -> Option<(Observation, BTreeMap<i32, ThreadSlot>)> {
+        // Slots first: a slot read before the task's state can only make the comparison stricter.
+        let offset = wall_minus_mono(&self.anchor());
+        let slots: BTreeMap<i32, ThreadSlot> = self
+            .thread_slots()
+            .iter()
+            .filter_map(|t| read_thread_slot(t, offset))
+            .map(|s| (s.tid, s))
+            .collect();
+        let mut obs = Observation::default();
+        let mut buf = Vec::with_capacity(512);
+
+        // Registered processes that are alive; drop the others.
+        let mut queue: Vec<i32> = Vec::new();
+        for slot in self.process_slots() {
+            let pid = slot.pid.load(Ordering::Acquire);
+            if pid == 0 {
+                continue;
+            }
+            match procfs::process_stat(pid) {
+                None => self.drop_process(pid),
+                // A zombie leader with other tasks left: the process is exiting (tearing down its
+                // memory can take milliseconds) or its main thread ended alone; either way its other
+                // tasks still count.
+                Some(st) if gone(st.state) => {
+                    if procfs::tasks(pid).is_some_and(|t| t.iter().any(|&tid| tid != pid)) {
+                        queue.push(pid);
+                    } else {
+                        self.drop_process(pid);
+                    }
+                }
+                Some(st) => {
+                    let known = slot.start_time.load(Ordering::Acquire);
+                    if known != 0 && known != st.start_time {
+                        self.drop_process(pid); // the pid now belongs to another process
+                    } else {
+                        queue.push(pid);
+                    }
+                }
+            }
+        }
+
+        // Every task of those processes and of their descendants.
+        let mut members: BTreeSet<i32> = BTreeSet::new();
+        let mut children = Vec::new();
+        while let Some(pid) = queue.pop() {
+            if !members.insert(pid) || members.len() > MAX_MEMBERS {
+                continue;
+            }
+            let Some(tids) = procfs::tasks(pid) else {
+                continue; // exited meanwhile
+            };
+            for tid in tids {
+                let Some(st) = procfs::task_stat(pid, tid, &mut buf) else {
+                    continue; // thread exited meanwhile
+                };
+                if gone(st.state) {
+                    continue;
+                }
+                if !asleep(st.state) {
+                    return None;
+                }
+                let witness = self.witness(pid, tid, &slots, &mut buf)?;
+                obs.tasks.insert((pid, tid), (st.state, witness));
+                children.clear();
+                procfs::task_children(pid, tid, &mut buf, &mut children);
+                queue.extend(children.iter().copied().filter(|c| !members.contains(c)));
+            }
+        }
+
+        // The hub's own threads.
+        let me = std::process::id() as i32;
+        let caller = crate::current_tid();
+        for &tid in extra_tids {
+            if tid == caller {
+                continue; // the driver's own thread is running by definition
+            }
+            let Some(st) = procfs::task_stat(me, tid, &mut buf) else {
+                continue;
+            };
+            if gone(st.state) {
+                continue;
+            }
+            if !asleep(st.state) {
+                return None;
+            }
+            let witness = cpu_witness(me, tid, &mut buf)?;
+            obs.tasks.insert((me, tid), (st.state, witness));
+        }
+
+        // Housekeeping: slots of threads that are gone.
+        for t in self.thread_slots() {
+            let tid = t.tid.load(Ordering::Acquire);
+            if tid == 0 {
+                continue;
+            }
+            let pid = t.pid.load(Ordering::Acquire);
+            if obs.tasks.contains_key(&(pid, tid)) {
+                continue;
+            }
+            if pid != 0 && !procfs::task_exists(pid, tid) {
+                free_thread_slot(t, tid);
+            }
+        }
+        Some((obs, slots))
+    }
+
+    fn witness(
+        &self,
+        pid: i32,
+        tid: i32,
+        slots: &BTreeMap<i32, ThreadSlot>,
+        buf: &mut Vec<u8>,
+    ) -> Option<Witness> {
+        if let Some(s) = slots.get(&tid) {
+            if s.pid == pid && s.state != ThreadState::Running {
+                return Some(Witness::Slot(s.changes));
+            }
+        }
+        cpu_witness(pid, tid, buf)
+    }
+}
+
+/// The CPU counters of a thread that is off its run queue after they were read; None if it is not (or
+/// unreadable): then it counts as busy.
+fn cpu_witness(pid: i32, tid: i32, buf: &mut Vec<u8>) -> Option<Witness> {
+    let (runtime, arrivals) = procfs::task_schedstat(pid, tid, buf)?;
+    if !procfs::task_off_runqueue(pid, tid, buf)? {
+        return None;
+    }
+    Some(Witness::Cpu(runtime, arrivals))
+}
