@@ -31,5 +31,5 @@ pub use clock::{current_tid, real_mono_ns, real_wall_ns, Anchor, VirtualNow};
 pub use driver::{run_until, run_until_with, RunOptions, RunReport};
 pub use error::Error;
 pub use preload::{Preload, PRELOAD_SO};
-pub use quiescence::Quiescence;
+pub use quiescence::{Quiescence, Scan};
 pub use shm::{ClockShm, Limits, ProcessSlot, ShmOptions, ThreadSlot, ThreadState, WaitCall};

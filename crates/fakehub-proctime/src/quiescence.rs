@@ -33,7 +33,7 @@ pub enum Quiescence {
 
 /// The details the reference driver uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Scan {
+pub struct Scan {
     pub quiescence: Quiescence,
     /// Busy because these threads' deadlines have passed and they have not left their waits yet
     /// (stopped threads are left out: they cannot react until continued).
@@ -84,7 +84,7 @@ impl ClockShm {
         self.scan(extra_tids).quiescence
     }
 
-    pub(crate) fn scan(&self, extra_tids: &[i32]) -> Scan {
+    pub fn scan(&self, extra_tids: &[i32]) -> Scan {
         let busy = Scan {
             quiescence: Quiescence::Busy,
             due: Vec::new(),

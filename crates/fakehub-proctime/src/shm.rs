@@ -610,7 +610,7 @@ impl ClockShm {
     }
 
     /// Sends the wake signal to one thread.
-    pub(crate) fn wake_thread(&self, pid: i32, tid: i32) -> bool {
+    pub fn wake_thread(&self, pid: i32, tid: i32) -> bool {
         tgkill(pid, tid, self.options.wake_signal)
     }
 

@@ -9,10 +9,9 @@
 //! * [`result_code`]: IoT Hub result codes.
 //! * [`host`]: what an in-process device needs of its hub.
 //! * [`transport`]: TCP or in-memory streams, with or without TLS.
-//! * [`clock`], [`clock_file`]: virtual time and how devices read it.
+//! * [`clock`]: virtual time and how devices read it.
 
 pub mod clock;
-pub mod clock_file;
 pub mod codec;
 pub mod connection_string;
 pub mod host;

@@ -150,7 +150,11 @@ fn main() -> ExitCode {
 }
 
 /// Check every scenario first (a bad file runs nothing), then run them in order.
-fn run(paths: &[PathBuf], out: Option<&Path>, opts: runner::RunOptions) -> anyhow::Result<ExitCode> {
+fn run(
+    paths: &[PathBuf],
+    out: Option<&Path>,
+    opts: runner::RunOptions,
+) -> anyhow::Result<ExitCode> {
     let mut loaded = Vec::new();
     for p in paths {
         loaded.push(scenario::load(p)?);

@@ -161,7 +161,11 @@ async fn run_in(
     }
     let hub = Arc::new(builder.build()?.start().await?);
     let time = match regime {
-        Regime::Processes => Some(ProcessTime::start(hub.clock(), &out.join("clock"), threads)?),
+        Regime::Processes => Some(ProcessTime::start(
+            hub.clock(),
+            &out.join("clock"),
+            threads,
+        )?),
         Regime::Simulated | Regime::RealTime => None,
     };
     eprintln!(
@@ -230,7 +234,15 @@ async fn run_in(
         })
         .collect();
     if let Some(time) = rig.time.take() {
-        time.stop();
+        let r = time.stop();
+        eprintln!(
+            "fakehub: the time driver skipped {} of idle time in {} skips and sent {} wake signals",
+            humantime::format_duration(Duration::from_millis(
+                u64::try_from(r.skipped.as_millis()).unwrap_or(u64::MAX)
+            )),
+            r.skips,
+            r.wakes
+        );
     }
     drop(rig);
     match Arc::try_unwrap(hub) {
@@ -384,6 +396,9 @@ impl Rig {
             .stdout(log.try_clone()?)
             .stderr(log)
             .process_group(0);
+        // The time driver skips nothing while the process is being started (this thread waits in
+        // fork/exec, and the child is only counted once registered).
+        let _hold = self.time.as_ref().map(ProcessTime::hold);
         if let Some(time) = &self.time {
             cmd.envs(time.env());
         }
@@ -577,8 +592,10 @@ impl Rig {
         unsafe {
             libc::kill(-running.pid, signal);
         }
-        let gone = tokio::time::timeout(Duration::from_secs(5), exited.wait_for(|d| *d)).await;
-        if gone.is_err() {
+        let gone = tokio::time::timeout(Duration::from_secs(5), exited.wait_for(|d| *d))
+            .await
+            .is_ok();
+        if !gone {
             // SAFETY: as above.
             unsafe {
                 libc::kill(-running.pid, libc::SIGKILL);

@@ -366,8 +366,9 @@ fn check(s: &Scenario) -> Result<(), (String, String)> {
         ));
     }
     for d in &s.devices {
-        if let Some(old @ (ClockAdapter::ClockFile | ClockAdapter::Faketime | ClockAdapter::Python)) =
-            d.clock
+        if let Some(
+            old @ (ClockAdapter::ClockFile | ClockAdapter::Faketime | ClockAdapter::Python),
+        ) = d.clock
         {
             let name = match old {
                 ClockAdapter::ClockFile => "clock_file",

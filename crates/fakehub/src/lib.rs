@@ -13,18 +13,20 @@
 //! The API: [`Hub`] / [`HubBuilder`] / [`HubHandle`] (building, running and driving a hub, its
 //! service side included), [`faults`] (the fault catalogue), [`events`] (the event log, the
 //! connection lifecycle, Connections records, the connected-devices series), [`registry`]
-//! (identities), and from the shared protocol crate [`clock`], [`sas`], [`tls`].
+//! (identities), [`process_time`] (device processes on the hub's clock), and from the shared
+//! protocol crate [`clock`], [`sas`], [`tls`].
 //!
 //! The machinery stays inside: `frontdoor` (accepting connections; one state machine per
 //! connection), `sessions` (the message core: live links, sessions, C2D queues), `services`
 //! (twins, methods, C2D), `shared` (what they all share).
 
-pub use fakehub_protocol::{clock, clock_file, sas, tls, transport, ResultCode};
+pub use fakehub_protocol::{clock, sas, tls, transport, ResultCode};
 
 pub mod events;
 pub mod faults;
 mod frontdoor;
 mod hub;
+pub mod process_time;
 pub mod registry;
 pub mod services;
 mod sessions;

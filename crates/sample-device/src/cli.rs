@@ -6,12 +6,11 @@
 //! `--bug no-disconnect`). Exit status 2 for bad setup.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::{Bug, ConnectionString, Device, DeviceOptions};
 use clap::Parser;
-use fakehub_protocol::clock::{DeviceClock, FileClock};
+use fakehub_protocol::clock::DeviceClock;
 use tokio_util::sync::CancellationToken;
 
 /// The device's command line.
@@ -64,13 +63,8 @@ pub fn main_with_args(argv: impl IntoIterator<Item = String>) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(format!("{ca_file}: {e}")),
     };
-    let clock = match std::env::var("FAKEHUB_CLOCK_FILE") {
-        Ok(path) => match FileClock::open(&path) {
-            Ok(f) => DeviceClock::File(Arc::new(f)),
-            Err(e) => return fail(format!("{path}: {e}")),
-        },
-        Err(_) => DeviceClock::Real,
-    };
+    // A process reads its own clocks: under the runner's time preload they are the hub's.
+    let clock = DeviceClock::Real;
     if !(args.telemetry_interval.is_finite() && args.telemetry_interval > 0.0) {
         return fail("--telemetry-interval must be positive".into());
     }

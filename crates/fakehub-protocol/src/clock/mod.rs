@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{oneshot, watch, Notify};
 use tokio::time::Instant;
 
-pub use device::{DeviceClock, DeviceTimer, FileClock};
+pub use device::{DeviceClock, DeviceTimer};
 pub use timers::{Fired, Timer};
 use timers::{Registry, TimerKey};
 
@@ -218,9 +218,15 @@ impl std::fmt::Debug for VirtualClock {
 }
 
 impl VirtualClock {
-    /// A clock that starts at the real wall time and runs at real speed.
+    /// A clock that starts at the real wall time (to the millisecond, so stamps written to files
+    /// read back exactly) and runs at real speed.
     pub fn new() -> Self {
-        Self::starting_at(SystemTime::now())
+        let now = SystemTime::now();
+        let since = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let whole_ms = Duration::from_millis(u64::try_from(since.as_millis()).unwrap_or(0));
+        Self::starting_at(SystemTime::UNIX_EPOCH + whole_ms)
     }
 
     /// A clock whose virtual wall time starts at `wall`, running at real speed.
