@@ -6,6 +6,8 @@
 // --fixed-token (or device-fixed-token.js): a SAS token minted here once, with a fixed lifetime;
 // the SDK cannot renew it, so the hub drops the device at expiry + grace (the bug to catch).
 //
+// The SDK's retry policy reconnects after most drops; when it gives up (the client's `disconnect`
+// event), the app opens the client again, and keeps trying every 10 s if that fails.
 // One line per event on stdout: "<ISO time> <event> [details]". Keys and tokens are never printed.
 'use strict';
 

@@ -7,6 +7,9 @@ Default: IoTHubDeviceClient.create_from_connection_string with the SDK's own tok
 default reconnect policy. --fixed-token (or device_fixed_token.py): create_from_sastoken with a
 token minted here once; it is never replaced, so the hub drops the device at expiry + grace.
 
+Telemetry goes out in order, one message at a time; a send that fails while disconnected is
+tried again every 10 s (the SDK keeps no copy).
+
 One line per event on stdout: "<ISO time> <event> [details]". Keys and tokens are never printed.
 """
 
