@@ -29,6 +29,7 @@ pub async fn shutdown_signal() {
         ) {
             (Ok(mut term), Ok(mut hup)) => {
                 tokio::select! {
+                    biased;
                     _ = tokio::signal::ctrl_c() => {}
                     _ = term.recv() => {}
                     _ = hup.recv() => {}

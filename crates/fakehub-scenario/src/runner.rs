@@ -192,6 +192,7 @@ async fn run_in(
         }
     }
     let missing = tokio::select! {
+        biased;
         m = rig.wait_connected(CONNECT_LIMIT) => m,
         _ = stop.cancelled() => Vec::new(),
     };
@@ -212,6 +213,7 @@ async fn run_in(
         }
         progress(&hub, &step.describe());
         tokio::select! {
+            biased;
             r = rig.step(step) => r?,
             _ = stop.cancelled() => {}
         }
@@ -474,6 +476,7 @@ impl Rig {
             }
         };
         tokio::select! {
+            biased;
             _ = all => {}
             _ = clock.sleep(limit) => {}
         }

@@ -229,46 +229,102 @@ fn service_side_steps_reach_the_device_and_the_log() {
     assert!(events.contains("\"event\":\"method_result\""), "{events}");
 }
 
-#[test]
-fn ctrl_c_stops_the_run_and_still_writes_what_was_seen() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fakehub"))
+/// A run that takes real time: a device process on real time, and ten minutes to wait.
+const LONG_RUN: &str = "name: long\ndevices:\n  - id: sensor-1\n    run: [sample-device]\n    clock: real\ntimeline:\n  - wait: 10m\nexpect:\n  - connected: { device: sensor-1 }\n";
+
+/// Start the long run; its directory, the runner, and the device process's pid once connected.
+fn start_long_run(dir: &std::path::Path) -> (std::path::PathBuf, std::process::Child, u32) {
+    let file = dir.join("long.yaml");
+    std::fs::write(&file, LONG_RUN).unwrap();
+    let out = dir.join("out");
+    let child = Command::new(env!("CARGO_BIN_EXE_fakehub"))
         .args([
             "run",
-            "scenarios/keepalive-idle-timeout.yaml",
+            file.to_str().unwrap(),
             "--out",
             out.to_str().unwrap(),
         ])
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Well into the 31-minute wait (half a minute of real time at speed 60).
+    // Connected: the run is in its wait.
     let started = std::time::Instant::now();
-    while !out.join("events.jsonl").exists()
-        && started.elapsed() < std::time::Duration::from_secs(20)
-    {
-        std::thread::sleep(std::time::Duration::from_millis(100));
+    loop {
+        let events = std::fs::read_to_string(out.join("events.jsonl")).unwrap_or_default();
+        if events.contains("\"connack\"") {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "never connected"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    std::thread::sleep(std::time::Duration::from_secs(2));
-    Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(2), "interrupted");
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(25),
-        "stopped early"
-    );
-    let junit = std::fs::read_to_string(out.join("junit.xml")).unwrap();
-    assert!(junit.contains("interrupted"), "{junit}");
-    assert!(out.join("report.html").exists());
-    let events = std::fs::read_to_string(out.join("events.jsonl")).unwrap();
-    assert!(
-        events.lines().last().unwrap().contains("hub_stopped"),
-        "the log is complete"
-    );
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))
+        .unwrap_or_default();
+    let device: u32 = children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("the device process is a child of the runner");
+    (out, child, device)
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+/// Ctrl-C, SIGTERM and SIGHUP all stop a run the same way: the devices are stopped, what was seen
+/// is judged and written (exit 2, marked interrupted), and the log is complete.
+#[test]
+fn a_signal_stops_the_run_and_still_writes_what_was_seen() {
+    for signal in ["INT", "TERM", "HUP"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (out, mut child, device) = start_long_run(dir.path());
+        let asked = std::time::Instant::now();
+        Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(2), "SIG{signal}: interrupted");
+        assert!(
+            asked.elapsed() < std::time::Duration::from_secs(15),
+            "SIG{signal}: stopped promptly"
+        );
+        assert!(
+            !alive(device),
+            "SIG{signal}: the device process was stopped"
+        );
+        let junit = std::fs::read_to_string(out.join("junit.xml")).unwrap();
+        assert!(junit.contains("interrupted"), "{junit}");
+        assert!(out.join("report.html").exists());
+        let events = std::fs::read_to_string(out.join("events.jsonl")).unwrap();
+        assert!(
+            events.lines().last().unwrap().contains("hub_stopped"),
+            "SIG{signal}: the log is complete"
+        );
+        assert!(events.contains("\"action\":\"stopped\""), "{events}");
+    }
+}
+
+/// Even when the runner is killed outright, its device processes die with it.
+#[test]
+fn device_processes_die_with_a_killed_runner() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_out, mut child, device) = start_long_run(dir.path());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let started = std::time::Instant::now();
+    while alive(device) && started.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!alive(device), "the device process outlived the runner");
 }

@@ -245,6 +245,7 @@ impl Sessions {
             // which is then replaced regardless.
             let gone = waiting.wait_for(|d| *d);
             let waited = tokio::select! {
+                biased;
                 r = gone => r.is_ok(),
                 _ = self.clock.sleep(TAKEOVER_WAIT) => false,
             };

@@ -300,6 +300,7 @@ impl Device {
             self.emit(DeviceEvent::Connecting { attempt });
             let (token, expiry) = self.token();
             let connected = tokio::select! {
+                biased;
                 _ = stop.cancelled() => break,
                 r = self.connect(&token) => r,
             };
@@ -368,6 +369,7 @@ impl Device {
             return Some(None);
         }
         tokio::select! {
+            biased;
             _ = stop.cancelled() => None,
             g = timer.wait() => Some(g),
         }
@@ -423,6 +425,7 @@ impl Device {
             }
         };
         tokio::select! {
+            biased;
             r = attempt => r,
             _ = timeout => Err(("no CONNACK in time".to_owned(), None)),
         }
@@ -488,6 +491,7 @@ impl Device {
         drop(held.take());
         loop {
             tokio::select! {
+                biased;
                 _ = stop.cancelled() => {
                     if self.has(Bug::NoDisconnect) {
                         close(io).await;
@@ -616,6 +620,7 @@ impl Device {
             tokio::pin!(timeout);
             loop {
                 let packet = tokio::select! {
+                    biased;
                     p = io.read_packet() => p.map_err(|e| format!("waiting for SUBACK: {e}"))?,
                     _ = &mut timeout => return Err("no SUBACK in time".into()),
                 };

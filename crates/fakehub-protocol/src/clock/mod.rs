@@ -218,15 +218,14 @@ impl std::fmt::Debug for VirtualClock {
 }
 
 impl VirtualClock {
-    /// A clock that starts at the real wall time (to the millisecond, so stamps written to files
-    /// read back exactly) and runs at real speed.
+    /// A clock that starts at the real wall time, to the whole second (SAS expiries are whole
+    /// seconds: runs started in different fractions of a second then renew at the same instants, and
+    /// stamps written to files read back exactly), and runs at real speed.
     pub fn new() -> Self {
-        let now = SystemTime::now();
-        let since = now
+        let since = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
-        let whole_ms = Duration::from_millis(u64::try_from(since.as_millis()).unwrap_or(0));
-        Self::starting_at(SystemTime::UNIX_EPOCH + whole_ms)
+        Self::starting_at(SystemTime::UNIX_EPOCH + Duration::from_secs(since.as_secs()))
     }
 
     /// A clock whose virtual wall time starts at `wall`, running at real speed.
@@ -475,6 +474,7 @@ async fn clock_task(inner: std::sync::Weak<Inner>) {
                     None => tokio::time::sleep(Duration::from_secs(86_400 * 365)),
                 };
                 tokio::select! {
+                    biased;
                     _ = sleep => {}
                     _ = wake.notified() => {}
                 }

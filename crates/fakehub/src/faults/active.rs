@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rumqttc::mqttbytes::v4 as mq;
-use tokio::sync::watch;
 
 use super::selector::Matcher;
 use super::unit::{ConnectAttempt, ConnectVerdict, ConnectionHook, FaultUnit, PacketVerdict};
@@ -35,7 +34,8 @@ pub struct ConnectDecision {
 pub struct ActiveFaults {
     entries: Mutex<Vec<Entry>>,
     next_id: AtomicU64,
-    generation: watch::Sender<u64>,
+    /// Bumped on every change (connections refresh their hooks when it moved).
+    generation: AtomicU64,
 }
 
 impl Default for ActiveFaults {
@@ -43,7 +43,7 @@ impl Default for ActiveFaults {
         ActiveFaults {
             entries: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(0),
-            generation: watch::channel(0).0,
+            generation: AtomicU64::new(0),
         }
     }
 }
@@ -58,7 +58,7 @@ impl ActiveFaults {
     }
 
     fn bump(&self) {
-        self.generation.send_modify(|g| *g = g.wrapping_add(1));
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     pub fn insert(&self, id: u64, name: &str, unit: Arc<dyn FaultUnit>, matcher: Matcher) {
@@ -92,12 +92,7 @@ impl ActiveFaults {
 
     /// Bumped on every change.
     pub fn generation(&self) -> u64 {
-        *self.generation.borrow()
-    }
-
-    /// A receiver that wakes on every change.
-    pub fn watch(&self) -> watch::Receiver<u64> {
-        self.generation.subscribe()
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Whether a new TCP connection must be reset before anything is read.

@@ -176,6 +176,7 @@ impl FaultUnit for InbandUnit {
         let tasks = ctx.tasks.clone();
         tasks.spawn(async move {
             let fired = tokio::select! {
+                biased;
                 fired = act.wait() => fired,
                 _ = ctx.shutdown.cancelled() => return,
             };
@@ -184,6 +185,7 @@ impl FaultUnit for InbandUnit {
             let mut end = ctx.clock.timer(crate::clock::wall_add(fired.at, duration));
             drop(fired);
             tokio::select! {
+                biased;
                 fired = end.wait() => {
                     super::end(&ctx, id, Stamp::Wall(fired.at));
                     drop(fired);

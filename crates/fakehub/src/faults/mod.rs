@@ -246,6 +246,7 @@ pub(crate) fn start(
         let mut timer = ctx.clock.timer(deadline);
         ctx.tasks.spawn(async move {
             tokio::select! {
+                biased;
                 fired = timer.wait() => {
                     end(&task_ctx, id, Stamp::Wall(fired.at));
                     drop(fired);

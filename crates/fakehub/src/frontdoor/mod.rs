@@ -22,6 +22,7 @@ pub async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>) {
     let mut last_warning: Option<std::time::Instant> = None;
     loop {
         let accepted = tokio::select! {
+            biased;
             _ = shared.shutdown.cancelled() => break,
             a = listener.accept() => a,
         };
@@ -36,6 +37,7 @@ pub async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>) {
                     last_warning = Some(now);
                 }
                 tokio::select! {
+                    biased;
                     _ = shared.shutdown.cancelled() => break,
                     _ = tokio::time::sleep(Duration::from_millis(50)) => {}
                 }
@@ -48,6 +50,7 @@ pub async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>) {
 pub async fn accept_memory(mut listener: MemoryListener, shared: Arc<Shared>) {
     loop {
         let accepted = tokio::select! {
+            biased;
             _ = shared.shutdown.cancelled() => break,
             a = listener.accept() => a,
         };

@@ -267,6 +267,7 @@ impl Services {
         );
         let deadline = started.saturating_add(timeout);
         tokio::select! {
+            biased;
             r = answered => r.map_err(|_| MethodError::HubStopped),
             _ = self.clock.sleep_until_elapsed(deadline) => {
                 if let Some(m) = lock(&self.methods).remove(&rid) {

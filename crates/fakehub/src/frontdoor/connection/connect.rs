@@ -29,6 +29,7 @@ pub(super) async fn await_connect(
     let shared = guard.shared.clone();
     let limit = shared.config.connect_timeout;
     let first = tokio::select! {
+        biased;
         _ = shared.shutdown.cancelled() => return State::Closing(Some(io), Ending::shutdown(), None),
         _ = shared.clock.sleep(limit) => {
             let detail = format!("no CONNECT within {limit:?}");
@@ -103,6 +104,7 @@ pub(super) async fn authenticate(
         ConnectVerdict::Proceed => {}
         ConnectVerdict::Delay(d) => {
             tokio::select! {
+                biased;
                 _ = shared.shutdown.cancelled() => return State::Closing(Some(io), Ending::shutdown(), None),
                 _ = shared.clock.sleep(d) => {}
             }
@@ -226,6 +228,7 @@ async fn refuse_version(guard: &mut Guard, io: Io, level: String) -> State {
 async fn hang(guard: &mut Guard, mut io: Io, result: ResultCode, reason: String) -> State {
     let shared = guard.shared.clone();
     let ending = tokio::select! {
+        biased;
         _ = shared.shutdown.cancelled() => Ending::shutdown(),
         e = async {
             loop {

@@ -134,6 +134,7 @@ pub(super) async fn shut_wire(mut io: Io, wire: WireClose, clock: &VirtualClock)
         }
         WireClose::Fin => {
             tokio::select! {
+                biased;
                 _ = io.get_mut().shutdown() => {}
                 _ = clock.sleep(LINGER) => {}
             }
@@ -153,6 +154,7 @@ pub(super) async fn linger(io: Io, wire: WireClose, clock: &VirtualClock) {
             while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
         };
         tokio::select! {
+            biased;
             _ = drain => {}
             _ = clock.sleep(LINGER) => {}
         }

@@ -18,6 +18,7 @@ pub(super) async fn run(guard: &mut Guard, stream: Stream) -> State {
     }
     let limit = shared.config.tls_handshake_timeout;
     let tls = tokio::select! {
+        biased;
         _ = shared.shutdown.cancelled() => return State::Closing(None, Ending::shutdown(), None),
         _ = shared.clock.sleep(limit) => {
             let detail = format!("TLS handshake not finished within {limit:?}");

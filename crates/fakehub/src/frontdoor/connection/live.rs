@@ -48,7 +48,6 @@ pub(super) struct Live {
     keepalive: (Duration, Timer),
     token: Option<Timer>,
     hooks: FaultHooks,
-    fault_changes: watch::Receiver<u64>,
     outgoing: mpsc::UnboundedReceiver<Outgoing>,
     /// What the hub could not send yet (a fault stops its writes).
     held: VecDeque<Outgoing>,
@@ -76,8 +75,6 @@ impl Live {
         let window = keepalive_window(keep_alive, shared.config.keepalive_cap);
         let last_inbound = clock.elapsed();
         let deadline = last_inbound.saturating_add(window);
-        let mut fault_changes = shared.faults.watch();
-        fault_changes.borrow_and_update();
         Live {
             io,
             who,
@@ -86,7 +83,6 @@ impl Live {
             keepalive: (deadline, clock.timer_elapsed(deadline)),
             token: expiry.map(|at| clock.timer(at)),
             hooks: shared.faults.hooks(&client_id),
-            fault_changes,
             client_id,
             outgoing: attached.outgoing,
             held: VecDeque::new(),
@@ -114,9 +110,10 @@ impl Live {
             if let Some(r) = self.close.pending() {
                 return self.end(Ending::requested(r), None);
             }
+            // The faults are consulted before every packet (so a fault holds from the moment it is
+            // injected); nothing wakes the connection for a change of faults alone.
             self.hooks.refresh(&shared.faults);
-            let (reads, writes) = (self.hooks.reads(), self.hooks.writes());
-            if writes {
+            if self.hooks.writes() {
                 if let Some(out) = self.held.pop_front() {
                     if let Err(ending) = self.send_outgoing(guard, out).await {
                         return self.end(ending, None);
@@ -157,12 +154,13 @@ impl Live {
                             .at(Stamp::Elapsed(self.keepalive.0)))
                     }
                 }
-                _ = self.fault_changes.changed() => Ok(()),
-                read = self.io.read_packet(), if reads => match read {
+                // A blackhole or half-open connection still reads, and drops what it reads: the
+                // device's packets are lost, as on a dead network.
+                read = self.io.read_packet() => match read {
                     Ok(packet) => self.inbound(guard, packet).await,
                     Err(e) => Err(Ending::from_read(e)),
                 },
-                out = self.outgoing.recv(), if writes => match out {
+                out = self.outgoing.recv() => match out {
                     Some(out) => self.send_outgoing(guard, out).await,
                     None => Err(Ending::hub(WireClose::Fin, CloseCause::CoreClosed, "the session was taken away")),
                 },
@@ -393,6 +391,7 @@ impl Live {
         guard.emit(event);
         let window = self.window;
         let written = tokio::select! {
+            biased;
             r = self.io.write_packet(&packet) => r,
             _ = shared.clock.sleep(window) => {
                 let detail = format!("the device read nothing for {window:?}");
@@ -410,6 +409,7 @@ impl Live {
     async fn after_write_failure(&mut self, guard: &Guard, e: std::io::Error) -> Ending {
         let clock = guard.shared.clock.clone();
         let left = tokio::select! {
+            biased;
             r = async {
                 loop {
                     match self.io.read_packet().await {
