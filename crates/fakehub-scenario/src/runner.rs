@@ -238,12 +238,14 @@ async fn run_in(
     if let Some(time) = rig.time.take() {
         let r = time.stop();
         eprintln!(
-            "fakehub: the time driver skipped {} of idle time in {} skips and sent {} wake signals",
+            "fakehub: the time driver skipped {} of idle time in {} skips and sent {} wake signals ({} busy looks, {:?} looking)",
             humantime::format_duration(Duration::from_millis(
                 u64::try_from(r.skipped.as_millis()).unwrap_or(u64::MAX)
             )),
             r.skips,
-            r.wakes
+            r.wakes,
+            r.busy_looks,
+            r.looking
         );
     }
     drop(rig);

@@ -75,6 +75,10 @@ pub struct DriverReport {
     /// Virtual time skipped (the rest flowed with real time).
     pub skipped: Duration,
     pub wakes: u64,
+    /// Looks that found something busy.
+    pub busy_looks: u64,
+    /// Real time spent looking.
+    pub looking: Duration,
 }
 
 /// The time preload and driver of one run.
@@ -236,11 +240,16 @@ fn drive(
         }
     };
     while !gates.stop.load(Ordering::Acquire) {
+        // Time flows between skips: the hub's deadlines it reaches fire now, not when the clock
+        // task's sleep (computed before the last skip) ends.
+        clock.fire_due();
         if gates.holds.load(Ordering::Acquire) > 0 {
             std::thread::sleep(POLL);
             continue;
         }
+        let looked = Instant::now();
         let scan = shm.scan(&hub.snapshot());
+        report.looking = report.looking.saturating_add(looked.elapsed());
         if gates.holds.load(Ordering::Acquire) > 0 {
             continue;
         }
@@ -282,6 +291,7 @@ fn drive(
                 }
             }
             Quiescence::Busy => {
+                report.busy_looks = report.busy_looks.saturating_add(1);
                 let since = *busy_since.get_or_insert_with(Instant::now);
                 let busy_for = since.elapsed();
                 let faster = BUSY_STEPS
