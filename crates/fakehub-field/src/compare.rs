@@ -198,12 +198,12 @@ pub fn compare(field: &[HubDiagnosis], repro: &[HubDiagnosis]) -> Comparison {
                 );
                 row("refused connects", codes(ac), codes(bc), classes(ac) == classes(bc));
                 row("outage", human(*ao), human(*bo), within(*ao, *bo, 60_000, 30));
-                let lock = |s: i64, b: usize| b >= 3 && s < 1000;
+                let lock = |p: usize, b: usize| b >= 3 && p * 2 >= b;
                 row(
                     "reconnect spread",
-                    format!("{} (peak {ap}/s)", human(*asp)),
-                    format!("{} (peak {bp}/s)", human(*bsp)),
-                    lock(*asp, *ab) == lock(*bsp, *bb),
+                    format!("{} (peak {ap}/s of {ab})", human(*asp)),
+                    format!("{} (peak {bp}/s of {bb})", human(*bsp)),
+                    lock(*ap, *ab) == lock(*bp, *bb),
                 );
             }
             Some((Pattern::Takeover { count: a, .. }, Pattern::Takeover { count: b, .. })) => {

@@ -378,10 +378,11 @@ pub fn token_fits(period_ms: i64) -> String {
     for (lifetime_min, name) in [(60, "60-minute"), (120, "2-hour"), (24 * 60, "24-hour")] {
         let grace = period_ms - lifetime_min * 60_000;
         if (-60_000..=10 * 60_000 + 60_000).contains(&grace) {
-            fits.push(format!(
-                "a {name} token with {} of grace",
-                human(grace.max(0))
-            ));
+            fits.push(if grace < 30_000 {
+                format!("a {name} token with no grace")
+            } else {
+                format!("a {name} token with {} of grace", human(grace))
+            });
         }
     }
     fits.push(format!(
@@ -987,7 +988,8 @@ fn burst_finding(
         }
         m
     };
-    let lockstep = back_times.len() >= 3 && spread < 1000;
+    // Lockstep: half the fleet or more back within the same second.
+    let lockstep = back_times.len() >= 3 && peak * 2 >= back_times.len();
     let mut details = vec![
         format!(
             "{} of {} devices dropped within {} ({})",

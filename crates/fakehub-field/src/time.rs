@@ -225,6 +225,8 @@ pub fn format_portal(ms: Millis) -> String {
 pub fn human(ms: i64) -> String {
     let neg = ms < 0;
     let ms = ms.unsigned_abs();
+    // From a minute up, whole seconds (rounded).
+    let ms = if ms >= 60_000 { (ms + 500) / 1000 * 1000 } else { ms };
     let s = ms / 1000;
     let text = if s == 0 {
         format!("{ms}ms")
@@ -234,7 +236,7 @@ pub fn human(ms: i64) -> String {
         } else {
             format!("{:.1}s", ms as f64 / 1000.0)
         }
-    } else if s < 3600 {
+    } else if s < 7200 {
         if s % 60 == 0 {
             format!("{}m", s / 60)
         } else {
@@ -307,9 +309,10 @@ mod tests {
 
     #[test]
     fn human_durations() {
-        assert_eq!(human(65 * 60_000), "1h05m");
+        assert_eq!(human(65 * 60_000), "65m");
+        assert_eq!(human(3 * 3600_000 + 60_000), "3h01m");
         assert_eq!(human(1767_000), "29m27s");
         assert_eq!(human(850), "850ms");
-        assert_eq!(human(3_600_000), "1h");
+        assert_eq!(human(3_600_000), "60m");
     }
 }
