@@ -290,7 +290,8 @@ fn find_bursts(devs: &[DeviceView]) -> Vec<Burst> {
     let mut all: Vec<(Millis, usize, usize)> = Vec::new();
     for (di, d) in devs.iter().enumerate() {
         for (xi, x) in d.drops.iter().enumerate() {
-            if !x.codes.contains(&400027) {
+            // Takeovers and token expiries are per-device causes even when devices line up.
+            if !x.codes.contains(&400027) && !x.codes.iter().any(|c| is_token_code(*c)) {
                 all.push((x.at, di, xi));
             }
         }
@@ -883,7 +884,7 @@ pub fn diagnose_hub(hub: &str, records: &[&FieldRecord]) -> HubDiagnosis {
             },
             cause: "429xxx throttling (not a 404104 cause, but a fleet reconnecting at once meets it): the hub's connect rate limit",
             cannot_tell: "a fleet reconnecting in lockstep from one that is simply larger than the hub's unit count allows",
-            bug: Some("no-jitter"),
+            bug: None,
             evidence: throttle.0.evidence,
         });
     }
