@@ -300,8 +300,6 @@ fn read_json(path: &Arc<Path>, text: &str, sink: &mut Sink) -> Option<Shape> {
             return None;
         }
     };
-    let first_line = 1 + text.len() - text.trim_start().len();
-    let _ = first_line;
     match &v {
         Value::Object(o) if o.contains_key("records") => {
             let lines = element_lines(text, 1, &|p| {
@@ -460,7 +458,7 @@ fn read_csv(path: &Arc<Path>, text: &str, sink: &mut Sink) {
     for row in rdr.records() {
         match row {
             Ok(rec) => {
-                let line = rec.position().map(|p| p.line() as usize);
+                let line = rec.position().map(|p| line_at(text, p));
                 let obj: Map<String, Value> = headers
                     .iter()
                     .zip(rec.iter())
@@ -470,7 +468,7 @@ fn read_csv(path: &Arc<Path>, text: &str, sink: &mut Sink) {
                 sink.take(from_object(&obj, zone, &src(path, line, None)));
             }
             Err(e) => {
-                let line = e.position().map(|p| p.line() as usize);
+                let line = e.position().map(|p| line_at(text, p));
                 let msg = match e.kind() {
                     csv::ErrorKind::UnequalLengths {
                         expected_len, len, ..
@@ -484,6 +482,17 @@ fn read_csv(path: &Arc<Path>, text: &str, sink: &mut Sink) {
             }
         }
     }
+}
+
+/// The line a CSV record starts on. The csv crate's own line count lags by one after a CRLF (it
+/// counts the `\n` of the previous terminator into the next record), so count from the byte offset.
+fn line_at(text: &str, p: &csv::Position) -> usize {
+    let b = text.as_bytes();
+    let mut at = usize::try_from(p.byte()).unwrap_or(usize::MAX).min(b.len());
+    while at < b.len() && (b[at] == b'\r' || b[at] == b'\n') {
+        at += 1;
+    }
+    b[..at].iter().filter(|&&c| c == b'\n').count() + 1
 }
 
 fn read_capture(path: &Arc<Path>, bytes: &[u8], sink: &mut Sink) {
