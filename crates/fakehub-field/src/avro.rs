@@ -268,10 +268,12 @@ pub fn read_container(bytes: &[u8]) -> Result<Vec<Avro>, String> {
         _ => Vec::new(),
     };
     let meta_get = |k: &str| {
-        meta.iter().find(|(n, _)| n == k).and_then(|(_, v)| match v {
-            Avro::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
-            _ => None,
-        })
+        meta.iter()
+            .find(|(n, _)| n == k)
+            .and_then(|(_, v)| match v {
+                Avro::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                _ => None,
+            })
     };
     let schema_text = meta_get("avro.schema").ok_or("header: no `avro.schema`")?;
     let schema_json: Json = serde_json::from_str(&schema_text)
@@ -350,7 +352,9 @@ pub fn write_capture(events: &[(String, Vec<u8>)], deflate: bool) -> Vec<u8> {
     put_bytes(&mut out, b"avro.schema");
     put_bytes(&mut out, CAPTURE_SCHEMA.as_bytes());
     put_long(&mut out, 0);
-    let sync: Vec<u8> = (0u8..16).map(|i| i.wrapping_mul(37).wrapping_add(11)).collect();
+    let sync: Vec<u8> = (0u8..16)
+        .map(|i| i.wrapping_mul(37).wrapping_add(11))
+        .collect();
     out.extend_from_slice(&sync);
     let mut data = Vec::new();
     for (n, (enqueued, body)) in events.iter().enumerate() {
@@ -393,7 +397,10 @@ mod tests {
             let objs = read_container(&file).unwrap();
             assert_eq!(objs.len(), 2);
             assert_eq!(objs[1].field("SequenceNumber"), Some(&Avro::Long(1)));
-            assert_eq!(objs[1].field("Body"), Some(&Avro::Bytes(b"second".to_vec())));
+            assert_eq!(
+                objs[1].field("Body"),
+                Some(&Avro::Bytes(b"second".to_vec()))
+            );
         }
     }
 

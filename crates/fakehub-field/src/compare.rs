@@ -102,10 +102,21 @@ pub fn compare(field: &[HubDiagnosis], repro: &[HubDiagnosis]) -> Comparison {
                     true,
                 );
             }
-            Some((Pattern::IdleTimeout { session_ms: a, .. }, Pattern::IdleTimeout { session_ms: b, .. })) => {
-                row("idle before the drop", human(*a), human(*b), within(*a, *b, 60_000, 3));
+            Some((
+                Pattern::IdleTimeout { session_ms: a, .. },
+                Pattern::IdleTimeout { session_ms: b, .. },
+            )) => {
+                row(
+                    "idle before the drop",
+                    human(*a),
+                    human(*b),
+                    within(*a, *b, 60_000, 3),
+                );
             }
-            Some((Pattern::Periodic { period_ms: a, .. }, Pattern::Periodic { period_ms: b, .. })) => {
+            Some((
+                Pattern::Periodic { period_ms: a, .. },
+                Pattern::Periodic { period_ms: b, .. },
+            )) => {
                 row("period", human(*a), human(*b), within(*a, *b, 120_000, 5));
             }
             Some((
@@ -120,7 +131,12 @@ pub fn compare(field: &[HubDiagnosis], repro: &[HubDiagnosis]) -> Comparison {
                     ..
                 },
             )) => {
-                row("drops (404104, no period)", a.to_string(), b.to_string(), *b > 0);
+                row(
+                    "drops (404104, no period)",
+                    a.to_string(),
+                    b.to_string(),
+                    *b > 0,
+                );
                 row(
                     "drops never followed by a reconnect",
                     an.to_string(),
@@ -141,12 +157,7 @@ pub fn compare(field: &[HubDiagnosis], repro: &[HubDiagnosis]) -> Comparison {
                 },
             )) => {
                 row("median gap between refusals", human(*ag), human(*bg), true);
-                row(
-                    "recovered",
-                    ar.to_string(),
-                    br.to_string(),
-                    ar == br,
-                );
+                row("recovered", ar.to_string(), br.to_string(), ar == br);
             }
             Some((
                 Pattern::ReconnectStorm {
@@ -163,9 +174,25 @@ pub fn compare(field: &[HubDiagnosis], repro: &[HubDiagnosis]) -> Comparison {
                 row("median retry gap", human(*ag), human(*bg), *bg < 1000);
                 row("codes", codes(ac), codes(bc), classes(ac) == classes(bc));
             }
-            Some((Pattern::HubErrors { codes: ac, span_ms: a, .. }, Pattern::HubErrors { codes: bc, span_ms: b, .. })) => {
+            Some((
+                Pattern::HubErrors {
+                    codes: ac,
+                    span_ms: a,
+                    ..
+                },
+                Pattern::HubErrors {
+                    codes: bc,
+                    span_ms: b,
+                    ..
+                },
+            )) => {
                 row("codes", codes(ac), codes(bc), classes(ac) == classes(bc));
-                row("refused for", human(*a), human(*b), within(*a, *b, 60_000, 30));
+                row(
+                    "refused for",
+                    human(*a),
+                    human(*b),
+                    within(*a, *b, 60_000, 30),
+                );
             }
             Some((
                 Pattern::FleetBurst {
@@ -196,8 +223,18 @@ pub fn compare(field: &[HubDiagnosis], repro: &[HubDiagnosis]) -> Comparison {
                     format!("{bd} of {bf} ({:.0} %)", share(*bd, *bf)),
                     (share(*ad, *af) - share(*bd, *bf)).abs() <= 25.0,
                 );
-                row("refused connects", codes(ac), codes(bc), classes(ac) == classes(bc));
-                row("outage", human(*ao), human(*bo), within(*ao, *bo, 60_000, 30));
+                row(
+                    "refused connects",
+                    codes(ac),
+                    codes(bc),
+                    classes(ac) == classes(bc),
+                );
+                row(
+                    "outage",
+                    human(*ao),
+                    human(*bo),
+                    within(*ao, *bo, 60_000, 30),
+                );
                 let lock = |p: usize, b: usize| b >= 3 && p * 2 >= b;
                 row(
                     "reconnect spread",
@@ -213,7 +250,12 @@ pub fn compare(field: &[HubDiagnosis], repro: &[HubDiagnosis]) -> Comparison {
                 Pattern::Throttling { codes: ac, .. },
                 Pattern::Throttling { codes: bc, .. },
             )) => {
-                row("codes", codes(ac), codes(bc), *bc.keys().next().unwrap_or(&0) / 1000 == 429);
+                row(
+                    "codes",
+                    codes(ac),
+                    codes(bc),
+                    *bc.keys().next().unwrap_or(&0) / 1000 == 429,
+                );
             }
             Some(_) => row("finding", f.title.clone(), "different kind".into(), false),
         }
@@ -238,8 +280,20 @@ pub fn compare(field: &[HubDiagnosis], repro: &[HubDiagnosis]) -> Comparison {
 /// The side-by-side table as printed.
 pub fn render(c: &Comparison) -> String {
     let mut out = String::new();
-    let w = c.rows.iter().map(|r| r.what.len()).max().unwrap_or(8).max(8);
-    let fw = c.rows.iter().map(|r| r.field.chars().count()).max().unwrap_or(5).max(5);
+    let w = c
+        .rows
+        .iter()
+        .map(|r| r.what.len())
+        .max()
+        .unwrap_or(8)
+        .max(8);
+    let fw = c
+        .rows
+        .iter()
+        .map(|r| r.field.chars().count())
+        .max()
+        .unwrap_or(5)
+        .max(5);
     let mut last = String::new();
     for r in &c.rows {
         if r.finding != last {
@@ -256,7 +310,10 @@ pub fn render(c: &Comparison) -> String {
         );
     }
     for e in &c.extra {
-        let _ = writeln!(out, "✗ the reproduction shows a {e} finding the field does not have");
+        let _ = writeln!(
+            out,
+            "✗ the reproduction shows a {e} finding the field does not have"
+        );
     }
     let n = c.reproduced.iter().filter(|(_, ok)| *ok).count();
     let _ = writeln!(
@@ -264,7 +321,11 @@ pub fn render(c: &Comparison) -> String {
         "\n{}: {n} of {} field findings reproduced{}",
         if c.matches() { "MATCH" } else { "NO MATCH" },
         c.reproduced.len(),
-        if c.extra.is_empty() { "" } else { ", with findings the field does not have" }
+        if c.extra.is_empty() {
+            ""
+        } else {
+            ", with findings the field does not have"
+        }
     );
     out
 }

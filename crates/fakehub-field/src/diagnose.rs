@@ -242,7 +242,8 @@ pub fn device_views(records: &[&FieldRecord]) -> Vec<DeviceView> {
                     since = None;
                     v.graceful.push((r.at, r.source.clone()));
                     if let Some(d) = v.drops.last_mut() {
-                        if d.reconnect_ms.is_none() && v.connects.last().is_some_and(|c| c.0 > d.at) {
+                        if d.reconnect_ms.is_none() && v.connects.last().is_some_and(|c| c.0 > d.at)
+                        {
                             d.reconnect_ms = v.connects.last().map(|c| c.0 - d.at);
                         }
                     }
@@ -250,8 +251,7 @@ pub fn device_views(records: &[&FieldRecord]) -> Vec<DeviceView> {
                 (Operation::Disconnect, true) => {
                     let code = r.code.unwrap_or(404104);
                     let merge = v.drops.last().is_some_and(|d| {
-                        r.at - d.at <= SAME_DROP_MS
-                            && !v.connects.last().is_some_and(|c| c.0 > d.at)
+                        r.at - d.at <= SAME_DROP_MS && v.connects.last().is_none_or(|c| c.0 <= d.at)
                     });
                     if merge {
                         if let Some(d) = v.drops.last_mut() {
@@ -431,14 +431,33 @@ pub fn diagnose_hub(hub: &str, records: &[&FieldRecord]) -> HubDiagnosis {
     }
 
     // Per-device patterns, gathered across the fleet.
-    let mut token = (Acc::new(), Vec::<i64>::new(), 0usize, 0usize, Vec::<i64>::new());
+    let mut token = (
+        Acc::new(),
+        Vec::<i64>::new(),
+        0usize,
+        0usize,
+        Vec::<i64>::new(),
+    );
     let mut idle = (Acc::new(), Vec::<i64>::new());
     let mut periodic = (Acc::new(), Vec::<i64>::new());
-    let mut random = (Acc::new(), 0usize, 0.0f64, Vec::<i64>::new(), 0usize, Vec::<i64>::new());
+    let mut random = (
+        Acc::new(),
+        0usize,
+        0.0f64,
+        Vec::<i64>::new(),
+        0usize,
+        Vec::<i64>::new(),
+    );
     let mut takeover = (Acc::new(), 0usize, Vec::<i64>::new());
     let mut auth: Vec<(Acc, Pattern)> = Vec::new();
     let mut storms: Vec<(Acc, Pattern)> = Vec::new();
-    let mut server = (Acc::new(), 0usize, Vec::<u32>::new(), Millis::MAX, Millis::MIN);
+    let mut server = (
+        Acc::new(),
+        0usize,
+        Vec::<u32>::new(),
+        Millis::MAX,
+        Millis::MIN,
+    );
     let mut throttle = (Acc::new(), Vec::<u32>::new(), Millis::MAX, Millis::MIN);
 
     for (di, d) in devs.iter().enumerate() {
@@ -457,7 +476,9 @@ pub fn diagnose_hub(hub: &str, records: &[&FieldRecord]) -> HubDiagnosis {
                 take_times.push(x.at);
                 takeover.0.add(d, x.sources.iter().cloned());
             } else if x.codes.iter().any(|c| is_throttle(*c)) {
-                throttle.1.extend(x.codes.iter().copied().filter(|c| is_throttle(*c)));
+                throttle
+                    .1
+                    .extend(x.codes.iter().copied().filter(|c| is_throttle(*c)));
                 throttle.2 = throttle.2.min(x.at);
                 throttle.3 = throttle.3.max(x.at);
                 throttle.0.add(d, x.sources.iter().cloned());
@@ -502,7 +523,8 @@ pub fn diagnose_hub(hub: &str, records: &[&FieldRecord]) -> HubDiagnosis {
         let periodic_here = lifetimes.len() >= 3 && {
             let m = median(&mut lifetimes).unwrap_or_default();
             let tol = (m * 3 / 100).max(60_000);
-            lifetimes.iter().all(|s| (s - m).abs() <= tol) && rest.iter().all(|x| x.session_ms.is_some())
+            lifetimes.iter().all(|s| (s - m).abs() <= tol)
+                && rest.iter().all(|x| x.session_ms.is_some())
         };
         if periodic_here {
             for x in &rest {
@@ -513,7 +535,9 @@ pub fn diagnose_hub(hub: &str, records: &[&FieldRecord]) -> HubDiagnosis {
             random.1 += rest.len();
             let hours = ((d.last - d.first) as f64 / 3_600_000.0).max(1.0 / 60.0);
             random.2 += rest.len() as f64 / hours;
-            random.3.extend(gaps(&rest.iter().map(|x| x.at).collect::<Vec<_>>()));
+            random
+                .3
+                .extend(gaps(&rest.iter().map(|x| x.at).collect::<Vec<_>>()));
             random.4 += rest.iter().filter(|x| x.reconnect_ms.is_none()).count();
             random.5.extend(rest.iter().filter_map(|x| x.reconnect_ms));
             for x in &rest {
@@ -529,10 +553,7 @@ pub fn diagnose_hub(hub: &str, records: &[&FieldRecord]) -> HubDiagnosis {
             let med = median(&mut g).unwrap_or(0);
             let span = times.last().copied().unwrap_or(0) - times.first().copied().unwrap_or(0);
             let codes = codes_of(run.iter().filter_map(|f| f.code.as_ref()));
-            let authish = run
-                .iter()
-                .filter(|f| f.code.is_some_and(is_auth))
-                .count();
+            let authish = run.iter().filter(|f| f.code.is_some_and(is_auth)).count();
             let recovered = d.connects.iter().any(|c| c.0 > span + times[0]);
             for f in &run {
                 if let Some(c) = f.code {
@@ -575,8 +596,10 @@ pub fn diagnose_hub(hub: &str, records: &[&FieldRecord]) -> HubDiagnosis {
                     },
                 ));
             } else if !in_a_burst && run.iter().any(|f| f.code.is_some_and(is_server)) {
-                let srv: Vec<&&Failure> =
-                    run.iter().filter(|f| f.code.is_some_and(is_server)).collect();
+                let srv: Vec<&&Failure> = run
+                    .iter()
+                    .filter(|f| f.code.is_some_and(is_server))
+                    .collect();
                 server.1 += srv.len();
                 server.2.extend(srv.iter().filter_map(|f| f.code));
                 server.3 = server.3.min(times[0]);
@@ -691,7 +714,10 @@ pub fn diagnose_hub(hub: &str, records: &[&FieldRecord]) -> HubDiagnosis {
             random.2 / n_dev as f64
         )];
         if let Some(i) = interval {
-            details.push(format!("median time between a device's drops: {}", human(i)));
+            details.push(format!(
+                "median time between a device's drops: {}",
+                human(i)
+            ));
         }
         if let Some(r) = reconnect {
             details.push(format!("reconnected after {} (median)", human(r)));

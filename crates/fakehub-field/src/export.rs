@@ -39,7 +39,13 @@ fn resource_parts(id: &str) -> (String, String, String, String, String) {
         n if n >= 2 => (parts[n - 2].to_owned(), parts[n - 1].to_owned()),
         _ => (String::new(), String::new()),
     };
-    (after("SUBSCRIPTIONS"), after("RESOURCEGROUPS"), provider, rtype, name)
+    (
+        after("SUBSCRIPTIONS"),
+        after("RESOURCEGROUPS"),
+        provider,
+        rtype,
+        name,
+    )
 }
 
 /// The `AzureDiagnostics` columns of one record, as Log Analytics stores a Connections record.
@@ -91,8 +97,9 @@ pub fn export(records: &[Value], shape: Shape) -> Vec<u8> {
     };
     match shape {
         Shape::ResourceLogLines => lines(&mut records.iter().map(Value::to_string)),
-        Shape::RecordsDocument => serde_json::to_vec_pretty(&json!({ "records": records }))
-            .unwrap_or_default(),
+        Shape::RecordsDocument => {
+            serde_json::to_vec_pretty(&json!({ "records": records })).unwrap_or_default()
+        }
         Shape::EventBodies => lines(&mut bodies().iter().map(Value::to_string)),
         Shape::RecordArray => serde_json::to_vec_pretty(records).unwrap_or_default(),
         Shape::CaptureAvro => {
@@ -100,7 +107,10 @@ pub fn export(records: &[Value], shape: Shape) -> Vec<u8> {
                 .iter()
                 .map(|b| {
                     let first = b["records"][0].clone();
-                    (time::format(record_time(&first)), b.to_string().into_bytes())
+                    (
+                        time::format(record_time(&first)),
+                        b.to_string().into_bytes(),
+                    )
                 })
                 .collect();
             crate::avro::write_capture(&events, true)
@@ -131,10 +141,11 @@ pub fn export(records: &[Value], shape: Shape) -> Vec<u8> {
             let rows: Vec<Value> = records
                 .iter()
                 .map(|r| {
-                    let mut m: Map<String, Value> = diagnostics_row(r, time::format(record_time(r)))
-                        .into_iter()
-                        .map(|(k, v)| (k.to_owned(), v))
-                        .collect();
+                    let mut m: Map<String, Value> =
+                        diagnostics_row(r, time::format(record_time(r)))
+                            .into_iter()
+                            .map(|(k, v)| (k.to_owned(), v))
+                            .collect();
                     m.insert("TableName".into(), json!("PrimaryResult"));
                     Value::Object(m)
                 })

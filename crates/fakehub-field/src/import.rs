@@ -36,7 +36,9 @@ pub enum Shape {
 impl Shape {
     pub fn describe(self) -> &'static str {
         match self {
-            Shape::ResourceLogLines => "resource-log records, one a line (storage blob / connections.jsonl)",
+            Shape::ResourceLogLines => {
+                "resource-log records, one a line (storage blob / connections.jsonl)"
+            }
             Shape::RecordsDocument => "a {\"records\": [...]} document (Event Hub event body)",
             Shape::EventBodies => "Event Hub event bodies, one {\"records\": [...]} a line",
             Shape::RecordArray => "a JSON array of resource-log records",
@@ -238,7 +240,8 @@ fn read_bytes(path: &Arc<Path>, bytes: &[u8], sink: &mut Sink) -> Option<Shape> 
     let first = text.trim_start().chars().next();
     match first {
         None => {
-            sink.errors.push(FieldError::file(path, "the file is empty"));
+            sink.errors
+                .push(FieldError::file(path, "the file is empty"));
             None
         }
         Some('{') | Some('[') => read_json(path, text, sink),
@@ -302,9 +305,11 @@ fn read_json(path: &Arc<Path>, text: &str, sink: &mut Sink) -> Option<Shape> {
     };
     match &v {
         Value::Object(o) if o.contains_key("records") => {
-            let lines = element_lines(text, 1, &|p| {
-                matches!(p, [Seg::Key(k), Seg::Index(_)] if k == "records")
-            });
+            let lines = element_lines(
+                text,
+                1,
+                &|p| matches!(p, [Seg::Key(k), Seg::Index(_)] if k == "records"),
+            );
             let lines: Vec<usize> = lines.into_iter().map(|(_, l)| l).collect();
             sink.body(&v, &src(path, Some(1), None), Some(&lines));
             Some(Shape::RecordsDocument)
@@ -322,7 +327,8 @@ fn read_json(path: &Arc<Path>, text: &str, sink: &mut Sink) -> Option<Shape> {
             let la = items.iter().any(|i| {
                 i.as_object().is_some_and(|o| {
                     o.keys().any(|k| {
-                        k.eq_ignore_ascii_case("TableName") || k.eq_ignore_ascii_case("TimeGenerated")
+                        k.eq_ignore_ascii_case("TableName")
+                            || k.eq_ignore_ascii_case("TimeGenerated")
                     })
                 })
             });
@@ -363,14 +369,20 @@ fn read_api_tables(path: &Arc<Path>, text: &str, o: &Map<String, Value>, sink: &
         )));
         return;
     };
-    let row_lines = element_lines(text, 1, &|p| {
-        matches!(p, [Seg::Key(t), Seg::Index(_), Seg::Key(r), Seg::Index(_)] if t == "tables" && r == "rows")
-    });
+    let row_lines = element_lines(
+        text,
+        1,
+        &|p| matches!(p, [Seg::Key(t), Seg::Index(_), Seg::Key(r), Seg::Index(_)] if t == "tables" && r == "rows"),
+    );
     for (t, table) in tables.iter().enumerate() {
         let item = format!("tables[{t}]");
         let here = src(path, Some(1), Some(item.clone()));
         let Some(columns) = table.get("columns").and_then(Value::as_array) else {
-            sink.take(Err(FieldError::at(&here, Some("columns"), "missing or not an array")));
+            sink.take(Err(FieldError::at(
+                &here,
+                Some("columns"),
+                "missing or not an array",
+            )));
             continue;
         };
         let names: Vec<Option<&str>> = columns
@@ -386,7 +398,11 @@ fn read_api_tables(path: &Arc<Path>, text: &str, o: &Map<String, Value>, sink: &
             continue;
         }
         let Some(rows) = table.get("rows").and_then(Value::as_array) else {
-            sink.take(Err(FieldError::at(&here, Some("rows"), "missing or not an array")));
+            sink.take(Err(FieldError::at(
+                &here,
+                Some("rows"),
+                "missing or not an array",
+            )));
             continue;
         };
         for (i, row) in rows.iter().enumerate() {
@@ -444,7 +460,9 @@ fn read_csv(path: &Arc<Path>, text: &str, sink: &mut Sink) {
     let known = ["time", "timegenerated", "operationname", "category"];
     if !headers.iter().any(|h| {
         let l = h.to_ascii_lowercase();
-        known.iter().any(|k| l == *k || l.starts_with("timegenerated ["))
+        known
+            .iter()
+            .any(|k| l == *k || l.starts_with("timegenerated ["))
     }) {
         sink.errors.push(FieldError {
             line: Some(1),
@@ -499,7 +517,8 @@ fn read_capture(path: &Arc<Path>, bytes: &[u8], sink: &mut Sink) {
     let objects = match avro::read_container(bytes) {
         Ok(o) => o,
         Err(e) => {
-            sink.errors.push(FieldError::file(path, format!("Avro: {e}")));
+            sink.errors
+                .push(FieldError::file(path, format!("Avro: {e}")));
             return;
         }
     };
@@ -535,7 +554,11 @@ fn read_capture(path: &Arc<Path>, bytes: &[u8], sink: &mut Sink) {
             Err(e) => sink.take(Err(FieldError::at(
                 &here,
                 Some("Body"),
-                format!("not JSON (line {} column {} of the body): {e}", e.line(), e.column()),
+                format!(
+                    "not JSON (line {} column {} of the body): {e}",
+                    e.line(),
+                    e.column()
+                ),
             ))),
         }
     }

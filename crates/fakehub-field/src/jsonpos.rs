@@ -144,9 +144,11 @@ mod tests {
     #[test]
     fn finds_record_lines() {
         let text = "{\n \"records\": [\n  {\"a\": \"x]\\\"\"},\n\n  {\"b\": [1,2]}\n ]\n}";
-        let lines = element_lines(text, 1, &|p| {
-            matches!(p, [Seg::Key(k), Seg::Index(_)] if k == "records")
-        });
+        let lines = element_lines(
+            text,
+            1,
+            &|p| matches!(p, [Seg::Key(k), Seg::Index(_)] if k == "records"),
+        );
         let lines: Vec<usize> = lines.into_iter().map(|(_, l)| l).collect();
         assert_eq!(lines, vec![3, 5]);
     }

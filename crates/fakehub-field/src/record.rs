@@ -136,21 +136,6 @@ impl FieldRecord {
     pub fn is_error(&self) -> bool {
         self.code.is_some() || self.level.eq_ignore_ascii_case("error")
     }
-
-    /// The fields that make two records the same record (everything but where it was read).
-    pub fn key(&self) -> impl Ord + Eq + std::hash::Hash + '_ {
-        (
-            self.at,
-            &self.hub,
-            self.operation,
-            self.code,
-            &self.device,
-            &self.module,
-            self.level.to_ascii_lowercase(),
-            &self.sdk,
-            &self.protocol,
-        )
-    }
 }
 
 /// What reading one object gave.
@@ -216,7 +201,12 @@ pub enum Zone {
 /// `AzureDiagnostics` row (`TimeGenerated`, `ResourceId`/`Resource`, `Category`, `OperationName`,
 /// `Level`, `ResultType`, `ResultDescription`, `properties_s`, or projected `DeviceId`/`SDKVersion`
 /// columns).
-pub fn from_object(obj: &Map<String, Value>, zone: Zone, source: &Source) -> Result<Read, FieldError> {
+#[allow(clippy::result_large_err)] // errors are rare and carry their location whole
+pub fn from_object(
+    obj: &Map<String, Value>,
+    zone: Zone,
+    source: &Source,
+) -> Result<Read, FieldError> {
     let err = |field: &str, msg: String| FieldError::at(source, Some(field), msg);
     if let Some((_, v)) = get(obj, &["ResourceType"]) {
         if let Some(t) = as_text(v) {
@@ -285,20 +275,28 @@ pub fn from_object(obj: &Map<String, Value>, zone: Zone, source: &Source) -> Res
         .and_then(|(_, v)| as_text(v))
         .map(|r| hub_name(&r))
         .unwrap_or_default();
-    let code = match get(obj, &["resultType"]) {
-        None => None,
-        Some((k, v)) => match as_text(v) {
-            Some(t) if t.trim().is_empty() => None,
-            Some(t) => Some(t.trim().parse::<u32>().map_err(|_| {
-                err(k, format!("{} is not an IoT Hub error code", excerpt(&t)))
-            })?),
-            None => return Err(err(k, "not a string or number".into())),
-        },
-    };
+    let code =
+        match get(obj, &["resultType"]) {
+            None => None,
+            Some((k, v)) => match as_text(v) {
+                Some(t) if t.trim().is_empty() => None,
+                Some(t) => Some(t.trim().parse::<u32>().map_err(|_| {
+                    err(k, format!("{} is not an IoT Hub error code", excerpt(&t)))
+                })?),
+                None => return Err(err(k, "not a string or number".into())),
+            },
+        };
     let level = get(obj, &["level"])
         .and_then(|(_, v)| as_text(v))
         .filter(|l| !l.is_empty())
-        .unwrap_or_else(|| if code.is_some() { "Error" } else { "Information" }.into());
+        .unwrap_or_else(|| {
+            if code.is_some() {
+                "Error"
+            } else {
+                "Information"
+            }
+            .into()
+        });
     let description = get(obj, &["resultDescription"])
         .and_then(|(_, v)| as_text(v))
         .filter(|d| !d.is_empty());
@@ -339,7 +337,11 @@ pub fn from_object(obj: &Map<String, Value>, zone: Zone, source: &Source) -> Res
         .or_else(|| column(&["DeviceId", "deviceId_s"]))
         .ok_or_else(|| {
             err(
-                if props.is_some() { "properties.deviceId" } else { "properties" },
+                if props.is_some() {
+                    "properties.deviceId"
+                } else {
+                    "properties"
+                },
                 "missing: a Connections record names its device".into(),
             )
         })?;
@@ -357,7 +359,8 @@ pub fn from_object(obj: &Map<String, Value>, zone: Zone, source: &Source) -> Res
         description,
         device,
         module: prop(&["moduleId"]).or_else(|| column(&["ModuleId", "moduleId_s"])),
-        sdk: prop(&["sdkVersion"]).or_else(|| column(&["SDKVersion", "SdkVersion", "sdkVersion_s"])),
+        sdk: prop(&["sdkVersion"])
+            .or_else(|| column(&["SDKVersion", "SdkVersion", "sdkVersion_s"])),
         protocol: prop(&["protocol"]).or_else(|| column(&["Protocol", "protocol_s"])),
         auth,
         source: source.clone(),

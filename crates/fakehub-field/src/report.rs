@@ -77,7 +77,10 @@ pub fn text(hubs: &[HubDiagnosis], written: &[(usize, Written)]) -> String {
             format(h.last)
         );
         if h.findings.is_empty() {
-            put!(out, "  no 404104 pattern: no drops, refusals, takeovers or throttling\n");
+            put!(
+                out,
+                "  no 404104 pattern: no drops, refusals, takeovers or throttling\n"
+            );
         }
         for (fi, f) in h.findings.iter().enumerate() {
             put!(out, "  [{}] {}\n", fi + 1, f.title);
@@ -87,14 +90,14 @@ pub fn text(hubs: &[HubDiagnosis], written: &[(usize, Written)]) -> String {
             put!(out, "      matches: {}\n", f.cause);
             put!(out, "      cannot tell apart: {}\n", f.cannot_tell);
             put!(out, "      records: {}\n", evidence_list(f, 8));
-            if let Some((_, w)) = written
-                .iter()
-                .filter(|(i, _)| *i == hi)
-                .nth(fi)
-            {
+            if let Some((_, w)) = written.iter().filter(|(i, _)| *i == hi).nth(fi) {
                 match w.bug {
                     Some(b) => {
-                        put!(out, "      scenario: {} (fails with --sample-bug {b})\n", w.file_name);
+                        put!(
+                            out,
+                            "      scenario: {} (fails with --sample-bug {b})\n",
+                            w.file_name
+                        );
                     }
                     None => {
                         put!(out, "      scenario: {}\n", w.file_name);
@@ -139,7 +142,10 @@ pub fn markdown(import: &Import, hubs: &[HubDiagnosis], written: &[(usize, Writt
             human(h.last - h.first)
         );
         if h.findings.is_empty() {
-            put!(out, "No 404104 pattern: no drops, refusals, takeovers or throttling.\n\n");
+            put!(
+                out,
+                "No 404104 pattern: no drops, refusals, takeovers or throttling.\n\n"
+            );
         }
         let mine: Vec<&Written> = written
             .iter()
@@ -250,8 +256,16 @@ fn timeline(out: &mut String, h: &HubDiagnosis) {
         .iter()
         .flat_map(|f| f.devices.iter().map(String::as_str))
         .collect();
-    let mut rows: Vec<&DeviceView> = h.devices.iter().filter(|d| flagged.contains(d.id.as_str())).collect();
-    rows.extend(h.devices.iter().filter(|d| !flagged.contains(d.id.as_str())));
+    let mut rows: Vec<&DeviceView> = h
+        .devices
+        .iter()
+        .filter(|d| flagged.contains(d.id.as_str()))
+        .collect();
+    rows.extend(
+        h.devices
+            .iter()
+            .filter(|d| !flagged.contains(d.id.as_str())),
+    );
     let shown = rows.len().min(40);
     let height = 24.0 + shown as f64 * ROW;
     put!(
@@ -335,7 +349,11 @@ fn timeline(out: &mut String, h: &HubDiagnosis) {
     }
     out.push_str("</svg>\n");
     if rows.len() > shown {
-        put!(out, "<p class=\"facts\">{} more devices not drawn.</p>\n", rows.len() - shown);
+        put!(
+            out,
+            "<p class=\"facts\">{} more devices not drawn.</p>\n",
+            rows.len() - shown
+        );
     }
 }
 
@@ -377,12 +395,21 @@ pub fn html(import: &Import, hubs: &[HubDiagnosis], written: &[(usize, Written)]
             .map(|(_, w)| w)
             .collect();
         for (fi, f) in h.findings.iter().enumerate() {
-            put!(out, "<div class=\"finding\"><h3>{}. {}</h3><ul>", fi + 1, esc(&f.title));
+            put!(
+                out,
+                "<div class=\"finding\"><h3>{}. {}</h3><ul>",
+                fi + 1,
+                esc(&f.title)
+            );
             for d in &f.details {
                 put!(out, "<li>{}</li>", esc(d));
             }
             put!(out, "<li><b>Matches:</b> {}</li>", esc(f.cause));
-            put!(out, "<li><b>Cannot tell apart:</b> {}</li>", esc(f.cannot_tell));
+            put!(
+                out,
+                "<li><b>Cannot tell apart:</b> {}</li>",
+                esc(f.cannot_tell)
+            );
             if let Some(w) = mine.get(fi) {
                 put!(
                     out,
@@ -393,7 +420,11 @@ pub fn html(import: &Import, hubs: &[HubDiagnosis], written: &[(usize, Written)]
                         .unwrap_or_default()
                 );
             }
-            put!(out, "</ul><div class=\"ev\">{}</div></div>\n", esc(&evidence_list(f, 20)));
+            put!(
+                out,
+                "</ul><div class=\"ev\">{}</div></div>\n",
+                esc(&evidence_list(f, 20))
+            );
         }
         timeline(&mut out, h);
     }

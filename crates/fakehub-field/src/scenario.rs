@@ -106,7 +106,11 @@ fn header(out: &mut String, hub: &HubDiagnosis, f: &Finding, bug: Option<&str>, 
         "# Evidence ({} records): {}{}",
         f.evidence.len(),
         shown.join(", "),
-        if f.evidence.len() > shown.len() { ", …" } else { "" }
+        if f.evidence.len() > shown.len() {
+            ", …"
+        } else {
+            ""
+        }
     );
     let ids: Vec<&str> = f.devices.iter().take(5).map(String::as_str).collect();
     let _ = writeln!(
@@ -114,7 +118,11 @@ fn header(out: &mut String, hub: &HubDiagnosis, f: &Finding, bug: Option<&str>, 
         "# Field devices: {} ({}{}); sdkVersion: {}",
         f.devices.len(),
         ids.join(", "),
-        if f.devices.len() > ids.len() { ", …" } else { "" },
+        if f.devices.len() > ids.len() {
+            ", …"
+        } else {
+            ""
+        },
         if f.sdks.is_empty() {
             "not in the records".to_owned()
         } else {
@@ -123,7 +131,10 @@ fn header(out: &mut String, hub: &HubDiagnosis, f: &Finding, bug: Option<&str>, 
     );
     let _ = writeln!(out, "# Guide: {}", f.cause);
     let _ = writeln!(out, "# The log cannot tell apart: {}.", f.cannot_tell);
-    let _ = writeln!(out, "# Seed: {SEED}. The sample device stands in for the field devices.");
+    let _ = writeln!(
+        out,
+        "# Seed: {SEED}. The sample device stands in for the field devices."
+    );
     match bug {
         Some(b) => {
             let _ = writeln!(
@@ -203,11 +214,7 @@ pub fn write(hub: &HubDiagnosis, index: usize) -> Option<Written> {
                     interval_ms,
                     not_reconnected,
                     ..
-                } => (
-                    *drops,
-                    interval_ms.unwrap_or(10 * 60_000),
-                    *not_reconnected,
-                ),
+                } => (*drops, interval_ms.unwrap_or(10 * 60_000), *not_reconnected),
                 Pattern::Periodic { period_ms, drops } => (*drops, *period_ms, 0),
                 _ => (1, 10 * 60_000, 0),
             };
@@ -220,7 +227,10 @@ pub fn write(hub: &HubDiagnosis, index: usize) -> Option<Written> {
                     human(spacing)
                 ));
             }
-            let _ = write!(body, "devices:\n  - id: {qd}\ntimeline:\n  - advance: 10m\n");
+            let _ = write!(
+                body,
+                "devices:\n  - id: {qd}\ntimeline:\n  - advance: 10m\n"
+            );
             for _ in 0..resets {
                 let _ = write!(
                     body,
@@ -253,10 +263,12 @@ pub fn write(hub: &HubDiagnosis, index: usize) -> Option<Written> {
             (
                 "auth-loop".to_owned(),
                 Some("stale-token"),
-                "Connects refused with 401003 again and again: a credential the hub refuses".to_owned(),
+                "Connects refused with 401003 again and again: a credential the hub refuses"
+                    .to_owned(),
             )
         }
-        Pattern::ReconnectStorm { span_ms, codes, .. } | Pattern::HubErrors { span_ms, codes, .. } => {
+        Pattern::ReconnectStorm { span_ms, codes, .. }
+        | Pattern::HubErrors { span_ms, codes, .. } => {
             let outage = round_up_minute(*span_ms).clamp(60_000, 15 * 60_000);
             let mode = if codes.contains_key(&500001) || codes.is_empty() {
                 "connack3"
@@ -359,7 +371,8 @@ pub fn write(hub: &HubDiagnosis, index: usize) -> Option<Written> {
         }
         Pattern::Takeover { count, interval_ms } => {
             let per_device = count.div_ceil(f.devices.len().max(1)).clamp(1, 3);
-            let spacing = round_up_minute(interval_ms.unwrap_or(5 * 60_000)).clamp(2 * 60_000, 30 * 60_000);
+            let spacing =
+                round_up_minute(interval_ms.unwrap_or(5 * 60_000)).clamp(2 * 60_000, 30 * 60_000);
             let _ = write!(body, "devices:\n  - id: {qd}\ntimeline:\n  - advance: 5m\n");
             for _ in 0..per_device {
                 let _ = write!(
@@ -429,11 +442,17 @@ pub fn write_all(hub: &HubDiagnosis) -> Vec<Written> {
         if let Some(mut w) = write(hub, i) {
             let mut k = 2;
             while out.iter().any(|o| o.name == w.name) {
-                let base = w.name.trim_end_matches(char::is_numeric).trim_end_matches('-');
+                let base = w
+                    .name
+                    .trim_end_matches(char::is_numeric)
+                    .trim_end_matches('-');
                 let new = format!("{base}-{k}");
                 w.yaml = w
                     .yaml
-                    .replace(&format!("name: {}", q(&w.name)), &format!("name: {}", q(&new)))
+                    .replace(
+                        &format!("name: {}", q(&w.name)),
+                        &format!("name: {}", q(&new)),
+                    )
                     .replace(&w.file_name, &format!("{new}.yaml"));
                 w.file_name = format!("{new}.yaml");
                 w.name = new;

@@ -47,7 +47,20 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> Option<i64> {
         return None;
     }
     let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    let month_days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
     if d > month_days[(m - 1) as usize] {
         return None;
     }
@@ -226,7 +239,11 @@ pub fn human(ms: i64) -> String {
     let neg = ms < 0;
     let ms = ms.unsigned_abs();
     // From a minute up, whole seconds (rounded).
-    let ms = if ms >= 60_000 { (ms + 500) / 1000 * 1000 } else { ms };
+    let ms = if ms >= 60_000 {
+        (ms + 500) / 1000 * 1000
+    } else {
+        ms
+    };
     let s = ms / 1000;
     let text = if s == 0 {
         format!("{ms}ms")
@@ -310,8 +327,8 @@ mod tests {
     #[test]
     fn human_durations() {
         assert_eq!(human(65 * 60_000), "65m");
-        assert_eq!(human(3 * 3600_000 + 60_000), "3h01m");
-        assert_eq!(human(1767_000), "29m27s");
+        assert_eq!(human(3 * 3_600_000 + 60_000), "3h01m");
+        assert_eq!(human(1_767_000), "29m27s");
         assert_eq!(human(850), "850ms");
         assert_eq!(human(3_600_000), "60m");
     }

@@ -62,10 +62,7 @@ enum Command {
     },
     /// Put a field log and a reproduction's records (its output directory) side by side: exit 0
     /// when the reproduction matches, 1 when it does not, 2 for unreadable input.
-    Compare {
-        field: PathBuf,
-        out_dir: PathBuf,
-    },
+    Compare { field: PathBuf, out_dir: PathBuf },
     /// Run a hub until Ctrl-C or SIGTERM, writing ca.pem, events.jsonl and connections.jsonl.
     Serve {
         /// The hub configuration (YAML).
@@ -125,9 +122,10 @@ fn main() -> ExitCode {
                 println!("{}", serde_json::to_string_pretty(&scenario::schema())?);
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Import { files, out } => {
-                field_import(&files, out.as_deref().unwrap_or(Path::new("fakehub-out/field")))
-            }
+            Command::Import { files, out } => field_import(
+                &files,
+                out.as_deref().unwrap_or(Path::new("fakehub-out/field")),
+            ),
             Command::Compare { field, out_dir } => field_compare(&field, &out_dir),
             Command::Validate { scenarios } => {
                 for path in &scenarios {

@@ -51,7 +51,8 @@ fn round_trip(scenario: &str, bug: &str, check: impl Fn(&Pattern) -> bool) {
     for (shape, name) in export::ALL {
         let file = shapes.join(name);
         std::fs::write(&file, export::export(&records, shape)).unwrap();
-        let import = fakehub_field::import_files(&[&file]).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        let import =
+            fakehub_field::import_files(&[&file]).unwrap_or_else(|e| panic!("{name}: {e:?}"));
         // One event body on one line is also a `{"records": [...]}` document.
         let one_body = shape == fakehub_field::Shape::EventBodies && records.len() <= 50;
         if !(one_body && import.files[0].shape == fakehub_field::Shape::RecordsDocument) {
@@ -80,7 +81,10 @@ fn round_trip(scenario: &str, bug: &str, check: impl Fn(&Pattern) -> bool) {
     args.extend(["--out", s(&imported)]);
     let (code, out, err) = fakehub(&args);
     assert_eq!(code, 0, "{out}\n{err}");
-    assert!(out.contains(&format!("{} duplicate records dropped", records.len() * 7)), "{out}");
+    assert!(
+        out.contains(&format!("{} duplicate records dropped", records.len() * 7)),
+        "{out}"
+    );
     assert!(imported.join("diagnosis.md").exists() && imported.join("diagnosis.html").exists());
     let md = std::fs::read_to_string(imported.join("diagnosis.md")).unwrap();
     let scenario_file = md
@@ -101,10 +105,16 @@ fn round_trip(scenario: &str, bug: &str, check: impl Fn(&Pattern) -> bool) {
     // The buggy reproduction shows the field's pattern; the well-behaved one does not.
     let csv = shapes.join("query_data.csv");
     let (code, out, err) = fakehub(&["compare", s(&csv), s(&bad)]);
-    assert_eq!(code, 0, "compare with the buggy reproduction:\n{out}\n{err}");
+    assert_eq!(
+        code, 0,
+        "compare with the buggy reproduction:\n{out}\n{err}"
+    );
     assert!(out.contains("MATCH"), "{out}");
     let (code, out, _) = fakehub(&["compare", s(&csv), s(&good)]);
-    assert_eq!(code, 1, "compare with the well-behaved reproduction:\n{out}");
+    assert_eq!(
+        code, 1,
+        "compare with the well-behaved reproduction:\n{out}"
+    );
 }
 
 #[test]
@@ -125,15 +135,24 @@ fn token_expiry_60m() {
 
 #[test]
 fn keepalive_idle_timeout() {
-    round_trip("keepalive-idle-timeout", "huge-keepalive", |p| {
-        matches!(p, Pattern::IdleTimeout { session_ms, .. } if (session_ms - 1_767_000).abs() <= 30_000)
-    });
+    round_trip(
+        "keepalive-idle-timeout",
+        "huge-keepalive",
+        |p| matches!(p, Pattern::IdleTimeout { session_ms, .. } if (session_ms - 1_767_000).abs() <= 30_000),
+    );
 }
 
 #[test]
 fn tcp_reset_no_disconnect() {
     round_trip("tcp-reset-no-disconnect", "no-disconnect", |p| {
-        matches!(p, Pattern::RandomDrops { drops: 2, not_reconnected: 1, .. })
+        matches!(
+            p,
+            Pattern::RandomDrops {
+                drops: 2,
+                not_reconnected: 1,
+                ..
+            }
+        )
     });
 }
 
