@@ -290,9 +290,7 @@ fn field_import(files: &[PathBuf], out: &Path) -> anyhow::Result<ExitCode> {
     print!("{}", fakehub_field::report::import_summary(&import));
     print!("{}", fakehub_field::report::text(&hubs, &written));
     println!(
-        "
-wrote {} and {} scenario(s) to {}",
-        "diagnosis.md, diagnosis.html",
+        "\nwrote diagnosis.md, diagnosis.html and {} scenario(s) to {}",
         written.len(),
         out.display()
     );
