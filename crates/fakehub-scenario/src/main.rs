@@ -44,6 +44,19 @@ enum Command {
     },
     /// Print the JSON Schema of the scenario format.
     Schema,
+    /// Read IoT Hub Connections logs (Log Analytics CSV/JSON, storage blobs, Event Hub bodies and
+    /// Capture files, connections.jsonl), diagnose them, and write diagnosis.md, diagnosis.html
+    /// and one scenario per finding: exit 0, or 2 for unreadable input.
+    Import {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Where to write (default fakehub-out/field).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Put a field log and a reproduction's records (its output directory) side by side: exit 0
+    /// when the reproduction matches, 1 when it does not, 2 for unreadable input.
+    Compare { field: PathBuf, out_dir: PathBuf },
     /// Run a hub until Ctrl-C or SIGTERM, writing ca.pem, events.jsonl and connections.jsonl.
     Serve {
         /// The hub configuration (YAML).
@@ -120,6 +133,11 @@ fn main() -> ExitCode {
                 println!("{}", serde_json::to_string_pretty(&scenario::schema())?);
                 Ok(ExitCode::SUCCESS)
             }
+            Command::Import { files, out } => field_import(
+                &files,
+                out.as_deref().unwrap_or(Path::new("fakehub-out/field")),
+            ),
+            Command::Compare { field, out_dir } => field_compare(&field, &out_dir),
             Command::Validate { scenarios } => {
                 for path in &scenarios {
                     let s = scenario::load(path)?;
@@ -217,6 +235,77 @@ fn run(
     Ok(if interrupted {
         ExitCode::from(2)
     } else if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Print located import errors; the exit status for bad input.
+fn import_errors(errors: &[fakehub_field::FieldError]) -> ExitCode {
+    for e in errors {
+        eprintln!("fakehub: {e}");
+    }
+    ExitCode::from(2)
+}
+
+/// `fakehub import`: read, diagnose, write the diagnosis and one checked scenario per finding.
+fn field_import(files: &[PathBuf], out: &Path) -> anyhow::Result<ExitCode> {
+    let import = match fakehub_field::import_files(files) {
+        Ok(i) => i,
+        Err(errors) => return Ok(import_errors(&errors)),
+    };
+    let hubs = fakehub_field::diagnose(&import);
+    let mut written = Vec::new();
+    for (i, hub) in hubs.iter().enumerate() {
+        for w in fakehub_field::scenario::write_all(hub) {
+            // Every written scenario goes through the same checks as `fakehub validate`.
+            scenario::parse(&out.join(&w.file_name), &w.yaml)?;
+            written.push((i, w));
+        }
+    }
+    std::fs::create_dir_all(out)?;
+    for (_, w) in &written {
+        std::fs::write(out.join(&w.file_name), &w.yaml)?;
+    }
+    std::fs::write(
+        out.join("diagnosis.md"),
+        fakehub_field::report::markdown(&import, &hubs, &written),
+    )?;
+    std::fs::write(
+        out.join("diagnosis.html"),
+        fakehub_field::report::html(&import, &hubs, &written),
+    )?;
+    print!("{}", fakehub_field::report::import_summary(&import));
+    print!("{}", fakehub_field::report::text(&hubs, &written));
+    println!(
+        "\nwrote diagnosis.md, diagnosis.html and {} scenario(s) to {}",
+        written.len(),
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `fakehub compare`: the field's findings next to a reproduction's.
+fn field_compare(field: &Path, out_dir: &Path) -> anyhow::Result<ExitCode> {
+    let field_import = match fakehub_field::import_files(&[field]) {
+        Ok(i) => i,
+        Err(errors) => return Ok(import_errors(&errors)),
+    };
+    let repro_file = if out_dir.is_dir() {
+        out_dir.join("connections.jsonl")
+    } else {
+        out_dir.to_owned()
+    };
+    let repro_import = match fakehub_field::import_files(&[&repro_file]) {
+        Ok(i) => i,
+        Err(errors) => return Ok(import_errors(&errors)),
+    };
+    let a = fakehub_field::diagnose(&field_import);
+    let b = fakehub_field::diagnose(&repro_import);
+    let c = fakehub_field::compare::compare(&a, &b);
+    print!("{}", fakehub_field::compare::render(&c));
+    Ok(if c.matches() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
