@@ -195,7 +195,7 @@ pub fn write(hub: &HubDiagnosis, index: usize) -> Option<Written> {
             let wait = round_up_minute(session_ms + 90_000);
             let _ = write!(
                 body,
-                "hub:\n  speed: 60           # idle time must flow (jumps are not idleness)\ndevices:\n  - id: {qd}\n    telemetry_interval: 2h   # quiet, as the field device was\ntimeline:\n  - wait: {}\nexpect:\n  - keepalive: {{ device: {qd} }}\n  - records: {{ code: 404104, device: {qd}, count: 0 }}\n  - connected: {{ device: {qd} }}\n",
+                "devices:\n  - id: {qd}\n    telemetry_interval: 2h   # quiet, as the field device was\ntimeline:\n  - wait: {}\nexpect:\n  - keepalive: {{ device: {qd} }}\n  - records: {{ code: 404104, device: {qd}, count: 0 }}\n  - connected: {{ device: {qd} }}\n",
                 dur(wait)
             );
             (

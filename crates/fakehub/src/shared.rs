@@ -32,6 +32,8 @@ pub struct FrontDoorConfig {
     pub max_packet_size: usize,
     /// Whether in-memory connections use TLS too (TCP ones always do).
     pub memory_tls: bool,
+    /// How long an in-memory connection takes to establish (a network round trip).
+    pub memory_rtt: Duration,
 }
 
 /// The running hub's parts.

@@ -64,6 +64,7 @@ pub struct HubBuilder {
     certificates: Option<HubCertificates>,
     out_dir: Option<PathBuf>,
     memory_tls: bool,
+    memory_rtt: Duration,
     seed: u64,
 }
 
@@ -89,6 +90,7 @@ impl HubBuilder {
             certificates: None,
             out_dir: None,
             memory_tls: true,
+            memory_rtt: Duration::from_millis(20),
             seed: 0,
         }
     }
@@ -219,6 +221,14 @@ impl HubBuilder {
     /// handshakes, which are not under test there; TCP connections always use TLS.
     pub fn memory_tls(mut self, tls: bool) -> Self {
         self.memory_tls = tls;
+        self
+    }
+
+    /// How long (virtual time) an in-memory connection takes to establish, as a network round trip
+    /// would (default 20 ms). It keeps time moving when an in-process device reconnects without
+    /// backing off: in the simulated regime, handling a connection costs no time of its own.
+    pub fn memory_rtt(mut self, rtt: Duration) -> Self {
+        self.memory_rtt = rtt;
         self
     }
 
@@ -369,6 +379,7 @@ impl Hub {
             connect_timeout: b.connect_timeout,
             max_packet_size: b.max_packet_size,
             memory_tls: b.memory_tls,
+            memory_rtt: b.memory_rtt,
         };
         let registry = Registry::new(b.registry);
         registry.trust_certificate_authority(certificates.ca_der());

@@ -13,6 +13,14 @@ pub(super) async fn run(guard: &mut Guard, stream: Stream) -> State {
     let shared = guard.shared.clone();
     let _ = stream.set_nodelay();
     let max = shared.config.max_packet_size;
+    if stream.is_memory() {
+        // A network round trip to establish it (TCP's handshake), as a real link would take.
+        tokio::select! {
+            biased;
+            _ = shared.shutdown.cancelled() => return State::Closing(None, Ending::shutdown(), None),
+            _ = shared.clock.sleep(shared.config.memory_rtt) => {}
+        }
+    }
     if stream.is_memory() && !shared.config.memory_tls {
         return State::AwaitingConnect(MqttIo::new(Secured::Plain(stream), max), Vec::new());
     }
