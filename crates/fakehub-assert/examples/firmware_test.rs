@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use fakehub::faults::{Fault, FaultKind, OutageMode};
 use fakehub::Hub;
-use fakehub_assert::{backoff, no_message_loss, recovers, renews_token, BackoffRule, Ledger, Log};
+use fakehub_assert::{
+    backoff, no_message_loss, recovers, renews_token, BackoffRule, Log, LossRule,
+};
 use sample_device::{DeviceOptions, InProcess};
 
 #[tokio::main]
@@ -53,7 +55,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             },
         ),
         renews_token(&log, "sensor-1"),
-        no_message_loss(&log, "sensor-1", Ledger::MessageId),
+        no_message_loss(&log, "sensor-1", LossRule::default()),
     ];
     for v in &verdicts {
         println!("{v}");

@@ -1,12 +1,16 @@
 //! The YAML `expect:` catalogue: each entry is one rule of [`crate::rules`], for one device or,
-//! when `device` is left out, for every device in the log.
+//! when `device` is left out, for every device of the run (one verdict each). Only `fleet_spread`
+//! and `records` with `fleet: true` judge the fleet as a whole.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::log::Log;
-use crate::rules::{self, BackoffRule, Ledger, RecordRule, Verdict};
+use crate::rules::connections::BackoffRule;
+use crate::rules::messages::{Ledger, LossRule};
+use crate::rules::records::RecordRule;
+use crate::rules::{self, Verdict};
 
 /// A time since the start of the run with a tolerance, written `65m ± 1m` (or `65m +- 1m`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,12 +106,17 @@ pub enum Expectation {
         #[serde(with = "humantime_serde")]
         min_spread: Duration,
     },
-    /// The QoS 1 ledger: nothing lost, nothing reordered.
+    /// The QoS 1 ledger: nothing lost (duplicates and reordering are reported; they fail only with
+    /// `max_duplicates` and `ordered: true`).
     NoMessageLoss {
         #[serde(default)]
         device: Option<String>,
         #[serde(default)]
         by: Ledger,
+        #[serde(default)]
+        max_duplicates: Option<usize>,
+        #[serde(default)]
+        ordered: bool,
     },
     /// Subscriptions restored after a reconnect without a session (within `within`, default 30s).
     Resubscribes {
@@ -131,12 +140,15 @@ pub enum Expectation {
         #[serde(default)]
         max: Option<u16>,
     },
-    /// Connections records with a result code: how many, and when.
+    /// Connections records with a result code: how many, and when — per device, or with
+    /// `fleet: true` for all devices' records together.
     Records {
         #[serde(default)]
         code: Option<u32>,
         #[serde(default)]
         device: Option<String>,
+        #[serde(default)]
+        fleet: bool,
         #[serde(default)]
         count: Option<usize>,
         #[serde(default)]
@@ -146,6 +158,38 @@ pub enum Expectation {
         #[serde(default)]
         #[schemars(with = "Option<String>")]
         at: Option<TimeWindow>,
+    },
+    /// Direct method calls (`name`, or any) answered with `status` (default 200) within `within`
+    /// (default 30s).
+    Method {
+        #[serde(default)]
+        device: Option<String>,
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        status: Option<i32>,
+        #[schemars(with = "Option<String>")]
+        #[serde(default, with = "humantime_serde")]
+        within: Option<Duration>,
+    },
+    /// Cloud-to-device messages completed (PUBACK) within `within` (default 60s); at least `count`.
+    C2dDelivered {
+        #[serde(default)]
+        device: Option<String>,
+        #[serde(default)]
+        count: Option<usize>,
+        #[schemars(with = "Option<String>")]
+        #[serde(default, with = "humantime_serde")]
+        within: Option<Duration>,
+    },
+    /// Desired-property updates acknowledged in the reported properties within `within` (default
+    /// 60s).
+    DesiredApplied {
+        #[serde(default)]
+        device: Option<String>,
+        #[schemars(with = "Option<String>")]
+        #[serde(default, with = "humantime_serde")]
+        within: Option<Duration>,
     },
 }
 
@@ -164,15 +208,43 @@ impl Expectation {
             Expectation::GracefulDisconnect { .. } => "graceful_disconnect",
             Expectation::Keepalive { .. } => "keepalive",
             Expectation::Records { .. } => "records",
+            Expectation::Method { .. } => "method",
+            Expectation::C2dDelivered { .. } => "c2d_delivered",
+            Expectation::DesiredApplied { .. } => "desired_applied",
         }
     }
 
-    /// Judge the log: one verdict per device the expectation covers.
+    /// The device the expectation names, if it names one.
+    pub fn device(&self) -> Option<&str> {
+        match self {
+            Expectation::Connected { device }
+            | Expectation::Recovers { device, .. }
+            | Expectation::RenewsToken { device }
+            | Expectation::Backoff { device, .. }
+            | Expectation::NoTightLoop { device, .. }
+            | Expectation::NoMessageLoss { device, .. }
+            | Expectation::Resubscribes { device, .. }
+            | Expectation::GracefulDisconnect { device }
+            | Expectation::Keepalive { device, .. }
+            | Expectation::Records { device, .. }
+            | Expectation::Method { device, .. }
+            | Expectation::C2dDelivered { device, .. }
+            | Expectation::DesiredApplied { device, .. } => device.as_deref(),
+            Expectation::FleetSpread { .. } => None,
+        }
+    }
+
+    /// Judge the log: one verdict per device the expectation covers (the devices of the log).
     pub fn evaluate(&self, log: &Log) -> Vec<Verdict> {
+        self.evaluate_for(log, &log.devices())
+    }
+
+    /// Judge the log for a run's `devices`: one verdict per device the expectation covers.
+    pub fn evaluate_for(&self, log: &Log, devices: &[String]) -> Vec<Verdict> {
         let for_devices = |device: &Option<String>, f: &dyn Fn(&str) -> Verdict| -> Vec<Verdict> {
             match device {
                 Some(d) => vec![f(d)],
-                None => log.devices().iter().map(|d| f(d)).collect(),
+                None => devices.iter().map(|d| f(d)).collect(),
             }
         };
         match self {
@@ -207,8 +279,18 @@ impl Expectation {
                 max_per_second,
                 min_spread,
             } => vec![rules::fleet_spread(log, *max_per_second, *min_spread)],
-            Expectation::NoMessageLoss { device, by } => {
-                for_devices(device, &|d| rules::no_message_loss(log, d, *by))
+            Expectation::NoMessageLoss {
+                device,
+                by,
+                max_duplicates,
+                ordered,
+            } => {
+                let rule = LossRule {
+                    by: *by,
+                    max_duplicates: *max_duplicates,
+                    ordered: *ordered,
+                };
+                for_devices(device, &|d| rules::no_message_loss(log, d, rule))
             }
             Expectation::Resubscribes { device, within } => {
                 let w = within.unwrap_or(Duration::from_secs(30));
@@ -224,20 +306,51 @@ impl Expectation {
             Expectation::Records {
                 code,
                 device,
+                fleet,
                 count,
                 min,
                 max,
                 at,
             } => {
-                let rule = RecordRule {
+                let rule = |device: Option<&str>| RecordRule {
                     code: *code,
-                    device: device.clone(),
+                    device: device.map(str::to_owned),
                     count: *count,
                     min: *min,
                     max: *max,
                     at: at.map(|w| (w.at, w.tolerance)),
                 };
-                vec![rules::records(log, &rule)]
+                if *fleet && device.is_none() {
+                    vec![rules::records(log, &rule(None))]
+                } else {
+                    for_devices(device, &|d| rules::records(log, &rule(Some(d))))
+                }
+            }
+            Expectation::Method {
+                device,
+                name,
+                status,
+                within,
+            } => {
+                let (status, within) = (
+                    status.unwrap_or(200),
+                    within.unwrap_or(Duration::from_secs(30)),
+                );
+                for_devices(device, &|d| {
+                    rules::method(log, d, name.as_deref(), status, within)
+                })
+            }
+            Expectation::C2dDelivered {
+                device,
+                count,
+                within,
+            } => {
+                let within = within.unwrap_or(Duration::from_secs(60));
+                for_devices(device, &|d| rules::c2d_delivered(log, d, *count, within))
+            }
+            Expectation::DesiredApplied { device, within } => {
+                let within = within.unwrap_or(Duration::from_secs(60));
+                for_devices(device, &|d| rules::desired_applied(log, d, within))
             }
         }
     }

@@ -16,8 +16,12 @@ pub mod rules;
 
 pub use expect::{Expectation, TimeWindow};
 pub use log::Log;
-pub use rules::{
-    backoff, connected, fleet_spread, graceful_disconnect, keepalive, no_message_loss,
-    no_tight_loop, records, recovers, renews_token, resubscribes, BackoffRule, Ledger, RecordRule,
-    Verdict,
+pub use rules::connections::{
+    backoff, connected, graceful_disconnect, keepalive, no_tight_loop, recovers, renews_token,
+    BackoffRule,
 };
+pub use rules::fleet::fleet_spread;
+pub use rules::messages::{no_message_loss, resubscribes, Ledger, LossRule};
+pub use rules::records::{records, RecordRule};
+pub use rules::service::{c2d_delivered, desired_applied, method};
+pub use rules::Verdict;

@@ -1,11 +1,12 @@
 //! The event log as the assertions read it: per-device views, virtual times relative to the start,
 //! and excerpts that show a firmware engineer why a rule failed.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fakehub::events::records::{self, ConnectionRecord, RecordContext};
-use fakehub::events::Lifecycle;
+use fakehub::events::{ClockMode, Lifecycle};
 use fakehub::{Event, EventKind};
 
 /// A whole event log, in order, with its connections folded once.
@@ -80,6 +81,18 @@ impl Log {
         ids.sort();
         ids.dedup();
         ids
+    }
+
+    /// How each device kept time, as the runner said when it started it (`device_clock` events;
+    /// empty for a log written without a runner).
+    pub fn clock_modes(&self) -> BTreeMap<String, ClockMode> {
+        self.events
+            .iter()
+            .filter_map(|e| match (&e.kind, &e.device) {
+                (EventKind::DeviceClock { mode }, Some(d)) => Some((d.clone(), *mode)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The events about one device (its client id's device part).
@@ -200,6 +213,35 @@ pub fn describe(e: &Event) -> String {
                 .unwrap_or_default()
         ),
         EventKind::Fault { action, fault, .. } => format!("fault {fault} {action:?}"),
+        EventKind::DeviceProcess {
+            action,
+            code,
+            signal,
+        } => match (code, signal) {
+            (_, Some(s)) => format!("device process {action} (signal {s})"),
+            (Some(c), None) => format!("device process {action} (exit status {c})"),
+            (None, None) => format!("device process {action}"),
+        },
+        EventKind::TwinUpdated {
+            section,
+            version,
+            acknowledges,
+        } => format!(
+            "twin {section:?} $version {version}{}",
+            acknowledges
+                .map(|v| format!(" (acknowledges desired {v})"))
+                .unwrap_or_default()
+        ),
+        EventKind::MethodResult {
+            name,
+            status,
+            result,
+            ..
+        } => match (status, result) {
+            (_, Some(r)) => format!("method {name}: {r}"),
+            (Some(s), None) => format!("method {name}: status {s}"),
+            (None, None) => format!("method {name}"),
+        },
         other => {
             let v = serde_json::to_value(other).unwrap_or_default();
             v.get("event")

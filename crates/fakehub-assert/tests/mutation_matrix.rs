@@ -1,6 +1,9 @@
 //! The mutation matrix: every sample-device bug is caught by the assertion that targets it, and the
 //! well-behaved device passes every assertion in every scenario. The matrix is printed and must
 //! match docs/ASSERTIONS.md.
+//!
+//! Every test runs on a paused single-threaded runtime, as a simulated scenario run does: time moves
+//! only when every party is idle, straight to the next deadline, so each run repeats exactly.
 
 use std::time::Duration;
 
@@ -9,6 +12,7 @@ use fakehub::{Hub, HubHandle};
 use fakehub_assert::{Expectation, Log, Verdict};
 use sample_device::{Bug, DeviceOptions, InProcess};
 
+const SEC: Duration = Duration::from_secs(1);
 const MIN: Duration = Duration::from_secs(60);
 
 /// A hub with `n` sample devices (`d0`…) on its shared clock.
@@ -44,11 +48,9 @@ impl Rig {
         Rig { hub, devices }
     }
 
-    /// Let `d` of virtual time pass with the clock running at `speed` (devices act in real time).
-    async fn run_at(&self, speed: f64, d: Duration) {
-        self.hub.clock().set_speed(speed);
-        tokio::time::sleep(d.div_f64(speed)).await;
-        self.hub.clock().set_speed(1.0);
+    /// Let `d` of virtual time pass (every party's deadlines inside it fire at their instant).
+    async fn pass(&self, d: Duration) {
+        self.hub.clock().sleep(d).await;
     }
 
     /// Stop the devices (each sends DISCONNECT unless it has that bug) and return the log.
@@ -78,13 +80,16 @@ enum Scenario {
     Quiet,
     /// A fleet of 50 dropped at once, with a 2-minute outage: reconnects must spread.
     Fleet,
+    /// The service side calls a method, sends a C2D message and patches desired properties; the
+    /// connection is reset and the desired properties change while the device is away.
+    Service,
 }
 
 async fn run(scenario: Scenario, bugs: &[Bug]) -> Log {
     match scenario {
         Scenario::TokenLife => {
             let rig = Rig::start(1, bugs, MIN).await;
-            rig.hub.clock().advance(180 * MIN).await;
+            rig.pass(180 * MIN).await;
             rig.finish().await
         }
         Scenario::Outage => {
@@ -97,10 +102,7 @@ async fn run(scenario: Scenario, bugs: &[Bug]) -> Log {
             );
             rig.hub
                 .inject(Fault::new(FaultKind::Reset(Default::default())));
-            // 300 ms of real time before the jump: a device that retries at once shows it here
-            // (a well-behaved one waits at least 0.5 s); then exact virtual time.
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            rig.hub.clock().advance(12 * MIN).await;
+            rig.pass(12 * MIN).await;
             rig.finish().await
         }
         Scenario::LostAck => {
@@ -109,7 +111,7 @@ async fn run(scenario: Scenario, bugs: &[Bug]) -> Log {
                 count: Some(1),
                 ..Default::default()
             })));
-            rig.hub.clock().advance(MIN + Duration::from_secs(1)).await;
+            rig.pass(MIN + Duration::from_secs(1)).await;
             // The first telemetry's PUBACK is withheld; then the connection is reset.
             rig.hub
                 .event_stream()
@@ -120,8 +122,7 @@ async fn run(scenario: Scenario, bugs: &[Bug]) -> Log {
                 .expect("a PUBACK withheld");
             rig.hub
                 .inject(Fault::new(FaultKind::Reset(Default::default())));
-            rig.run_at(30.0, Duration::from_secs(15)).await;
-            rig.hub.clock().advance(3 * MIN).await;
+            rig.pass(3 * MIN + Duration::from_secs(15)).await;
             rig.finish().await
         }
         Scenario::SessionLoss => {
@@ -130,14 +131,12 @@ async fn run(scenario: Scenario, bugs: &[Bug]) -> Log {
                 .inject(Fault::new(FaultKind::SessionLoss(Default::default())).lasting(MIN));
             rig.hub
                 .inject(Fault::new(FaultKind::Reset(Default::default())));
-            rig.run_at(30.0, Duration::from_secs(15)).await;
-            rig.hub.clock().advance(2 * MIN).await;
+            rig.pass(2 * MIN + Duration::from_secs(15)).await;
             rig.finish().await
         }
         Scenario::Quiet => {
             let rig = Rig::start(1, bugs, 60 * MIN).await;
-            // 40 minutes with time flowing: keep-alive counts elapsed time, which jumps do not move.
-            rig.run_at(200.0, 40 * MIN).await;
+            rig.pass(40 * MIN).await;
             rig.finish().await
         }
         Scenario::Fleet => {
@@ -152,10 +151,36 @@ async fn run(scenario: Scenario, bugs: &[Bug]) -> Log {
                 Fault::new(FaultKind::MassDrop(fakehub::faults::MassDrop { rst: true }))
                     .devices(Selector::All),
             );
-            // Jumps only: every device's retry timer fires at its exact instant, so devices without
-            // jitter stay in lockstep (measuring with time flowing would blur them by scheduling).
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            rig.hub.clock().advance(5 * MIN).await;
+            // Every device's retry timer fires at its exact instant: devices without jitter stay in
+            // lockstep.
+            rig.pass(5 * MIN).await;
+            rig.finish().await
+        }
+        Scenario::Service => {
+            let rig = Rig::start(1, bugs, MIN).await;
+            let d0 = fakehub::IdentityRef::from_client_id("d0");
+            rig.pass(MIN).await;
+            // The device's weather: an unanswered method is a 504101 in the log, not an error here.
+            let _ = rig
+                .hub
+                .invoke_method(&d0, "reboot", serde_json::json!({"delay": 5}), 30 * SEC)
+                .await;
+            rig.hub
+                .send_c2d("d0", fakehub::CloudMessage::new(b"firmware 1.2.3".to_vec()))
+                .await
+                .expect("queued");
+            rig.hub
+                .patch_desired(&d0, serde_json::json!({"interval": 30, "unit": "C"}))
+                .await
+                .expect("patched");
+            rig.pass(MIN).await;
+            rig.hub
+                .inject(Fault::new(FaultKind::Reset(Default::default())));
+            rig.hub
+                .patch_desired(&d0, serde_json::json!({"unit": "F"}))
+                .await
+                .expect("patched");
+            rig.pass(2 * MIN).await;
             rig.finish().await
         }
     }
@@ -170,6 +195,7 @@ fn expectations(scenario: Scenario) -> Vec<Expectation> {
         Scenario::SessionLoss => "- resubscribes: { device: d0 }",
         Scenario::Quiet => "- keepalive: { device: d0 }\n- recovers: { device: d0, within: 60s }",
         Scenario::Fleet => "- fleet_spread: { max_per_second: 20, min_spread: 10s }",
+        Scenario::Service => "- method: { device: d0, status: 200, within: 5s }\n- c2d_delivered: { device: d0, count: 1, within: 10s }\n- desired_applied: { device: d0, within: 30s }\n- recovers: { device: d0, within: 30s }",
     };
     // `- rule: {…}` maps, as scenario files write them.
     serde_norway::with::singleton_map_recursive::deserialize(serde_norway::Deserializer::from_str(
@@ -178,7 +204,7 @@ fn expectations(scenario: Scenario) -> Vec<Expectation> {
     .unwrap()
 }
 
-const BUGS: [(&str, Option<Bug>, Scenario, &str); 9] = [
+const BUGS: [(&str, Option<Bug>, Scenario, &str); 12] = [
     ("well-behaved (token)", None, Scenario::TokenLife, ""),
     (
         "no-token-renewal",
@@ -228,6 +254,24 @@ const BUGS: [(&str, Option<Bug>, Scenario, &str); 9] = [
         Scenario::Quiet,
         "keepalive",
     ),
+    (
+        "ignore-methods",
+        Some(Bug::IgnoreMethods),
+        Scenario::Service,
+        "method",
+    ),
+    (
+        "no-c2d-ack",
+        Some(Bug::NoC2dAck),
+        Scenario::Service,
+        "c2d_delivered",
+    ),
+    (
+        "ignore-desired",
+        Some(Bug::IgnoreDesired),
+        Scenario::Service,
+        "desired_applied",
+    ),
 ];
 
 fn verdicts(scenario: Scenario, log: &Log) -> Vec<Verdict> {
@@ -237,7 +281,7 @@ fn verdicts(scenario: Scenario, log: &Log) -> Vec<Verdict> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn every_bug_is_caught_and_the_well_behaved_device_passes_everything() {
     let mut rows = Vec::new();
     let mut failures = Vec::new();
@@ -247,8 +291,10 @@ async fn every_bug_is_caught_and_the_well_behaved_device_passes_everything() {
         Scenario::LostAck,
         Scenario::SessionLoss,
         Scenario::Quiet,
+        Scenario::Service,
     ];
-    // The well-behaved device passes every scenario's assertions.
+    // The well-behaved device passes every scenario's assertions (judged: a rule that cannot be
+    // judged is not a pass).
     for s in scenarios {
         let log = run(s, &[]).await;
         for v in verdicts(s, &log) {
@@ -261,7 +307,7 @@ async fn every_bug_is_caught_and_the_well_behaved_device_passes_everything() {
         let bug = bug.unwrap_or(Bug::NoBackoff);
         let log = run(*scenario, &[bug]).await;
         let vs = verdicts(*scenario, &log);
-        let caught: Vec<&Verdict> = vs.iter().filter(|v| !v.passed).collect();
+        let caught: Vec<&Verdict> = vs.iter().filter(|v| v.judged && !v.passed).collect();
         let by_target = caught.iter().any(|v| v.rule == *target);
         if !by_target {
             failures.push(format!(
@@ -300,29 +346,27 @@ async fn every_bug_is_caught_and_the_well_behaved_device_passes_everything() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fleet_spreads_its_reconnects_and_no_jitter_or_no_backoff_is_caught() {
+#[tokio::test(start_paused = true)]
+async fn a_fleet_spreads_its_reconnects_and_no_jitter_is_caught() {
     let well = run(Scenario::Fleet, &[]).await;
     let v = verdicts(Scenario::Fleet, &well);
     println!("well-behaved fleet: {}", v[0]);
     v[0].assert();
-    for bug in [Bug::NoJitter, Bug::NoBackoff] {
-        let log = run(Scenario::Fleet, &[bug]).await;
-        let v = verdicts(Scenario::Fleet, &log);
-        println!("{bug:?} fleet: {}", v[0]);
-        assert!(
-            !v[0].passed,
-            "{bug:?} must be caught by fleet_spread: {}",
-            v[0]
-        );
-    }
+    let log = run(Scenario::Fleet, &[Bug::NoJitter]).await;
+    let v = verdicts(Scenario::Fleet, &log);
+    println!("no-jitter fleet: {}", v[0]);
+    assert!(
+        v[0].judged && !v[0].passed,
+        "no-jitter must be caught by fleet_spread: {}",
+        v[0]
+    );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_device_that_never_gets_back_fails_recovers_and_connected() {
     // A stale token: after the 65-minute drop every reconnect is refused.
     let rig = Rig::start(1, &[Bug::StaleToken], MIN).await;
-    rig.hub.clock().advance(180 * MIN).await;
+    rig.pass(180 * MIN).await;
     // Judge the end of the run before the rig stops the device.
     let log = Log::of(&rig.hub);
     let recovers = fakehub_assert::recovers(&log, "d0", Duration::from_secs(60));
@@ -339,7 +383,7 @@ async fn a_device_that_never_gets_back_fails_recovers_and_connected() {
     rig.finish().await;
     // The well-behaved device passes both.
     let rig = Rig::start(1, &[], MIN).await;
-    rig.hub.clock().advance(180 * MIN).await;
+    rig.pass(180 * MIN).await;
     let log = Log::of(&rig.hub);
     fakehub_assert::recovers(&log, "d0", Duration::from_secs(60)).assert();
     fakehub_assert::connected(&log, "d0").assert();

@@ -344,11 +344,14 @@ pub fn write(hub: &HubDiagnosis, index: usize) -> Option<Written> {
             }
             let _ = write!(
                 body,
-                "  - fault: {{ type: mass_drop, rst: true, devices: {selector} }}\n  - wait: 30s\n  - advance: {}\n  - wait: 90s\nexpect:\n  - records: {{ code: 404104, min: {hit} }}\n",
+                "  - fault: {{ type: mass_drop, rst: true, devices: {selector} }}\n  - wait: 30s\n  - advance: {}\n  - wait: 90s\nexpect:\n  - records: {{ code: 404104, fleet: true, min: {hit} }}\n",
                 dur(outage.max(60_000))
             );
             if outage > 0 && mode == "connack3" {
-                let _ = writeln!(body, "  - records: {{ code: 500001, min: {hit} }}");
+                let _ = writeln!(
+                    body,
+                    "  - records: {{ code: 500001, fleet: true, min: {hit} }}"
+                );
             }
             let _ = write!(
                 body,

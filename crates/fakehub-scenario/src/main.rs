@@ -179,7 +179,8 @@ fn run(
     }
     let several = loaded.len() > 1;
     let mut all = Vec::new();
-    let mut passed = true;
+    let mut failed = false;
+    let mut unjudged = false;
     let mut interrupted = false;
     for s in &loaded {
         let dir = match out {
@@ -194,19 +195,17 @@ fn run(
             dir.join("report.html"),
             report::render_html(&s.name, &log, &outcome.verdicts),
         )?;
+        let result = junit::ScenarioResult {
+            name: s.name.clone(),
+            verdicts: outcome.verdicts.clone(),
+            interrupted: outcome.interrupted,
+            clocks: log.clock_modes(),
+        };
         std::fs::write(
             dir.join("junit.xml"),
-            junit::render(&[junit::ScenarioResult {
-                name: s.name.clone(),
-                verdicts: outcome.verdicts.clone(),
-                interrupted: outcome.interrupted,
-            }]),
+            junit::render(std::slice::from_ref(&result)),
         )?;
-        println!(
-            "\n{} — {}",
-            s.name,
-            if outcome.passed() { "PASS" } else { "FAIL" }
-        );
+        println!("\n{} — {}", s.name, outcome.mark());
         for (text, v) in &outcome.verdicts {
             println!("  {text}\n    {v}");
         }
@@ -216,13 +215,10 @@ fn run(
             outcome.regime.describe(),
             dir.join("report.html").display()
         );
-        passed &= outcome.passed();
+        failed |= outcome.failed();
+        unjudged |= !outcome.passed();
         interrupted |= outcome.interrupted;
-        all.push(junit::ScenarioResult {
-            name: s.name.clone(),
-            verdicts: outcome.verdicts,
-            interrupted: outcome.interrupted,
-        });
+        all.push(result);
         if interrupted {
             break;
         }
@@ -232,12 +228,17 @@ fn run(
             std::fs::write(base.join("junit.xml"), junit::render(&all))?;
         }
     }
+    // 2 when the run was interrupted (its verdicts judge a cut-short run); 1 when a rule was
+    // broken; 2 when nothing was broken but some rule could not be judged (not a pass a release can
+    // rely on); 0 when every rule passed.
     Ok(if interrupted {
         ExitCode::from(2)
-    } else if passed {
-        ExitCode::SUCCESS
-    } else {
+    } else if failed {
         ExitCode::from(1)
+    } else if unjudged {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
     })
 }
 

@@ -19,7 +19,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fakehub::events::Subject;
+use fakehub::events::{ClockMode, Subject};
 use fakehub::process_time::{ProcessTime, ThreadSet};
 use fakehub::{EventKind, Hub, HubHandle};
 use fakehub_assert::{Log, Verdict};
@@ -40,6 +40,25 @@ pub struct Outcome {
 impl Outcome {
     pub fn passed(&self) -> bool {
         !self.interrupted && self.verdicts.iter().all(|(_, v)| v.passed)
+    }
+
+    /// Some verdict failed (a rule was judged and broken).
+    pub fn failed(&self) -> bool {
+        self.verdicts.iter().any(|(_, v)| v.judged && !v.passed)
+    }
+
+    /// `INTERRUPTED`, `FAIL`, `PASS`, or `CANNOT JUDGE` (nothing failed, but some rule could not
+    /// be judged).
+    pub fn mark(&self) -> &'static str {
+        if self.interrupted {
+            "INTERRUPTED"
+        } else if self.failed() {
+            "FAIL"
+        } else if self.passed() {
+            "PASS"
+        } else {
+            "CANNOT JUDGE"
+        }
     }
 }
 
@@ -72,6 +91,16 @@ impl Regime {
             Regime::Simulated
         } else {
             Regime::Processes
+        }
+    }
+
+    /// How every device of a run in this regime keeps time (one clock per run: in real time the
+    /// in-process devices keep real time too).
+    pub fn clock(self) -> ClockMode {
+        match self {
+            Regime::Simulated => ClockMode::Simulated,
+            Regime::Processes => ClockMode::Hub,
+            Regime::RealTime => ClockMode::Real,
         }
     }
 
@@ -182,6 +211,7 @@ async fn run_in(
         hub: hub.clone(),
         out: out.to_owned(),
         devices: BTreeMap::new(),
+        regime,
         time,
         sample_bugs: opts.sample_bugs.clone(),
     };
@@ -227,12 +257,15 @@ async fn run_in(
         .emit(&Subject::default(), EventKind::TimelineEnded);
     rig.stop_all().await;
     let log = Log::of(&hub);
+    let devices: Vec<String> = scenario.devices.iter().flat_map(|d| d.ids()).collect();
     let verdicts: Vec<(String, Verdict)> = scenario
         .expect
         .iter()
         .flat_map(|e| {
             let text = describe_expectation(e);
-            e.evaluate(&log).into_iter().map(move |v| (text.clone(), v))
+            e.evaluate_for(&log, &devices)
+                .into_iter()
+                .map(move |v| (text.clone(), v))
         })
         .collect();
     if let Some(time) = rig.time.take() {
@@ -269,7 +302,8 @@ pub fn describe_expectation(e: &fakehub_assert::Expectation) -> String {
                 .as_object()
                 .map(|o| {
                     o.iter()
-                        .filter(|(_, v)| !v.is_null())
+                        // Left out: unset options and switches left off.
+                        .filter(|(_, v)| !v.is_null() && **v != serde_json::Value::Bool(false))
                         .map(|(k, v)| {
                             format!(
                                 "{k}: {}",
@@ -312,6 +346,7 @@ struct Rig {
     hub: Arc<HubHandle>,
     out: PathBuf,
     devices: BTreeMap<String, Device>,
+    regime: Regime,
     time: Option<ProcessTime>,
     /// `--sample-bug`s, also given to bundled sample-device processes.
     sample_bugs: Vec<String>,
@@ -333,6 +368,12 @@ impl Rig {
         seed: u64,
         opts: &RunOptions,
     ) -> anyhow::Result<()> {
+        self.hub.events().emit(
+            &device_subject(id),
+            EventKind::DeviceClock {
+                mode: self.regime.clock(),
+            },
+        );
         if spec.run.is_some() {
             let running = self.spawn_process(spec, id)?;
             let device = ProcessDevice {

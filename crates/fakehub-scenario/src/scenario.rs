@@ -395,19 +395,7 @@ fn check(s: &Scenario) -> Result<(), (String, String)> {
         }
     }
     for e in &s.expect {
-        let device = match e {
-            Expectation::Connected { device }
-            | Expectation::Recovers { device, .. }
-            | Expectation::RenewsToken { device }
-            | Expectation::Backoff { device, .. }
-            | Expectation::NoTightLoop { device, .. }
-            | Expectation::NoMessageLoss { device, .. }
-            | Expectation::Resubscribes { device, .. }
-            | Expectation::GracefulDisconnect { device }
-            | Expectation::Keepalive { device, .. }
-            | Expectation::Records { device, .. } => device.clone(),
-            Expectation::FleetSpread { .. } => None,
-        };
+        let device = e.device().map(str::to_owned);
         if let Some(d) = device {
             known(&d)?;
         }

@@ -236,6 +236,7 @@ fn verdict(device: Option<&str>, passed: bool, summary: &str, excerpt: Vec<Strin
         rule: "rule".into(),
         device: device.map(str::to_owned),
         passed,
+        judged: true,
         summary: summary.into(),
         excerpt,
     }

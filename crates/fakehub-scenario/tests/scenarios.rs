@@ -20,6 +20,11 @@ fn fakehub(args: &[&str]) -> (i32, String, String) {
 
 /// Run `scenario` with and without `bug`; check the verdicts and the outputs.
 fn matrix(scenario: &str, bug: &str, rule: &str) {
+    matrix_of(scenario, &[(bug, rule)]);
+}
+
+/// Run `scenario` with the well-behaved device, then with each bug; each must be caught by its rule.
+fn matrix_of(scenario: &str, bugs: &[(&str, &str)]) {
     let dir = tempfile::tempdir().unwrap();
     let path = format!("scenarios/{scenario}.yaml");
     let good = dir.path().join("good");
@@ -37,10 +42,17 @@ fn matrix(scenario: &str, bug: &str, rule: &str) {
     ] {
         assert!(good.join(f).exists(), "{f} written");
     }
-    let bad = dir.path().join("bad");
+    for (bug, rule) in bugs {
+        caught(dir.path(), &path, bug, rule);
+    }
+}
+
+fn caught(dir: &Path, path: &str, bug: &str, rule: &str) {
+    let scenario = path;
+    let bad = dir.join(format!("bad-{bug}"));
     let (code, out, err) = fakehub(&[
         "run",
-        &path,
+        path,
         "--out",
         bad.to_str().unwrap(),
         "--sample-bug",
@@ -95,6 +107,122 @@ fn device_crash() {
 #[test]
 fn mass_hub_drop() {
     matrix("mass-hub-drop", "no-jitter", "fleet_spread");
+}
+
+#[test]
+fn service_calls() {
+    matrix_of(
+        "service-calls",
+        &[
+            ("ignore-methods", "method"),
+            ("no-c2d-ack", "c2d_delivered"),
+            ("ignore-desired", "desired_applied"),
+        ],
+    );
+}
+
+/// Write `yaml` as a scenario, run it; (exit status, stdout, stderr, output directory).
+fn run_yaml(dir: &Path, yaml: &str) -> (i32, String, String, std::path::PathBuf) {
+    let file = dir.join("s.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let out = dir.join("out");
+    let (code, stdout, stderr) = fakehub(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    (code, stdout, stderr, out)
+}
+
+/// A device process that exits by itself 10 s in: its exit is an event at that instant (not when
+/// the run stops it at 90 s), and the rules that fail because of it name it.
+#[test]
+fn a_device_process_exit_is_recorded_when_it_happens_and_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err, dir) = run_yaml(
+        dir.path(),
+        "name: exits\ndevices:\n  - id: sensor-1\n    run: [sample-device, --exit-after, \"10\"]\ntimeline:\n  - advance: 90s\nexpect:\n  - connected: { device: sensor-1 }\n  - recovers: { device: sensor-1, within: 30s }\n",
+    );
+    assert_eq!(code, 1, "{out}\n{err}");
+    let events = std::fs::read_to_string(dir.join("events.jsonl")).unwrap();
+    let exited: serde_json::Value = events
+        .lines()
+        .find(|l| l.contains("\"action\":\"exited\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .unwrap_or_else(|| panic!("the exit is an event:\n{events}"));
+    assert_eq!(exited["code"], 3);
+    let at = exited["elapsed_ms"].as_u64().unwrap();
+    assert!(
+        (10_000..11_000).contains(&at),
+        "exited at {at} ms: {exited}"
+    );
+    for rule in ["connected", "recovers"] {
+        let line = out
+            .lines()
+            .find(|l| l.contains(&format!("FAIL sensor-1 · {rule}:")))
+            .unwrap_or_else(|| panic!("{rule} fails:\n{out}"));
+        assert!(
+            line.contains("the device process exited (exit status 3) at 00:10."),
+            "{line}"
+        );
+    }
+    let report = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(report.contains("exited"), "the report shows the exit");
+}
+
+/// A rule with nothing to judge is neither a pass nor a fail: CANNOT JUDGE, exit 2, a JUnit
+/// `<error>`; the report and JUnit say how each device kept time.
+#[test]
+fn a_rule_that_cannot_be_judged_exits_2_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err, dir) = run_yaml(
+        dir.path(),
+        "name: nothing-to-judge\ndevices:\n  - id: sensor-1\ntimeline:\n  - advance: 10m\nexpect:\n  - connected: { device: sensor-1 }\n  - method: { device: sensor-1 }\n  - renews_token: { device: sensor-1 }\n",
+    );
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(out.contains("nothing-to-judge — CANNOT JUDGE"), "{out}");
+    assert!(out.contains("PASS sensor-1 · connected"), "{out}");
+    assert!(
+        out.contains(
+            "CANNOT JUDGE sensor-1 · method: cannot judge: no direct method was invoked on it"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("CANNOT JUDGE sensor-1 · renews_token: cannot judge"),
+        "a 10-minute run is shorter than the token's life:\n{out}"
+    );
+    let junit = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
+    assert!(junit.contains("errors=\"2\""), "{junit}");
+    assert!(junit.contains("<error type=\"cannot-judge\""), "{junit}");
+    assert!(junit.contains("failures=\"0\""), "{junit}");
+    assert!(
+        junit.contains("<property name=\"clock.sensor-1\" value=\"simulated\"/>"),
+        "{junit}"
+    );
+    let report = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(report.contains("CANNOT JUDGE"));
+    assert!(report.contains("simulated (discrete-event virtual time) — sensor-1"));
+}
+
+/// Without `device`, a rule is judged per device; `fleet: true` counts the fleet's records together.
+#[test]
+fn records_are_per_device_unless_fleet() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err, _) = run_yaml(
+        dir.path(),
+        "name: per-device\ndevices:\n  - id: meter\n    count: 3\ntimeline:\n  - advance: 1m\n  - fault: { type: reset, devices: all }\n  - advance: 1m\nexpect:\n  - records: { code: 404104, count: 1 }\n  - records: { code: 404104, fleet: true, count: 1 }\n",
+    );
+    assert_eq!(code, 1, "{out}\n{err}");
+    for d in ["meter-0", "meter-1", "meter-2"] {
+        assert!(out.contains(&format!("PASS {d} · records")), "{out}");
+    }
+    let fleet = out
+        .lines()
+        .find(|l| l.contains("FAIL fleet · records"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(fleet.contains('3'), "{fleet}");
 }
 
 /// A malformed scenario: exit 2, `FILE:LINE:COLUMN: …` naming what was expected, nothing written.
@@ -224,8 +352,11 @@ fn service_side_steps_reach_the_device_and_the_log() {
         events.contains("\"event\":\"twin_updated\""),
         "desired patch recorded"
     );
-    // The sample device does not subscribe to methods: the hub answers 404103, in the log.
-    assert!(stderr.contains("method reset on sensor-1"), "{stderr}");
+    // The sample device answers methods with 200; the result is in the log.
+    assert!(
+        stderr.contains("method reset on sensor-1: status 200"),
+        "{stderr}"
+    );
     assert!(events.contains("\"event\":\"method_result\""), "{events}");
 }
 

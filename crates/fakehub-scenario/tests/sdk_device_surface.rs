@@ -149,11 +149,21 @@ async fn the_python_sdk_reads_the_twin_patches_reported_and_gets_desired_patches
     let mut sdk = spawn_sas(&["desired"], &hub, &who, &ca);
     sdk.wait_step("ready", STEP).await;
     assert_eq!(
-        hub.patch_desired(&who, json!({"interval": 20})).await,
+        hub.patch_desired(&who, json!({"interval": 20, "device_count": 42}))
+            .await,
         Ok(3)
     );
     let desired = sdk.wait_step("desired", STEP).await;
-    assert_eq!(desired["patch"], json!({"interval": 20, "$version": 3}));
+    assert_eq!(
+        desired["patch"],
+        json!({"interval": 20, "device_count": 42, "$version": 3})
+    );
+    // In IoT Hub's order: the properties, then `$version` (as the SDK's dict holds them).
+    let keys: Vec<&str> = desired["patch"]
+        .as_object()
+        .map(|o| o.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    assert_eq!(keys, ["interval", "device_count", "$version"]);
     assert_ok(&sdk.finish(STEP).await);
     hub.shutdown().await.unwrap();
 }

@@ -1,4 +1,5 @@
-//! A raw MQTT-over-TLS client for poking a hub packet by packet in tests.
+//! A raw MQTT-over-TLS client for poking a hub packet by packet in tests, over TCP or in memory
+//! (the in-memory connections of a simulated run: use those under a paused runtime).
 //!
 //! It does nothing on its own (no pings, no acks, no reconnects), so a test decides every byte the
 //! hub sees: well-formed packets through [`RawClient::send`], anything at all through
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
+use fakehub_protocol::transport::{Secured, Stream};
 use rumqttc::mqttbytes::v4 as mq;
 use rumqttc::mqttbytes::QoS;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -40,9 +42,10 @@ pub enum Received {
     Error(io::Error),
 }
 
-/// A TLS connection to a hub, driven packet by packet.
+/// A connection to a hub (TLS over TCP, or in memory with the hub's memory TLS setting), driven
+/// packet by packet.
 pub struct RawClient {
-    stream: TlsStream<TcpStream>,
+    stream: Secured<TlsStream<Stream>>,
     buf: BytesMut,
 }
 
@@ -68,14 +71,74 @@ impl RawClient {
     ) -> io::Result<RawClient> {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
-        let name = ServerName::try_from("localhost").map_err(io::Error::other)?;
-        let stream = TlsConnector::from(Arc::clone(&config))
-            .connect(name, tcp)
-            .await?;
+        Self::over(Stream::Tcp(tcp), Some(config)).await
+    }
+
+    /// Connect in memory, beside the hub (TLS when the hub's memory connections use it).
+    pub async fn connect_memory(hub: &HubHandle) -> io::Result<RawClient> {
+        use fakehub_protocol::host::InProcessHub;
+        let stream = Stream::Memory(hub.memory_connector().connect()?);
+        let config = if hub.memory_tls() {
+            Some(
+                hub.certificates()
+                    .client_config()
+                    .map_err(|e| io::Error::other(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        Self::over(stream, config).await
+    }
+
+    async fn over(
+        stream: Stream,
+        tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+    ) -> io::Result<RawClient> {
+        let stream = match tls {
+            Some(config) => {
+                let name = ServerName::try_from("localhost").map_err(io::Error::other)?;
+                Secured::Tls(TlsConnector::from(config).connect(name, stream).await?)
+            }
+            None => Secured::Plain(stream),
+        };
         Ok(RawClient {
             stream,
             buf: BytesMut::new(),
         })
+    }
+
+    /// [`Self::connect_as`] in memory.
+    pub async fn connect_memory_as(
+        hub: &HubHandle,
+        who: &IdentityRef,
+        clean_session: bool,
+        keep_alive: u16,
+    ) -> io::Result<(RawClient, mq::ConnAck)> {
+        let client = Self::connect_memory(hub).await?;
+        let expiry = hub.clock().now() + Duration::from_secs(3600);
+        client
+            .authenticate(hub, who, clean_session, keep_alive, expiry)
+            .await
+    }
+
+    /// Send the CONNECT of `who` with a SAS token expiring at `expiry`; wait for the CONNACK.
+    async fn authenticate(
+        mut self,
+        hub: &HubHandle,
+        who: &IdentityRef,
+        clean_session: bool,
+        keep_alive: u16,
+        expiry: SystemTime,
+    ) -> io::Result<(RawClient, mq::ConnAck)> {
+        let token = hub
+            .sas_token(who, expiry)
+            .ok_or_else(|| io::Error::other(format!("'{who}' is not registered")))?;
+        let connect = connect_packet(hub.host_name(), who, &token, clean_session, keep_alive);
+        self.send(&mq::Packet::Connect(connect)).await?;
+        match self.recv(Duration::from_secs(5)).await {
+            Received::Packet(mq::Packet::ConnAck(ack)) => Ok((self, ack)),
+            other => Err(io::Error::other(format!("expected CONNACK, got {other:?}"))),
+        }
     }
 
     /// Connect and authenticate as a registered identity with a token valid for an hour of the
@@ -98,16 +161,10 @@ impl RawClient {
         keep_alive: u16,
         expiry: SystemTime,
     ) -> io::Result<(RawClient, mq::ConnAck)> {
-        let token = hub
-            .sas_token(who, expiry)
-            .ok_or_else(|| io::Error::other(format!("'{who}' is not registered")))?;
-        let mut client = Self::connect_tls(hub).await?;
-        let connect = connect_packet(hub.host_name(), who, &token, clean_session, keep_alive);
-        client.send(&mq::Packet::Connect(connect)).await?;
-        match client.recv(Duration::from_secs(5)).await {
-            Received::Packet(mq::Packet::ConnAck(ack)) => Ok((client, ack)),
-            other => Err(io::Error::other(format!("expected CONNACK, got {other:?}"))),
-        }
+        let client = Self::connect_tls(hub).await?;
+        client
+            .authenticate(hub, who, clean_session, keep_alive, expiry)
+            .await
     }
 
     /// Connect as an X.509 identity: the certificate in TLS, the username and no password in the
@@ -238,13 +295,15 @@ impl RawClient {
 
     /// Close with a TCP reset (zero linger), as a crashed device or a dropped NAT mapping would.
     pub fn reset(self) {
-        let (tcp, _) = self.stream.get_ref();
-        let _ = tcp.set_zero_linger();
+        let _ = self.stream.stream().reset_on_close();
     }
 
-    /// Close the TCP connection without DISCONNECT (FIN).
+    /// Close the connection without DISCONNECT (FIN, no TLS close_notify).
     pub async fn close(mut self) {
-        let _ = self.stream.get_mut().0.shutdown().await;
+        let _ = match &mut self.stream {
+            Secured::Tls(t) => t.get_mut().0.shutdown().await,
+            Secured::Plain(s) => s.shutdown().await,
+        };
     }
 }
 

@@ -113,7 +113,9 @@ async fn twin_get_reported_patch_and_malformed_json() {
         .snapshot()
         .iter()
         .filter_map(|e| match e.kind {
-            EventKind::TwinUpdated { section, version } => Some((section, version)),
+            EventKind::TwinUpdated {
+                section, version, ..
+            } => Some((section, version)),
             _ => None,
         })
         .collect();
@@ -156,20 +158,50 @@ async fn desired_patches_are_pushed_with_their_version() {
         json_of(&p),
         json!({"interval": 5, "mode": {"eco": true}, "$version": 2})
     );
+    // Read as the Azure SDK for C twin sample reads: token by token, stopping at `$version`. Every
+    // property comes before it on the wire, as IoT Hub sends them.
+    let before_version = |payload: &[u8]| -> String {
+        let text = String::from_utf8_lossy(payload).into_owned();
+        text.split("\"$version\"")
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        before_version(&p.payload).contains("\"interval\"")
+            && before_version(&p.payload).contains("\"mode\""),
+        "{}",
+        String::from_utf8_lossy(&p.payload)
+    );
     assert_eq!(
-        hub.patch_desired(&module, json!({"mode": null})).await,
+        hub.patch_desired(&module, json!({"device_count": 42}))
+            .await,
         Ok(3)
     );
-    let p = c.next_publish(T).await.expect("second patch");
-    assert_eq!(json_of(&p), json!({"mode": null, "$version": 3}));
+    let p = c.next_publish(T).await.expect("desired patch");
+    assert_eq!(
+        String::from_utf8_lossy(&p.payload),
+        r#"{"device_count":42,"$version":3}"#
+    );
+    assert_eq!(
+        hub.patch_desired(&module, json!({"mode": null, "device_count": null}))
+            .await,
+        Ok(4)
+    );
+    let p = c.next_publish(T).await.expect("third patch");
+    assert_eq!(
+        json_of(&p),
+        json!({"mode": null, "device_count": null, "$version": 4})
+    );
     c.publish("$iothub/twin/GET/?$rid=1", QoS::AtMostOnce, 0, b"")
         .await
         .unwrap();
     let res = c.next_publish(T).await.expect("twin");
     assert_eq!(
         json_of(&res)["desired"],
-        json!({"interval": 5, "$version": 3})
+        json!({"interval": 5, "$version": 4})
     );
+    assert!(before_version(&res.payload).contains("\"interval\""));
     // The device's own twin is a different one.
     assert_eq!(hub.twin(&device("d")).unwrap().desired_version, 1);
 
@@ -186,7 +218,7 @@ async fn desired_patches_are_pushed_with_their_version() {
         hub.patch_desired(&device("ghost"), json!({})).await,
         Err(TwinError::DeviceNotFound("ghost".into()))
     );
-    assert_eq!(hub.twin(&module).unwrap().desired_version, 3);
+    assert_eq!(hub.twin(&module).unwrap().desired_version, 4);
     hub.shutdown().await.unwrap();
 }
 

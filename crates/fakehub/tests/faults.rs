@@ -472,3 +472,79 @@ async fn inband_throttling_closes_with_429001_and_refuses_for_its_duration() {
     assert_eq!(got, [None, Some(429001), Some(404104), Some(429001), None]);
     hub.shutdown().await.unwrap();
 }
+
+/// `time` minus `elapsed_ms`: the virtual wall time jumped over so far when the event was stamped.
+fn jumped_at(hub: &HubHandle, e: &fakehub::Event) -> Duration {
+    let start = hub.events().snapshot()[0].time - hub.events().snapshot()[0].elapsed;
+    e.time
+        .duration_since(start)
+        .unwrap_or_default()
+        .saturating_sub(e.elapsed)
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_fault_end_is_stamped_with_agreeing_time_and_elapsed() {
+    let hub = hub(&["a", "b"]).await;
+    let (mut a, _) = RawClient::connect_memory_as(&hub, &device("a"), true, 60)
+        .await
+        .unwrap();
+    // An in-band throttling trigger (1 s delay, 20 s long), a catalogue fault with a duration, and
+    // one ended by hand; time flows (the discrete-event runtime: no jumps).
+    let trigger = "devices/a/messages/events/%24.mid=t-1&AzIoTHub_FaultOperationType=InvokeThrottling&AzIoTHub_FaultOperationDelayInSecs=1&AzIoTHub_FaultOperationDurationInSecs=20";
+    a.publish(trigger, QoS::AtLeastOnce, 1, b"").await.unwrap();
+    hub.inject(
+        Fault::new(FaultKind::Outage(fakehub::faults::Outage {
+            mode: OutageMode::Connack3,
+        }))
+        .devices(Selector::Ids(vec!["b".into()]))
+        .lasting(Duration::from_secs(7)),
+    );
+    let latency = hub.inject(Fault::new(FaultKind::Latency(Default::default())));
+    hub.clock().sleep(Duration::from_secs(5)).await;
+    latency.end();
+    hub.clock().sleep(Duration::from_secs(30)).await;
+    // Then the same across a jump: the fault ends inside it, at its own instant.
+    hub.inject(
+        Fault::new(FaultKind::Outage(fakehub::faults::Outage {
+            mode: OutageMode::Connack3,
+        }))
+        .devices(Selector::Ids(vec!["b".into()]))
+        .lasting(Duration::from_secs(10 * 60)),
+    );
+    hub.clock().advance(Duration::from_secs(3600)).await;
+    hub.clock().sleep(Duration::from_secs(1)).await;
+
+    let events = hub.events().snapshot();
+    let ends: Vec<&std::sync::Arc<fakehub::Event>> = events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.kind,
+                EventKind::Fault {
+                    action: fakehub::events::FaultAction::Ended,
+                    ..
+                }
+            )
+        })
+        .collect();
+    assert_eq!(ends.len(), 4, "every fault ended: {ends:#?}");
+    // Before the jump every event's wall time is the start plus its elapsed time; the fault that
+    // ended inside the jump carries the jump's offset up to its deadline, and nothing after it goes
+    // back in time.
+    let mut last = Duration::ZERO;
+    for e in &events {
+        let j = jumped_at(&hub, e);
+        assert!(j >= last, "event {} goes back: {e:?}", e.seq);
+        last = j;
+    }
+    for e in &ends[..3] {
+        assert_eq!(jumped_at(&hub, e), Duration::ZERO, "{e:?}");
+    }
+    let in_jump = ends[3];
+    assert_eq!(
+        jumped_at(&hub, in_jump),
+        Duration::from_secs(10 * 60),
+        "the fault ended 10 minutes into the jump: {in_jump:?}"
+    );
+    hub.shutdown().await.unwrap();
+}

@@ -1,9 +1,9 @@
 //! The reference device as a process (`sample-device`, or `fakehub sample-device`).
 //!
-//! Reads `FAKEHUB_CONNECTION_STRING` and `FAKEHUB_CA_FILE`, and `FAKEHUB_CLOCK_FILE` when the runner
-//! gives it the hub's clock (otherwise it keeps its own wall clock, which libfaketime may shift).
-//! Prints what it does as JSON lines; SIGTERM or Ctrl-C stops it (with a DISCONNECT unless
-//! `--bug no-disconnect`). Exit status 2 for bad setup.
+//! Reads `FAKEHUB_CONNECTION_STRING` and `FAKEHUB_CA_FILE`, and keeps time with the process's own
+//! clocks (under the runner's time preload, the hub's). Prints what it does as JSON lines; SIGTERM
+//! or Ctrl-C stops it (with a DISCONNECT unless `--bug no-disconnect`). Exit status 2 for bad setup;
+//! with `--exit-after`, the process ends by itself as a crashing application would.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 #[command(name = "sample-device", about = "The fakehub reference device")]
 pub struct Args {
     /// Switch off one good behaviour (repeatable): no-token-renewal, stale-token, no-backoff,
-    /// no-jitter, lose-inflight, no-resubscribe, no-disconnect, huge-keepalive.
+    /// no-jitter, lose-inflight, no-resubscribe, no-disconnect, huge-keepalive, ignore-methods,
+    /// no-c2d-ack, ignore-desired.
     #[arg(long = "bug", value_parser = |s: &str| s.parse::<Bug>())]
     bugs: Vec<Bug>,
     /// Seconds between telemetry messages (device time).
@@ -33,6 +34,13 @@ pub struct Args {
     /// Seed for the backoff jitter.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// End the process after this many seconds (device time), at once and without DISCONNECT, as
+    /// an application that crashes or exits by mistake (the kernel closes its socket).
+    #[arg(long)]
+    exit_after: Option<f64>,
+    /// The exit status for `--exit-after`.
+    #[arg(long, default_value_t = 3)]
+    exit_code: u8,
 }
 
 fn fail(msg: String) -> ExitCode {
@@ -68,6 +76,13 @@ pub fn main_with_args(argv: impl IntoIterator<Item = String>) -> ExitCode {
     if !(args.telemetry_interval.is_finite() && args.telemetry_interval > 0.0) {
         return fail("--telemetry-interval must be positive".into());
     }
+    let exit_after = match args.exit_after {
+        None => None,
+        Some(s) => match Duration::try_from_secs_f64(s) {
+            Ok(d) => Some(d),
+            Err(_) => return fail("--exit-after must be a number of seconds, 0 or more".into()),
+        },
+    };
     let opts = DeviceOptions {
         telemetry_interval: Duration::from_secs_f64(args.telemetry_interval),
         keep_alive: args.keep_alive,
@@ -102,7 +117,21 @@ pub fn main_with_args(argv: impl IntoIterator<Item = String>) -> ExitCode {
             fakehub_protocol::shutdown_signal().await;
             signal_stop.cancel();
         });
-        device.run(stop).await;
+        let sudden_end = async {
+            match exit_after {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            () = sudden_end => {
+                eprintln!("sample-device: exiting with status {} (--exit-after)", args.exit_code);
+                // At once: no DISCONNECT, no flush of what is in flight.
+                std::process::exit(i32::from(args.exit_code));
+            }
+            () = device.run(stop) => {}
+        }
         let _ = printer.await;
         ExitCode::SUCCESS
     })

@@ -62,11 +62,17 @@ pub enum Bug {
     NoDisconnect,
     /// Asks for a keep-alive of an hour and pings that rarely: the hub's 1767 s cap drops it when idle.
     HugeKeepalive,
+    /// Never answers direct method calls (the service side sees 504101 timeouts).
+    IgnoreMethods,
+    /// Takes cloud-to-device messages but never acknowledges them (no PUBACK: never completed).
+    NoC2dAck,
+    /// Never applies desired properties: its reported properties never acknowledge them.
+    IgnoreDesired,
 }
 
 impl Bug {
     /// Every bug, with its command-line name.
-    pub const ALL: [(&'static str, Bug); 8] = [
+    pub const ALL: [(&'static str, Bug); 11] = [
         ("no-token-renewal", Bug::NoTokenRenewal),
         ("stale-token", Bug::StaleToken),
         ("no-backoff", Bug::NoBackoff),
@@ -75,6 +81,9 @@ impl Bug {
         ("no-resubscribe", Bug::NoResubscribe),
         ("no-disconnect", Bug::NoDisconnect),
         ("huge-keepalive", Bug::HugeKeepalive),
+        ("ignore-methods", Bug::IgnoreMethods),
+        ("no-c2d-ack", Bug::NoC2dAck),
+        ("ignore-desired", Bug::IgnoreDesired),
     ];
 }
 
@@ -131,15 +140,42 @@ impl Default for DeviceOptions {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum DeviceEvent {
-    Connecting { attempt: u32 },
-    Connected { session_present: bool },
-    ConnectFailed { reason: String },
-    Sent { seq: u64, pkid: u16, dup: bool },
-    Acked { seq: u64 },
-    C2d { topic: String },
+    Connecting {
+        attempt: u32,
+    },
+    Connected {
+        session_present: bool,
+    },
+    ConnectFailed {
+        reason: String,
+    },
+    Sent {
+        seq: u64,
+        pkid: u16,
+        dup: bool,
+    },
+    Acked {
+        seq: u64,
+    },
+    C2d {
+        topic: String,
+    },
+    Method {
+        name: String,
+        rid: String,
+    },
+    /// Desired properties applied (and acknowledged in the reported properties) up to `version`.
+    Desired {
+        version: u64,
+    },
     Renewing,
-    Dropped { reason: String },
-    Backoff { attempt: u32, delay_ms: u64 },
+    Dropped {
+        reason: String,
+    },
+    Backoff {
+        attempt: u32,
+        delay_ms: u64,
+    },
     Stopped,
 }
 
@@ -177,6 +213,10 @@ pub struct Device {
     inflight: BTreeMap<u16, Inflight>,
     first_token: Option<(String, SystemTime)>,
     subscribed_once: bool,
+    /// The highest desired `$version` acknowledged in the reported properties.
+    desired_acked: u64,
+    /// The next twin request id.
+    next_rid: u64,
 }
 
 enum Ended {
@@ -218,6 +258,8 @@ impl Device {
             inflight: BTreeMap::new(),
             first_token: None,
             subscribed_once: false,
+            desired_acked: 0,
+            next_rid: 0,
         })
     }
 
@@ -453,8 +495,10 @@ impl Device {
         )
     }
 
-    fn subscribe_filter(&self) -> String {
-        match &self.conn.identity.module_id {
+    /// Cloud-to-device messages (module inputs for a module), direct methods, desired-property
+    /// patches and twin responses.
+    fn subscribe_filters(&self) -> Vec<mq::SubscribeFilter> {
+        let messages = match &self.conn.identity.module_id {
             Some(m) => format!(
                 "devices/{}/modules/{m}/inputs/#",
                 self.conn.identity.device_id
@@ -463,7 +507,57 @@ impl Device {
                 "{}/#",
                 fakehub_protocol::topics::devicebound_prefix(&self.conn.identity.device_id)
             ),
+        };
+        [
+            messages.as_str(),
+            "$iothub/methods/POST/#",
+            "$iothub/twin/PATCH/properties/desired/#",
+            "$iothub/twin/res/#",
+        ]
+        .into_iter()
+        .map(|f| mq::SubscribeFilter::new(f.to_owned(), QoS::AtLeastOnce))
+        .collect()
+    }
+
+    fn twin_rid(&mut self) -> u64 {
+        self.next_rid = self.next_rid.wrapping_add(1);
+        self.next_rid
+    }
+
+    /// Apply desired properties (a patch, or the `desired` section of the twin) and acknowledge them
+    /// in the reported properties the IoT Plug and Play way: `{"prop": {"value", "ac", "av"}}`.
+    async fn apply_desired(
+        &mut self,
+        io: &mut Io,
+        desired: &serde_json::Value,
+    ) -> Result<(), String> {
+        let Some(version) = desired.get("$version").and_then(serde_json::Value::as_u64) else {
+            return Ok(());
+        };
+        if version <= self.desired_acked || self.has(Bug::IgnoreDesired) {
+            return Ok(());
         }
+        let mut reported = serde_json::Map::new();
+        if let Some(props) = desired.as_object() {
+            for (k, v) in props.iter().filter(|(k, _)| !k.starts_with('$')) {
+                reported.insert(
+                    k.clone(),
+                    serde_json::json!({ "value": v, "ac": 200, "av": version, "ad": "applied" }),
+                );
+            }
+        }
+        let rid = self.twin_rid();
+        let p = mq::Publish::new(
+            format!("$iothub/twin/PATCH/properties/reported/?$rid={rid}"),
+            QoS::AtMostOnce,
+            serde_json::Value::Object(reported).to_string().into_bytes(),
+        );
+        io.write_packet(&mq::Packet::Publish(p))
+            .await
+            .map_err(|e| format!("reported properties: {e}"))?;
+        self.desired_acked = version;
+        self.emit(DeviceEvent::Desired { version });
+        Ok(())
     }
 
     async fn session(
@@ -592,12 +686,52 @@ impl Device {
                 }
             }
             mq::Packet::Publish(p) => {
-                if p.qos == QoS::AtLeastOnce {
+                let c2d = !p.topic.starts_with("$iothub/");
+                if p.qos == QoS::AtLeastOnce && !(c2d && self.has(Bug::NoC2dAck)) {
                     io.write_packet(&mq::Packet::PubAck(mq::PubAck::new(p.pkid)))
                         .await
                         .map_err(|e| format!("PUBACK failed: {e}"))?;
                 }
-                self.emit(DeviceEvent::C2d { topic: p.topic });
+                if let Some(rest) = p.topic.strip_prefix("$iothub/methods/POST/") {
+                    // `{name}/?$rid={rid}`
+                    let (name, query) = rest.split_once("/?").unwrap_or((rest, ""));
+                    let rid = query
+                        .split('&')
+                        .find_map(|kv| kv.strip_prefix("$rid="))
+                        .unwrap_or_default()
+                        .to_owned();
+                    self.emit(DeviceEvent::Method {
+                        name: name.to_owned(),
+                        rid: rid.clone(),
+                    });
+                    if !self.has(Bug::IgnoreMethods) {
+                        let answer = mq::Publish::new(
+                            format!("$iothub/methods/res/200/?$rid={rid}"),
+                            QoS::AtMostOnce,
+                            serde_json::json!({ "method": name })
+                                .to_string()
+                                .into_bytes(),
+                        );
+                        io.write_packet(&mq::Packet::Publish(answer))
+                            .await
+                            .map_err(|e| format!("method response: {e}"))?;
+                    }
+                } else if p
+                    .topic
+                    .starts_with("$iothub/twin/PATCH/properties/desired/")
+                {
+                    if let Ok(patch) = serde_json::from_slice::<serde_json::Value>(&p.payload) {
+                        self.apply_desired(io, &patch).await?;
+                    }
+                } else if p.topic.starts_with("$iothub/twin/res/200/") {
+                    // The twin asked for at (re)connection: apply what changed while offline.
+                    let twin = serde_json::from_slice::<serde_json::Value>(&p.payload).ok();
+                    if let Some(desired) = twin.as_ref().and_then(|t| t.get("desired")) {
+                        self.apply_desired(io, desired).await?;
+                    }
+                } else if c2d {
+                    self.emit(DeviceEvent::C2d { topic: p.topic });
+                }
             }
             _ => {}
         }
@@ -607,9 +741,10 @@ impl Device {
     /// After CONNACK: restore the subscription (and wait for its SUBACK), then resend what was never
     /// acknowledged.
     async fn start_session(&mut self, io: &mut Io) -> Result<(), String> {
-        if !self.subscribed_once || !self.has(Bug::NoResubscribe) {
+        let subscribing = !self.subscribed_once || !self.has(Bug::NoResubscribe);
+        if subscribing {
             let pkid = self.alloc_pkid();
-            let mut sub = mq::Subscribe::new(self.subscribe_filter(), QoS::AtLeastOnce);
+            let mut sub = mq::Subscribe::new_many(self.subscribe_filters());
             sub.pkid = pkid;
             io.write_packet(&mq::Packet::Subscribe(sub))
                 .await
@@ -629,6 +764,18 @@ impl Device {
                     other => self.handle(io, other).await?,
                 }
             }
+        }
+        // The twin, for desired properties that changed while the device was offline.
+        if subscribing {
+            let rid = self.twin_rid();
+            let get = mq::Publish::new(
+                format!("$iothub/twin/GET/?$rid={rid}"),
+                QoS::AtMostOnce,
+                Vec::new(),
+            );
+            io.write_packet(&mq::Packet::Publish(get))
+                .await
+                .map_err(|e| format!("twin GET: {e}"))?;
         }
         let resend: Vec<(u64, mq::Publish)> = self
             .inflight

@@ -141,13 +141,14 @@ fn close_style(cause: CloseCause) -> &'static CloseStyle {
 /// Render the report of a run as a complete HTML document.
 ///
 /// `verdicts` pairs each expectation as the scenario wrote it (e.g. `recovers: { within: 60s }`)
-/// with its verdict; the overall verdict is PASS when every one passed.
+/// with its verdict; the overall verdict is FAIL when any failed, CANNOT JUDGE when none failed but
+/// some could not be judged, and PASS when every one passed.
 pub fn render_html(title: &str, log: &Log, verdicts: &[(String, Verdict)]) -> String {
     let timeline = Timeline::of(log);
     let series = connected_device_count(log.events().iter().map(|e| e.as_ref()));
     let failing: BTreeSet<&str> = verdicts
         .iter()
-        .filter(|(_, v)| !v.passed)
+        .filter(|(_, v)| v.judged && !v.passed)
         .filter_map(|(_, v)| v.device.as_deref())
         .collect();
 
@@ -177,7 +178,7 @@ h2{font-size:16px;margin:18px 0 6px}\
 h2 .sub{font-weight:normal;color:#868e96;font-size:13px;margin-left:6px}\
 .titleline{display:flex;align-items:center;gap:14px}\
 .badge{display:inline-block;padding:2px 10px;border-radius:4px;font-weight:700;color:#fff;letter-spacing:.04em}\
-.badge.pass{background:#2f9e44}.badge.fail{background:#e03131}\
+.badge.pass{background:#2f9e44}.badge.fail{background:#e03131}.badge.unjudged{background:#e8890c}\
 .facts{display:flex;flex-wrap:wrap;gap:6px 28px;margin-top:10px}\
 .facts .k{color:#868e96;margin-right:6px}\
 .code{display:inline-block;font:12px ui-monospace,'DejaVu Sans Mono',monospace;background:#fff4e6;border:1px solid #ffd8a8;border-radius:3px;padding:0 5px;margin-right:6px}\
@@ -190,7 +191,7 @@ table{border-collapse:collapse;width:100%;max-width:1320px}\
 th,td{text-align:left;vertical-align:top;padding:4px 8px;border-bottom:1px solid #e9ecef}\
 th{color:#868e96;font-weight:600;font-size:12px}\
 td code{font:12px ui-monospace,'DejaVu Sans Mono',monospace}\
-td.result{font-weight:700}td.result.pass{color:#2f9e44}td.result.fail{color:#e03131}\
+td.result{font-weight:700}td.result.pass{color:#2f9e44}td.result.fail{color:#e03131}td.result.unjudged{color:#e8890c}\
 tr.excerpt td{border-bottom:1px solid #dee2e6;padding-top:0}\
 pre{margin:0;padding:6px 8px;background:#f8f9fa;border-left:3px solid #e03131;font:12px/1.35 ui-monospace,'DejaVu Sans Mono',monospace;overflow-x:auto}\
 ";
@@ -206,12 +207,7 @@ fn header(
     verdicts: &[(String, Verdict)],
 ) {
     let passed = verdicts.iter().filter(|(_, v)| v.passed).count();
-    let all_passed = passed == verdicts.len();
-    let (class, word) = if all_passed {
-        ("pass", "PASS")
-    } else {
-        ("fail", "FAIL")
-    };
+    let (class, word) = overall(verdicts);
     put!(
         out,
         "<header>\n<div class=\"titleline\"><h1>{}</h1><span class=\"badge {class}\" id=\"verdict\">{word}</span></div>\n<div class=\"facts\">\n",
@@ -238,6 +234,29 @@ fn header(
         "<div><span class=\"k\">devices</span>{}</div>\n",
         log.devices().len()
     );
+    // Which clock each device kept (the time its verdicts are judged in), grouped by mode.
+    let mut by_mode: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
+    for (device, mode) in log.clock_modes() {
+        by_mode.entry(mode.describe()).or_default().push(device);
+    }
+    if !by_mode.is_empty() {
+        let parts: Vec<String> = by_mode
+            .iter()
+            .map(|(mode, devices)| {
+                let who = if devices.len() <= 4 {
+                    devices.join(", ")
+                } else {
+                    format!("{} devices", devices.len())
+                };
+                format!("{} — {}", esc(mode), esc(&who))
+            })
+            .collect();
+        put!(
+            out,
+            "<div id=\"clocks\"><span class=\"k\">clock</span>{}</div>\n",
+            parts.join(" · ")
+        );
+    }
     let sessions: usize = timeline.rows.values().map(|r| r.spans.len()).sum();
     let refused = timeline
         .rows
@@ -301,6 +320,27 @@ fn legend(out: &mut String, timeline: &Timeline) {
     out.push_str("</div>\n");
 }
 
+/// The CSS class and word of one verdict.
+fn mark(v: &Verdict) -> (&'static str, &'static str) {
+    match (v.judged, v.passed) {
+        (false, _) => ("unjudged", "CANNOT JUDGE"),
+        (true, true) => ("pass", "PASS"),
+        (true, false) => ("fail", "FAIL"),
+    }
+}
+
+/// The run's verdict: FAIL when any rule failed, else CANNOT JUDGE when any rule could not be
+/// judged, else PASS.
+fn overall(verdicts: &[(String, Verdict)]) -> (&'static str, &'static str) {
+    if verdicts.iter().any(|(_, v)| v.judged && !v.passed) {
+        ("fail", "FAIL")
+    } else if verdicts.iter().any(|(_, v)| !v.judged) {
+        ("unjudged", "CANNOT JUDGE")
+    } else {
+        ("pass", "PASS")
+    }
+}
+
 fn expectations(out: &mut String, verdicts: &[(String, Verdict)]) {
     let passed = verdicts.iter().filter(|(_, v)| v.passed).count();
     put!(
@@ -316,11 +356,7 @@ fn expectations(out: &mut String, verdicts: &[(String, Verdict)]) {
         "<table id=\"expectations\">\n<tr><th>result</th><th>expectation</th><th>device</th><th>summary</th></tr>\n",
     );
     for (text, v) in verdicts {
-        let (class, word) = if v.passed {
-            ("pass", "PASS")
-        } else {
-            ("fail", "FAIL")
-        };
+        let (class, word) = mark(v);
         let text = if text.trim().is_empty() {
             &v.rule
         } else {
@@ -333,7 +369,7 @@ fn expectations(out: &mut String, verdicts: &[(String, Verdict)]) {
             esc(v.device.as_deref().unwrap_or("fleet")),
             esc(&v.summary)
         );
-        if !v.passed && !v.excerpt.is_empty() {
+        if !v.excerpt.is_empty() {
             out.push_str("<tr class=\"excerpt\"><td></td><td colspan=\"3\"><pre>");
             for line in &v.excerpt {
                 out.push_str(&esc(line));

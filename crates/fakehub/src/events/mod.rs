@@ -104,6 +104,30 @@ pub enum AuthKind {
     None,
 }
 
+/// How a device keeps time in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClockMode {
+    /// An in-process device in a simulated run: discrete-event virtual time.
+    Simulated,
+    /// On the hub's clock: an in-process device in a run with processes, or a device process under
+    /// the time preload (its wall and monotonic clocks, sleeps and timeouts follow the hub).
+    Hub,
+    /// Real time: the device keeps its own clock and the hub runs at real speed.
+    Real,
+}
+
+impl ClockMode {
+    /// For people: what the mode means.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ClockMode::Simulated => "simulated (discrete-event virtual time)",
+            ClockMode::Hub => "the hub's clock (time preload for a process)",
+            ClockMode::Real => "real time",
+        }
+    }
+}
+
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -217,6 +241,10 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         signal: Option<i32>,
     },
+    /// The runner started a device and says how it keeps time (the clock its verdicts are judged in).
+    DeviceClock {
+        mode: ClockMode,
+    },
     /// The scenario's timeline ended: what follows is the runner stopping the devices. Rules that
     /// judge "the end of the run" (e.g. `connected`) judge it here.
     TimelineEnded,
@@ -265,10 +293,14 @@ pub enum EventKind {
         result: Option<ResultCode>,
         duration_ms: u64,
     },
-    /// A twin section changed: `desired` by the service side, `reported` by the device.
+    /// A twin section changed: `desired` by the service side, `reported` by the device. A reported
+    /// patch that acknowledges desired properties (IoT Plug and Play: `"av"`, the desired `$version`
+    /// it applied) says which desired version it acknowledges.
     TwinUpdated {
         section: TwinSection,
         version: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        acknowledges: Option<u64>,
     },
     /// The service side enabled or disabled an identity.
     IdentityStatus {

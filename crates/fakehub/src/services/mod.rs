@@ -185,6 +185,7 @@ impl Services {
             EventKind::TwinUpdated {
                 section: TwinSection::Desired,
                 version,
+                acknowledges: None,
             },
         );
         let topic = format!("$iothub/twin/PATCH/properties/desired/?$version={version}");
@@ -354,6 +355,7 @@ impl Services {
                             EventKind::TwinUpdated {
                                 section: TwinSection::Reported,
                                 version,
+                                acknowledges: twin::acknowledged_version(body),
                             },
                         );
                         reply(

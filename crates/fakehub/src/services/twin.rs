@@ -9,6 +9,8 @@
 //! Patches are checked as IoT Hub documents it (device-twins guide): a JSON object, keys of at most
 //! 1 KB without control characters, `.`, `$` or spaces, at most 10 levels deep, and each section at
 //! most 32 KB. A patch that breaks a rule changes nothing and is answered 400.
+//!
+//! Documents are written in IoT Hub's order: the properties as they were added, then `$version`.
 
 use serde_json::{Map, Value};
 
@@ -56,6 +58,8 @@ impl Default for Twin {
     }
 }
 
+/// The section with its `$version` last, as IoT Hub writes it (readers such as the Azure SDK for
+/// C's twin sample stop at `$version`). Maps keep insertion order (serde_json `preserve_order`).
 fn with_version(section: &Map<String, Value>, version: u64) -> Value {
     let mut out = section.clone();
     out.insert("$version".to_owned(), Value::from(version));
@@ -91,7 +95,8 @@ fn merge(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
     for (key, value) in patch {
         match value {
             Value::Null => {
-                target.remove(key);
+                // Keep the order of what stays (documents list properties as they were added).
+                target.shift_remove(key);
             }
             Value::Object(inner) => {
                 let slot = target
@@ -162,6 +167,29 @@ impl Twin {
     }
 }
 
+/// The desired `$version` a reported patch acknowledges, by IoT Plug and Play's convention for
+/// writable properties (`{"prop": {"value": …, "ac": 200, "av": <desired $version>}}`, also inside a
+/// component): the highest `av` found, if any.
+pub fn acknowledged_version(reported_patch: &[u8]) -> Option<u64> {
+    fn walk(v: &Value, depth: usize, best: &mut Option<u64>) {
+        let Value::Object(map) = v else { return };
+        if let Some(av) = map.get("av").and_then(Value::as_u64) {
+            if map.contains_key("ac") {
+                *best = Some(best.map_or(av, |b| b.max(av)));
+            }
+        }
+        if depth < MAX_DEPTH {
+            for child in map.values() {
+                walk(child, depth + 1, best);
+            }
+        }
+    }
+    let v: Value = serde_json::from_slice(reported_patch).ok()?;
+    let mut best = None;
+    walk(&v, 0, &mut best);
+    best
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,6 +230,25 @@ mod tests {
         assert_eq!(
             t.document()["desired"],
             json!({"interval": 5, "$version": 2})
+        );
+    }
+
+    #[test]
+    fn documents_put_version_last_and_keep_property_order() {
+        let mut t = Twin::default();
+        let (_, note) = t
+            .patch_desired(&json!({"device_count": 42, "alpha": 1}))
+            .unwrap();
+        assert_eq!(
+            note.to_string(),
+            r#"{"device_count":42,"alpha":1,"$version":2}"#
+        );
+        t.patch_desired(&json!({"zeta": true, "device_count": null}))
+            .unwrap();
+        t.patch_reported(br#"{"b":1,"a":2}"#).unwrap();
+        assert_eq!(
+            t.document().to_string(),
+            r#"{"desired":{"alpha":1,"zeta":true,"$version":3},"reported":{"b":1,"a":2,"$version":2}}"#
         );
     }
 
