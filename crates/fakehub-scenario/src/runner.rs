@@ -115,6 +115,8 @@ impl Regime {
 
 /// How long (virtual time) every device gets to connect once before the timeline starts.
 const CONNECT_LIMIT: Duration = Duration::from_secs(60);
+/// …and at least this much real time when devices are processes.
+const CONNECT_LIMIT_REAL: Duration = Duration::from_secs(30);
 
 /// Run one scenario, writing into `out`, on a runtime of its own. SIGINT, SIGTERM and SIGHUP stop it
 /// (what was seen is still judged and written; the outcome says it was interrupted).
@@ -231,8 +233,9 @@ async fn run_in(
         drop(rig);
         let detail = missing.join("\n  ");
         anyhow::bail!(
-            "these devices never connected within {} of virtual time:\n  {detail}",
-            humantime::format_duration(CONNECT_LIMIT)
+            "these devices never connected within {} of virtual time (and, for device processes, {} of real time):\n  {detail}",
+            humantime::format_duration(CONNECT_LIMIT),
+            humantime::format_duration(CONNECT_LIMIT_REAL)
         );
     }
 
@@ -432,6 +435,7 @@ impl Rig {
             .open(self.out.join("devices").join(format!("{id}.log")))?;
         let mut cmd = Command::new(&program);
         cmd.args(&args)
+            .envs(&spec.env)
             .env(
                 "FAKEHUB_CONNECTION_STRING",
                 self.hub.connection_string(id).unwrap_or_default(),
@@ -518,10 +522,19 @@ impl Rig {
                 }
             }
         };
+        // A process's start-up is real work (an interpreter loading an SDK on a busy machine):
+        // besides the virtual limit, it gets real time too.
+        let real_floor = match self.regime {
+            Regime::Simulated => Duration::ZERO,
+            Regime::Processes | Regime::RealTime => CONNECT_LIMIT_REAL,
+        };
+        let limit = async {
+            tokio::join!(clock.sleep(limit), tokio::time::sleep(real_floor));
+        };
         tokio::select! {
             biased;
             _ = all => {}
-            _ = clock.sleep(limit) => {}
+            _ = limit => {}
         }
         ids.iter()
             .filter(|id| !seen.contains(*id))

@@ -98,6 +98,10 @@ pub struct DeviceSpec {
     /// For `run` devices: how the process sees the hub's clock.
     #[serde(default)]
     pub clock: Option<ClockAdapter>,
+    /// For `run` devices: environment variables for the process (the hub's own —
+    /// `FAKEHUB_CONNECTION_STRING`, `FAKEHUB_CA_FILE` and the time preload's — are set after these).
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
     /// For in-process sample devices: behaviours to get wrong (`no-token-renewal`, …).
     #[serde(default)]
     pub bugs: Vec<String>,
@@ -298,6 +302,12 @@ fn check(s: &Scenario) -> Result<(), (String, String)> {
             if !d.bugs.is_empty() {
                 return Err(("bugs".into(), format!("device `{}`: `bugs` are for the in-process sample device; pass `--bug` in `run` instead", d.id)));
             }
+        } else if !d.env.is_empty() || d.clock.is_some() {
+            let key = if d.env.is_empty() { "clock" } else { "env" };
+            return Err((
+                key.into(),
+                format!("device `{}`: `{key}` is for a device process (`run`)", d.id),
+            ));
         }
         for b in &d.bugs {
             if let Err(e) = b.parse::<sample_device::Bug>() {

@@ -8,6 +8,10 @@
 //
 // The SDK's retry policy reconnects after most drops; when it gives up (the client's `disconnect`
 // event), the app opens the client again, and keeps trying every 10 s if that fails.
+// Telemetry goes out in order, one message at a time, while connected: the SDK starts a retry
+// loop of its own (with its own reconnects) for every operation sent while offline, so a device
+// that keeps sending during an outage reconnects in parallel bursts. --send-while-offline sends
+// every message when it is due, connected or not (as the SDK's samples do), to show that.
 // One line per event on stdout: "<ISO time> <event> [details]". Keys and tokens are never printed.
 'use strict';
 
@@ -63,6 +67,7 @@ function errorText(err) {
 }
 
 const fixedToken = process.argv.includes('--fixed-token');
+const sendWhileOffline = process.argv.includes('--send-while-offline');
 const connectionString = process.env.FAKEHUB_CONNECTION_STRING;
 if (!connectionString) fail('FAKEHUB_CONNECTION_STRING is not set');
 const caFile = process.env.FAKEHUB_CA_FILE;
@@ -87,7 +92,10 @@ if (!fixedToken && tokenMargin >= tokenTtl) fail('FAKEHUB_TOKEN_MARGIN_SECS must
 class LoggedMqtt extends Mqtt {
   constructor(authenticationProvider) {
     super(authenticationProvider);
-    this.on('disconnect', (err) => log('disconnected', `reason=${errorText(err)}`));
+    this.on('disconnect', (err) => {
+      online = false;
+      log('disconnected', `reason=${errorText(err)}`);
+    });
     authenticationProvider.on('newTokenAvailable', () => {
       const se = Math.floor(Date.now() / 1000) + tokenTtl;
       log('renewing token', `expiry=${new Date(se * 1000).toISOString()} (the SDK reconnects inside its transport: no connect/disconnect events)`);
@@ -122,10 +130,15 @@ if (keepAlive) options.keepalive = keepAlive;
 
 let telemetryTimer = null;
 let stopping = false;
+let online = false;
 let opening = false;
 let subscribed = false;
 
-client.on('connect', () => log('connected'));
+client.on('connect', () => {
+  online = true;
+  log('connected');
+  pump();
+});
 // The client reports a drop only when its retry policy will not reconnect: the error is not
 // retryable (UnauthorizedError, or a raw socket error such as ECONNRESET) or retries ran out
 // (240 s). The SDK would reconnect at the next send; like Microsoft's samples, open again now.
@@ -150,18 +163,48 @@ function onEcho(request, response) {
 }
 
 let seq = 0;
-function sendTelemetry() {
-  seq += 1;
-  const n = seq;
+const outbox = [];
+let inFlight = false;
+
+function telemetry(n) {
   const message = new Message(JSON.stringify({ seq: n }));
   message.messageId = `seq-${n}`;
   message.properties.add('seq', String(n));
   message.contentType = 'application/json';
   message.contentEncoding = 'utf-8';
+  return message;
+}
+
+function sendTelemetry() {
+  seq += 1;
+  if (sendWhileOffline) {
+    const n = seq;
+    log('sent', `seq-${n}`);
+    client.sendEvent(telemetry(n), (err) => {
+      if (err) log('send failed', `seq-${n} reason=${errorText(err)}`);
+      else log('acked', `seq-${n}`);
+    });
+    return;
+  }
+  outbox.push(seq);
+  pump();
+}
+
+// Send the oldest waiting message, if connected and none is in flight.
+function pump() {
+  if (sendWhileOffline || stopping || !online || inFlight || outbox.length === 0) return;
+  const n = outbox[0];
+  inFlight = true;
   log('sent', `seq-${n}`);
-  client.sendEvent(message, (err) => {
-    if (err) log('send failed', `seq-${n} reason=${errorText(err)}`);
-    else log('acked', `seq-${n}`);
+  client.sendEvent(telemetry(n), (err) => {
+    inFlight = false;
+    if (err) {
+      log('send failed', `seq-${n} reason=${errorText(err)} retry=when-connected`);
+      return;
+    }
+    outbox.shift();
+    log('acked', `seq-${n}`);
+    pump();
   });
 }
 

@@ -7,8 +7,13 @@ Default: IoTHubDeviceClient.create_from_connection_string with the SDK's own tok
 default reconnect policy. --fixed-token (or device_fixed_token.py): create_from_sastoken with a
 token minted here once; it is never replaced, so the hub drops the device at expiry + grace.
 
-Telemetry goes out in order, one message at a time; a send that fails while disconnected is
-tried again every 10 s (the SDK keeps no copy).
+Reconnecting: by default the app does it, with capped exponential backoff and jitter (1 s
+doubling to 60 s, each wait drawn from its upper half), as Azure's retry guidance asks: the SDK's
+own reconnect (connection_retry) retries at a fixed 10 s interval. --sdk-retry leaves reconnecting
+to the SDK (its default) instead.
+
+Telemetry goes out in order, one message at a time, while connected (the SDK keeps no copy of a
+failed send, so the app keeps the message and sends it again once connected).
 
 One line per event on stdout: "<ISO time> <event> [details]". Keys and tokens are never printed.
 """
@@ -21,6 +26,7 @@ import json
 import logging
 import os
 import queue
+import random
 import signal
 import sys
 import threading
@@ -100,6 +106,7 @@ class SdkRenewalLog(logging.Handler):
 def main():
     global TOKEN_TTL
     fixed_token = "--fixed-token" in sys.argv[1:]
+    sdk_retry = "--sdk-retry" in sys.argv[1:]
     conn_str = os.environ.get("FAKEHUB_CONNECTION_STRING")
     if not conn_str:
         fail("FAKEHUB_CONNECTION_STRING is not set")
@@ -126,6 +133,9 @@ def main():
     renewal_logger.addHandler(SdkRenewalLog())
 
     common = dict(server_verification_cert=ca_pem, keep_alive=keep_alive)
+    if not sdk_retry:
+        # The app reconnects (with backoff) and sends only while connected.
+        common.update(connection_retry=False, auto_connect=False)
     gateway = cs.get("GatewayHostName", "-")
     if fixed_token:
         expiry = int(time.time()) + TOKEN_TTL
@@ -146,11 +156,18 @@ def main():
         _state["last_error"], _state["last_error_at"] = e, time.monotonic()
         log("error", f"reason={error_text(e)}")
 
+    online = threading.Event()
+    reconnect_wanted = threading.Event()
+
     def on_connection_state_change():
         if client.connected:
             _state["renewing"] = False
             log("connected")
+            online.set()
             return
+        online.clear()
+        if not _state.get("stopping") and not _state["renewing"]:
+            reconnect_wanted.set()
         if _state.get("stopping"):
             reason = '"app shutdown (DISCONNECT sent)"'
         elif _state["renewing"]:
@@ -202,14 +219,43 @@ def main():
                           content_type="application/json")
             msg.custom_properties["seq"] = str(n)
             while not stop.is_set():
+                if not sdk_retry and not online.is_set():
+                    online.wait(1)
+                    continue
                 log("sent", f"seq-{n}")
                 try:
                     client.send_message(msg)  # returns on PUBACK
                     log("acked", f"seq-{n}")
                     break
                 except Exception as e:  # noqa: BLE001
-                    log("send failed", f"seq-{n} reason={error_text(e)} retry_in=10s")
-                stop.wait(10)
+                    if sdk_retry:
+                        log("send failed", f"seq-{n} reason={error_text(e)} retry_in=10s")
+                        stop.wait(10)
+                    else:
+                        log("send failed", f"seq-{n} reason={error_text(e)} retry=when-connected")
+                        online.wait(1)
+
+    def reconnector():
+        # Capped exponential backoff with jitter; the first retry waits 0.5–1 s.
+        attempt = 0
+        while not stop.is_set():
+            if not reconnect_wanted.wait(0.5):
+                continue
+            if client.connected:
+                reconnect_wanted.clear()
+                attempt = 0
+                continue
+            delay = min(60.0, 2.0 ** attempt) * random.uniform(0.5, 1.0)
+            attempt += 1
+            log("reconnecting", f"attempt={attempt} in={delay:.2f}s")
+            if stop.wait(delay):
+                return
+            try:
+                client.connect()
+                reconnect_wanted.clear()
+                attempt = 0
+            except Exception as e:  # noqa: BLE001
+                log("connect failed", f"reason={error_text(e)}")
 
     def setup():
         # The SDK does not retry a failed first connect; a device must keep trying.
@@ -231,6 +277,8 @@ def main():
     while setup_thread.is_alive() and not stop.wait(0.2):
         pass
     threading.Thread(target=sender, daemon=True).start()
+    if not sdk_retry:
+        threading.Thread(target=reconnector, daemon=True).start()
     seq = 0
     next_send = time.monotonic()
     while not stop.is_set():

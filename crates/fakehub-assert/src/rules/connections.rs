@@ -268,7 +268,11 @@ pub struct BackoffRule {
     pub first_at_most: Duration,
     /// No delay above this (allowing 5 % for timing).
     pub cap: Duration,
-    /// The median ratio of consecutive delays below the cap must be at least this.
+    /// Over a run of retries, the typical delay at its end (the mean of its last third) must be at
+    /// least this many times the typical delay at its start (the mean of its first third), unless
+    /// the end already waits at least half the cap. Judged on the envelope rather than on
+    /// consecutive pairs, so a client whose retries interleave several backing-off loops (the Node
+    /// SDK retries each pending operation on its own) is judged by what the hub sees over time.
     pub growth: f64,
     /// Whether the delays must show jitter (not an exact geometric series).
     pub jitter: bool,
@@ -331,6 +335,33 @@ fn retry_runs(conns: &[Conn]) -> Vec<(u64, Vec<Duration>)> {
     runs
 }
 
+/// The typical wait at the start and at the end of a run of retries: the mean waits of its first
+/// and last thirds (time over attempts: the inverse of the attempt rate, which interleaved loops
+/// cannot disguise as medians of alternating waits can).
+fn envelope(gaps: &[Duration]) -> (Duration, Duration) {
+    let third = gaps.len().div_ceil(3).max(1);
+    let mean = |part: &[Duration]| {
+        let total: Duration = part.iter().sum();
+        total / u32::try_from(part.len().max(1)).unwrap_or(u32::MAX)
+    };
+    let tail_from = gaps.len().saturating_sub(third);
+    (
+        mean(&gaps[..third.min(gaps.len())]),
+        mean(&gaps[tail_from..]),
+    )
+}
+
+/// The first dozen waits of a run, for people.
+fn gaps_text(gaps: &[Duration]) -> String {
+    let shown: Vec<String> = gaps.iter().take(12).map(|g| secs(*g)).collect();
+    let more = if gaps.len() > 12 {
+        format!(", … ({} in all)", gaps.len())
+    } else {
+        String::new()
+    };
+    format!("{}{more}", shown.join(", "))
+}
+
 /// Reconnects back off: the delays grow, stop at the cap, show jitter, and start low again after a
 /// success.
 pub fn backoff(log: &Log, device: &str, rule: BackoffRule) -> Verdict {
@@ -345,8 +376,8 @@ pub fn backoff(log: &Log, device: &str, rule: BackoffRule) -> Verdict {
         );
     }
     let cap = rule.cap.mul_f64(1.05) + Duration::from_millis(50);
-    let mut ratios = Vec::new();
     let mut normalized = Vec::new();
+    let mut weakest: Option<f64> = None;
     for (seq, gaps) in &runs {
         if gaps[0] > rule.first_at_most {
             return Verdict::fail("backoff", Some(device), format!("a run of retries started with a {} wait (limit {}): the backoff did not start low (or reset after success)", secs(gaps[0]), secs(rule.first_at_most)), log, Some(*seq));
@@ -362,47 +393,57 @@ pub fn backoff(log: &Log, device: &str, rule: BackoffRule) -> Verdict {
         }
         for (k, pair) in gaps.windows(2).enumerate() {
             if pair[1] < rule.cap / 2 && !pair[0].is_zero() {
-                ratios.push(pair[1].as_secs_f64() / pair[0].as_secs_f64());
                 normalized.push(
                     pair[1].as_secs_f64()
                         / (gaps[0].as_secs_f64().max(1e-9) * 2f64.powi(k as i32 + 1)),
                 );
             }
         }
+        if gaps.len() < 3 {
+            continue;
+        }
+        let (head, tail) = envelope(gaps);
+        let growth = tail.as_secs_f64() / head.as_secs_f64().max(0.01);
+        weakest = Some(weakest.map_or(growth, |w: f64| w.min(growth)));
+        if growth < rule.growth && tail < rule.cap / 2 {
+            return Verdict::fail(
+                "backoff",
+                Some(device),
+                format!(
+                    "delays do not grow: a run of {} retries waits {} at its start and still {} at its end (need {:.1}× growth, or half the {} cap); waits: {}",
+                    gaps.len(),
+                    secs(head),
+                    secs(tail),
+                    rule.growth,
+                    secs(rule.cap),
+                    gaps_text(gaps)
+                ),
+                log,
+                Some(*seq),
+            );
+        }
     }
-    let gaps_text = runs
+    let longest = runs
         .iter()
         .max_by_key(|r| r.1.len())
-        .map(|r| {
-            let shown: Vec<String> = r.1.iter().take(12).map(|g| secs(*g)).collect();
-            let more = if r.1.len() > 12 {
-                format!(", … ({} in all)", r.1.len())
-            } else {
-                String::new()
-            };
-            format!("{}{more}", shown.join(", "))
-        })
+        .map(|r| gaps_text(&r.1))
         .unwrap_or_default();
-    ratios.sort_by(|a, b| a.total_cmp(b));
-    let median = ratios.get(ratios.len() / 2).copied().unwrap_or(0.0);
     let first_seq = runs.first().map(|r| r.0);
-    if ratios.is_empty() || median < rule.growth {
-        return Verdict::fail("backoff", Some(device), format!("delays do not grow: median ratio {median:.2} (need ≥ {:.2}); longest run: {gaps_text}", rule.growth), log, first_seq);
-    }
-    if rule.jitter {
+    let growth = weakest.unwrap_or(0.0);
+    if rule.jitter && !normalized.is_empty() {
         let mean = normalized.iter().sum::<f64>() / normalized.len() as f64;
         let var =
             normalized.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / normalized.len() as f64;
         let cv = var.sqrt() / mean.max(1e-9);
         if cv < 0.02 {
-            return Verdict::fail("backoff", Some(device), format!("no jitter: delays follow an exact geometric series (spread {:.1}%); longest run: {gaps_text}", cv * 100.0), log, first_seq);
+            return Verdict::fail("backoff", Some(device), format!("no jitter: delays follow an exact geometric series (spread {:.1}%); longest run: {longest}", cv * 100.0), log, first_seq);
         }
     }
     Verdict::pass(
         "backoff",
         Some(device),
         format!(
-            "{} runs of retries, median growth {median:.2}, longest: {gaps_text}",
+            "{} runs of retries, growth start→end at least {growth:.1}×, longest: {longest}",
             runs.len()
         ),
     )
