@@ -114,7 +114,6 @@ async fn blackhole_is_silence_until_the_keepalive_timeout() {
         .await
         .unwrap();
     hub.inject(Fault::new(FaultKind::Blackhole(Default::default())));
-    tokio::time::sleep(Duration::from_millis(50)).await;
     a.send(&Packet::PingReq).await.unwrap();
     assert!(
         matches!(a.recv(SHORT).await, Received::Silence),
@@ -135,7 +134,6 @@ async fn drop_pingresp_withholds_only_pingresp() {
         .await
         .unwrap();
     let f = hub.inject(Fault::new(FaultKind::DropPingresp(Default::default())));
-    tokio::time::sleep(Duration::from_millis(50)).await;
     a.send(&Packet::PingReq).await.unwrap();
     assert!(matches!(a.recv(SHORT).await, Received::Silence));
     a.publish(&telemetry("a"), QoS::AtLeastOnce, 1, b"x")
@@ -146,7 +144,6 @@ async fn drop_pingresp_withholds_only_pingresp() {
         "other packets flow"
     );
     f.end();
-    tokio::time::sleep(Duration::from_millis(50)).await;
     a.send(&Packet::PingReq).await.unwrap();
     assert!(
         matches!(a.recv(T).await, Received::Packet(Packet::PingResp)),
@@ -170,7 +167,6 @@ async fn drop_puback_withholds_the_nth() {
         nth: Some(2),
         ..Default::default()
     })));
-    tokio::time::sleep(Duration::from_millis(50)).await;
     let mut acked = Vec::new();
     for pkid in 1..=3u16 {
         a.publish(&telemetry("a"), QoS::AtLeastOnce, pkid, b"x")
@@ -195,7 +191,6 @@ async fn delay_suback_and_latency_follow_virtual_time() {
             delay: Duration::from_secs(30),
         },
     )));
-    tokio::time::sleep(Duration::from_millis(50)).await;
     let sub = mq::Subscribe::new("devices/a/messages/devicebound/#", QoS::AtLeastOnce);
     a.send(&Packet::Subscribe(sub)).await.unwrap();
     assert!(
@@ -212,7 +207,6 @@ async fn delay_suback_and_latency_follow_virtual_time() {
         inbound: Duration::from_secs(2),
         outbound: Duration::from_secs(3),
     })));
-    tokio::time::sleep(Duration::from_millis(50)).await;
     let start = hub.clock().elapsed();
     hub.clock().set_speed(100.0);
     a.send(&Packet::PingReq).await.unwrap();
@@ -546,5 +540,44 @@ async fn every_fault_end_is_stamped_with_agreeing_time_and_elapsed() {
         Duration::from_secs(10 * 60),
         "the fault ended 10 minutes into the jump: {in_jump:?}"
     );
+    hub.shutdown().await.unwrap();
+}
+
+/// `half_open`, the catalogue's newest fault (one file, one catalogue line): the hub stops reading
+/// but keeps writing. The device's PINGREQs and PUBLISHes go unanswered while hub-sent packets (a
+/// C2D message) still arrive; the hub's keep-alive ends it, counted as idleness (404104).
+#[tokio::test(start_paused = true)]
+async fn half_open_stops_reading_keeps_writing_and_the_keepalive_ends_it() {
+    let hub = hub(&["a"]).await;
+    let (mut a, _) = RawClient::connect_memory_as(&hub, &device("a"), false, 60)
+        .await
+        .unwrap();
+    a.subscribe(1, &["devices/a/messages/devicebound/#"])
+        .await
+        .unwrap();
+    hub.inject(Fault::new(FaultKind::HalfOpen(Default::default())));
+    a.send(&Packet::PingReq).await.unwrap();
+    a.publish(&telemetry("a"), QoS::AtLeastOnce, 7, b"x")
+        .await
+        .unwrap();
+    assert!(
+        matches!(a.recv(Duration::from_secs(10)).await, Received::Silence),
+        "no PINGRESP, no PUBACK"
+    );
+    hub.send_c2d("a", fakehub::CloudMessage::new(b"still writing".to_vec()))
+        .await
+        .unwrap();
+    let c2d = a.next_publish(Duration::from_secs(10)).await;
+    assert!(
+        c2d.is_some_and(|p| p.payload.as_ref() == b"still writing"),
+        "the hub still writes"
+    );
+    // 1.5 × 60 s after the last packet the hub read: closed for idleness.
+    assert!(matches!(
+        a.recv(Duration::from_secs(120)).await,
+        Received::Closed
+    ));
+    assert_eq!(closed_cause(&hub, "a").await, CloseCause::KeepAliveTimeout);
+    assert_eq!(codes(&hub, "a").last().unwrap().1, Some(404104));
     hub.shutdown().await.unwrap();
 }
