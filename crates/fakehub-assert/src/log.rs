@@ -39,7 +39,7 @@ impl Log {
 
     /// The log of a running hub, as it is now.
     pub fn of(hub: &fakehub::HubHandle) -> Log {
-        Log::new(hub.events().snapshot())
+        Log::new(hub.events_since(0))
     }
 
     /// Parse `events.jsonl` text. Errors name the line.

@@ -207,6 +207,23 @@ impl HubCertificates {
         Ok(Arc::new(config))
     }
 
+    /// The rustls configuration of an HTTPS listener (the service API): a server certificate of its
+    /// own from the same CA for `host_name`, the loopback names and `extra` (e.g. the address it
+    /// listens on), TLS 1.2 and 1.3, no client certificates, HTTP/1.1.
+    pub fn https_server_config(
+        &self,
+        host_name: &str,
+        extra: &[String],
+    ) -> Result<Arc<ServerConfig>, TlsError> {
+        let (cert, key) = issue_server(&self.ca, host_name, extra)?;
+        let mut config = ServerConfig::builder_with_provider(ring_provider())
+            .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])?
+            .with_no_client_auth()
+            .with_single_cert(vec![cert, self.ca_der.clone()], PrivateKeyDer::Pkcs8(key))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
     /// A client configuration that trusts this hub's CA (for Rust devices and tests).
     pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
         client_config_trusting(&[self.ca_der()])

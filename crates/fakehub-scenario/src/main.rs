@@ -57,11 +57,15 @@ enum Command {
     /// Put a field log and a reproduction's records (its output directory) side by side: exit 0
     /// when the reproduction matches, 1 when it does not, 2 for unreadable input.
     Compare { field: PathBuf, out_dir: PathBuf },
-    /// Run a hub until Ctrl-C or SIGTERM, writing ca.pem, events.jsonl and connections.jsonl.
+    /// Run a hub until Ctrl-C or SIGTERM, writing ca.pem, events.jsonl and connections.jsonl, with
+    /// the IoT Hub service REST API and the control API on HTTPS (see docs/SERVICE-API.md).
     Serve {
         /// The hub configuration (YAML).
         #[arg(long)]
         config: PathBuf,
+        /// Do not start the service REST API and control API (HTTPS on `service_listen`).
+        #[arg(long)]
+        no_service_api: bool,
     },
     /// Write a CA for devices to trust (ca.pem) and its key (ca-key.pem, for serve's ca_dir).
     Certs {
@@ -124,9 +128,14 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve { config } => {
+            Command::Serve {
+                config,
+                no_service_api,
+            } => {
                 let config = serve::ServeConfig::load(&config)?;
-                serve::serve(config).await.map(|()| ExitCode::SUCCESS)
+                serve::serve(config, !no_service_api)
+                    .await
+                    .map(|()| ExitCode::SUCCESS)
             }
             Command::Certs { out } => serve::certs(&out).map(|()| ExitCode::SUCCESS),
             Command::Schema => {

@@ -3,59 +3,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fakehub::{ConnectionRecord, Event, EventKind};
 
 const KEY: &str = "c2Vuc29yLTEgcHJpbWFyeSBrZXkgZm9yIGZha2VodWI=";
-
-struct Serve {
-    child: Child,
-}
-
-impl Serve {
-    fn start(config: &Path) -> Serve {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fakehub"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start fakehub serve");
-        // It says where it listens once it is listening.
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = BufReader::new(stderr).lines();
-        let first = lines.next().and_then(|l| l.ok()).unwrap_or_default();
-        assert!(
-            first.contains("listening on 127.0.0.1:8883"),
-            "serve said: {first}"
-        );
-        std::thread::spawn(move || for _ in lines {});
-        Serve { child }
-    }
-
-    fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "serve exited with {status}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
 
 fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
     std::fs::read_to_string(path)
@@ -75,12 +28,13 @@ fn the_python_sdk_connects_to_serve_unchanged() {
     std::fs::write(
         &config,
         format!(
-            "host_name: myhub.azure-devices.net\nlisten: 127.0.0.1:8883\nout: {}\ndevices:\n  - id: sensor-1\n    primary_key: \"{KEY}\"\n",
+            "host_name: myhub.azure-devices.net\nlisten: 127.0.0.1:8883\nservice_listen: null\nout: {}\ndevices:\n  - id: sensor-1\n    primary_key: \"{KEY}\"\n",
             out.display()
         ),
     )
     .unwrap();
-    let serve = Serve::start(&config);
+    let serve = common::Serve::start(&config, &[]);
+    assert!(serve.console()[0].contains("listening on 127.0.0.1:8883"));
     let ca = out.join("ca.pem");
     assert!(ca.exists(), "ca.pem is written before listening");
     let good = format!("HostName=myhub.azure-devices.net;DeviceId=sensor-1;SharedAccessKey={KEY};GatewayHostName=localhost");
@@ -102,6 +56,16 @@ fn the_python_sdk_connects_to_serve_unchanged() {
     let failed = run.steps("connect_failed");
     assert_eq!(failed.len(), 1, "{:?}", run.lines);
     assert_eq!(failed[0]["type"], "CredentialError");
+    // The console says why, once per refused connection, without the key.
+    let line = serve.wait_line(|l| l.contains("refused"), Duration::from_secs(10));
+    assert!(
+        line.contains("'sensor-1'") && line.contains("CONNACK 5, 401003"),
+        "{line}"
+    );
+    assert!(serve
+        .console()
+        .iter()
+        .all(|l| !l.contains(KEY) && !l.contains("sig=")));
 
     serve.stop();
 

@@ -28,6 +28,7 @@ mod frontdoor;
 mod hub;
 pub mod process_time;
 pub mod registry;
+pub mod service_api;
 pub mod services;
 mod sessions;
 mod shared;
@@ -46,12 +47,12 @@ pub use events::records::ConnectionRecord;
 pub use events::{
     CloseCause, CloseHow, Closer, Event, EventKind, EventLog, EventStream, TwinSection,
 };
-pub use hub::{Hub, HubBuilder, HubError, HubHandle};
-pub use registry::{IdentityRef, SymmetricKeys, X509Auth};
+pub use hub::{Hub, HubBuilder, HubError, HubHandle, OWNER_POLICY};
+pub use registry::{IdentityRef, Right, Rights, SymmetricKeys, X509Auth};
 pub use services::c2d::CloudMessage;
 pub use services::methods::{MethodError, MethodResponse};
 pub use services::twin::Twin;
-pub use services::{C2dError, TwinError};
+pub use services::{C2dError, IdentitySpec, RegistryError, TwinError};
 pub use sessions::WireClose;
 
 pub use fakehub_protocol::{shutdown_signal, InProcessHub};

@@ -6,6 +6,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
 
 use serde::{Deserialize, Serialize};
 use tokio_rustls::rustls::pki_types::CertificateDer;
@@ -56,6 +60,19 @@ pub struct Identity {
     pub enabled: bool,
     /// How the identity may authenticate with a client certificate; `None`: SAS only.
     pub x509: Option<X509Auth>,
+    /// Bumped by every change made through [`Registry::update`]: the identity's ETag.
+    pub version: u64,
+    /// Tells apart identities that had the same id (one deleted, another created): .NET ticks of
+    /// when it was registered, as IoT Hub shows them.
+    pub generation_id: String,
+    /// Why it was disabled or enabled (the service side says).
+    pub status_reason: Option<String>,
+    /// When `enabled` last changed (virtual wall time); `None`: never.
+    pub status_updated: Option<SystemTime>,
+    /// Registered as an IoT Edge device (`capabilities.iotEdge`).
+    pub iot_edge: bool,
+    /// For modules: who manages it (`managedBy`).
+    pub managed_by: Option<String>,
 }
 
 impl Identity {
@@ -65,8 +82,37 @@ impl Identity {
             keys,
             enabled: true,
             x509: None,
+            version: 1,
+            generation_id: String::new(),
+            status_reason: None,
+            status_updated: None,
+            iot_edge: false,
+            managed_by: None,
         }
     }
+
+    /// The ETag of the identity, as IoT Hub writes it: the base64 of a decimal version.
+    pub fn etag(&self) -> String {
+        B64.encode(self.version.to_string())
+    }
+
+    /// How it authenticates, in the registry's words: `sas`, `selfSigned` or
+    /// `certificateAuthority`.
+    pub fn auth_type(&self) -> &'static str {
+        match self.x509 {
+            None => "sas",
+            Some(X509Auth::SelfSigned { .. }) => "selfSigned",
+            Some(X509Auth::CertificateAuthority) => "certificateAuthority",
+        }
+    }
+}
+
+/// .NET ticks (100 ns since 0001-01-01) of `t`, how IoT Hub writes generation ids.
+pub fn dotnet_ticks(t: SystemTime) -> u64 {
+    const UNIX_EPOCH_TICKS: u64 = 621_355_968_000_000_000;
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let ticks = since.as_secs().saturating_mul(10_000_000) + u64::from(since.subsec_nanos() / 100);
+    UNIX_EPOCH_TICKS.saturating_add(ticks)
 }
 
 /// X.509 authentication of an identity, as IoT Hub registers it (research §1.4).
@@ -95,8 +141,72 @@ pub struct Device {
 pub struct Policy {
     pub name: String,
     pub keys: SymmetricKeys,
-    /// Whether tokens signed with this policy may connect as any device (`DeviceConnect`).
+    pub rights: Rights,
+}
+
+/// What a shared access policy's tokens may do (IoT Hub's permissions).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rights {
+    /// Read the identity registry (`RegistryRead`).
+    #[serde(default)]
+    pub registry_read: bool,
+    /// Change the identity registry (`RegistryReadWrite`; it includes reading).
+    #[serde(default)]
+    pub registry_write: bool,
+    /// Twins, direct methods, cloud-to-device messages (`ServiceConnect`).
+    #[serde(default)]
+    pub service_connect: bool,
+    /// Connect as any device (`DeviceConnect`).
+    #[serde(default)]
     pub device_connect: bool,
+}
+
+impl Rights {
+    /// Everything (`iothubowner`).
+    pub const ALL: Rights = Rights {
+        registry_read: true,
+        registry_write: true,
+        service_connect: true,
+        device_connect: true,
+    };
+
+    /// Only connecting as devices (the `device` policy).
+    pub const DEVICE_CONNECT: Rights = Rights {
+        registry_read: false,
+        registry_write: false,
+        service_connect: false,
+        device_connect: true,
+    };
+
+    /// Whether these rights include `needed`.
+    pub fn allow(self, needed: Right) -> bool {
+        match needed {
+            Right::RegistryRead => self.registry_read || self.registry_write,
+            Right::RegistryWrite => self.registry_write,
+            Right::ServiceConnect => self.service_connect,
+            Right::DeviceConnect => self.device_connect,
+        }
+    }
+}
+
+/// One permission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Right {
+    RegistryRead,
+    RegistryWrite,
+    ServiceConnect,
+    DeviceConnect,
+}
+
+impl std::fmt::Display for Right {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Right::RegistryRead => "RegistryRead",
+            Right::RegistryWrite => "RegistryWrite",
+            Right::ServiceConnect => "ServiceConnect",
+            Right::DeviceConnect => "DeviceConnect",
+        })
+    }
 }
 
 pub use fakehub_protocol::IdentityRef;
@@ -118,7 +228,18 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(data: RegistryData) -> Self {
+    /// A registry with this content; identities without a generation id get one (registered now).
+    pub fn new(mut data: RegistryData) -> Self {
+        let ticks = dotnet_ticks(SystemTime::now());
+        let mut n = 0u64;
+        for d in data.devices.values_mut() {
+            for i in std::iter::once(&mut d.identity).chain(d.modules.values_mut()) {
+                if i.generation_id.is_empty() {
+                    i.generation_id = ticks.saturating_add(n).to_string();
+                    n += 1;
+                }
+            }
+        }
         Registry {
             inner: Arc::new(RwLock::new(data)),
         }
@@ -181,7 +302,62 @@ impl Registry {
         self.write().devices.insert(device.id.clone(), device);
     }
 
-    /// Change one identity in place; returns false when it does not exist.
+    /// A device with its modules.
+    pub fn device(&self, id: &str) -> Option<Device> {
+        self.read().devices.get(id).cloned()
+    }
+
+    /// Every device with its modules, in id order.
+    pub fn devices(&self) -> Vec<Device> {
+        self.read().devices.values().cloned().collect()
+    }
+
+    /// Every policy, in name order.
+    pub fn policies(&self) -> Vec<Policy> {
+        self.read().policies.values().cloned().collect()
+    }
+
+    /// Register a new identity: a device (without modules), or a module of a registered device.
+    pub fn insert_new(&self, who: &IdentityRef, identity: Identity) -> Result<(), InsertError> {
+        let mut data = self.write();
+        match &who.module_id {
+            None => {
+                if data.devices.contains_key(&who.device_id) {
+                    return Err(InsertError::Exists);
+                }
+                data.devices.insert(
+                    who.device_id.clone(),
+                    Device {
+                        id: who.device_id.clone(),
+                        identity,
+                        modules: BTreeMap::new(),
+                    },
+                );
+            }
+            Some(m) => {
+                let device = data
+                    .devices
+                    .get_mut(&who.device_id)
+                    .ok_or(InsertError::NoDevice)?;
+                if device.modules.contains_key(m) {
+                    return Err(InsertError::Exists);
+                }
+                device.modules.insert(m.clone(), identity);
+            }
+        }
+        Ok(())
+    }
+
+    /// Take an identity out (a device goes with its modules); what was removed.
+    pub fn remove(&self, who: &IdentityRef) -> Option<Identity> {
+        let mut data = self.write();
+        match &who.module_id {
+            None => data.devices.remove(&who.device_id).map(|d| d.identity),
+            Some(m) => data.devices.get_mut(&who.device_id)?.modules.remove(m),
+        }
+    }
+
+    /// Change one identity in place (its version moves on); returns false when it does not exist.
     pub fn update(&self, who: &IdentityRef, f: impl FnOnce(&mut Identity)) -> bool {
         let mut data = self.write();
         let Some(device) = data.devices.get_mut(&who.device_id) else {
@@ -195,6 +371,16 @@ impl Registry {
             },
         };
         f(identity);
+        identity.version = identity.version.wrapping_add(1);
         true
     }
+}
+
+/// Why [`Registry::insert_new`] did not register an identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertError {
+    /// The id is taken.
+    Exists,
+    /// A module of a device that is not registered.
+    NoDevice,
 }

@@ -534,6 +534,45 @@ impl Sessions {
         n
     }
 
+    /// Throw away every C2D message of a device that it has not acknowledged (waiting or in
+    /// flight; a late PUBACK for one is then ignored); how many.
+    pub fn purge_c2d(&self, device_id: &str) -> usize {
+        let mut t = self.lock();
+        let waiting = t.c2d.remove(device_id).map_or(0, |q| q.len());
+        let inflight = t
+            .sessions
+            .get_mut(device_id)
+            .map_or(0, |s| std::mem::take(&mut s.inflight).len());
+        waiting.saturating_add(inflight)
+    }
+
+    /// Forget an identity that was deleted: its C2D messages, and its session once the live
+    /// connection (asked to close) has gone.
+    pub fn forget(&self, client_id: &str) {
+        let mut t = self.lock();
+        t.c2d.remove(client_id);
+        let live = match t.sessions.get_mut(client_id) {
+            Some(s) => {
+                s.persistent = false;
+                s.inflight.clear();
+                s.subscriptions.clear();
+                s.live.is_some()
+            }
+            None => return,
+        };
+        if !live {
+            t.sessions.remove(client_id);
+        }
+    }
+
+    /// Whether the identity has a live connection.
+    pub fn is_live(&self, client_id: &str) -> bool {
+        self.lock()
+            .sessions
+            .get(client_id)
+            .is_some_and(|s| s.live.is_some())
+    }
+
     /// Client ids with a live connection, in order.
     pub fn live_clients(&self) -> Vec<String> {
         self.lock()

@@ -367,3 +367,131 @@ pub fn device(id: &str) -> IdentityRef {
         module_id: None,
     }
 }
+
+/// An HTTPS client for a hub's service API (and anything served beside it), trusting the hub's
+/// CA: one request per connection, HTTP/1.1. For tests; the official SDKs are the real judges.
+pub struct ServiceClient {
+    addr: SocketAddr,
+    tls: Arc<tokio_rustls::rustls::ClientConfig>,
+    host: String,
+    /// The `Authorization` header sent with every request (`None`: none).
+    pub authorization: Option<String>,
+}
+
+/// An answer of the service API.
+#[derive(Debug, Clone)]
+pub struct ServiceResponse {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl ServiceResponse {
+    /// The body as JSON (`null` when empty or not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// A header's value as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+impl ServiceClient {
+    /// A client of the API at `addr`, authenticated with a fresh token (valid one hour of real
+    /// time) of the hub's `iothubowner` policy.
+    pub fn owner(hub: &HubHandle, addr: SocketAddr) -> io::Result<ServiceClient> {
+        let policy = hub
+            .registry()
+            .policy(crate::OWNER_POLICY)
+            .ok_or_else(|| io::Error::other("the hub has no iothubowner policy"))?;
+        let mut client = Self::anonymous(hub, addr)?;
+        client.authorization = Some(service_token(
+            hub.host_name(),
+            crate::OWNER_POLICY,
+            &policy.keys.primary_key,
+        )?);
+        Ok(client)
+    }
+
+    /// A client that sends no `Authorization` header (set [`Self::authorization`]).
+    pub fn anonymous(hub: &HubHandle, addr: SocketAddr) -> io::Result<ServiceClient> {
+        let tls = hub
+            .certificates()
+            .client_config()
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(ServiceClient {
+            addr,
+            tls,
+            host: hub.host_name().to_owned(),
+            authorization: None,
+        })
+    }
+
+    /// Send a request (`body` JSON when given) with extra headers; the whole answer.
+    pub async fn request(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: Option<&serde_json::Value>,
+    ) -> io::Result<ServiceResponse> {
+        use http_body_util::{BodyExt, Full};
+        let tcp = TcpStream::connect(self.addr).await?;
+        let name = ServerName::try_from("localhost").map_err(io::Error::other)?;
+        let tls = TlsConnector::from(self.tls.clone())
+            .connect(name, tcp)
+            .await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(io::Error::other)?;
+        tokio::spawn(conn);
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(path_and_query)
+            .header("host", &self.host);
+        if let Some(auth) = &self.authorization {
+            request = request.header("authorization", auth);
+        }
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let bytes = match body {
+            Some(b) => {
+                request = request.header("content-type", "application/json; charset=utf-8");
+                b.to_string().into_bytes()
+            }
+            None => Vec::new(),
+        };
+        let request = request
+            .body(Full::new(bytes::Bytes::from(bytes)))
+            .map_err(io::Error::other)?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(io::Error::other)?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(io::Error::other)?
+            .to_bytes()
+            .to_vec();
+        Ok(ServiceResponse {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+/// A service SAS token for `policy` (`sr` = the host name, as the service SDKs sign it), valid
+/// one hour of real time.
+pub fn service_token(host: &str, policy: &str, key: &str) -> io::Result<String> {
+    let expiry = SystemTime::now() + Duration::from_secs(3600);
+    crate::sas::mint(host, key, Some(policy), expiry).map_err(|e| io::Error::other(e.to_string()))
+}

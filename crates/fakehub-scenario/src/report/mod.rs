@@ -107,7 +107,7 @@ const CLOSE_STYLES: [CloseStyle; 11] = [
     },
     CloseStyle {
         color: "#ad1457",
-        label: "identity disabled",
+        label: "identity disabled or deleted",
     },
     CloseStyle {
         color: "#795548",
@@ -126,7 +126,7 @@ fn close_style_index(cause: CloseCause) -> usize {
         CloseCause::HubShutdown => 6,
         CloseCause::ProtocolViolation => 7,
         CloseCause::CoreClosed => 8,
-        CloseCause::Disabled => 9,
+        CloseCause::Disabled | CloseCause::Deleted => 9,
         CloseCause::TlsFailed
         | CloseCause::NoConnect
         | CloseCause::Refused

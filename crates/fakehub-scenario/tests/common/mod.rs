@@ -238,3 +238,107 @@ pub async fn hub_on_8883(b: fakehub::HubBuilder, dir: &Path) -> (fakehub::HubHan
     std::fs::write(&ca, hub.ca_pem()).expect("write ca.pem");
     (hub, ca)
 }
+
+/// A running `fakehub serve`, its console (stderr) read line by line as it comes.
+pub struct Serve {
+    pub child: std::process::Child,
+    console: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Serve {
+    /// Start `fakehub serve --config CONFIG ARGS` and wait (real time, 30 s at most) for the line
+    /// that says it listens.
+    pub fn start(config: &Path, args: &[&str]) -> Serve {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fakehub"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .args(args)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start fakehub serve");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let console = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lines = console.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let serve = Serve { child, console };
+        serve.wait_line(
+            |l| l.contains("listening on"),
+            std::time::Duration::from_secs(30),
+        );
+        serve
+    }
+
+    /// Every console line so far.
+    pub fn console(&self) -> Vec<String> {
+        self.console.lock().unwrap().clone()
+    }
+
+    /// Wait (real time) for a console line that matches; panics with the console if none comes.
+    pub fn wait_line(&self, pred: impl Fn(&str) -> bool, timeout: std::time::Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.console().into_iter().find(|l| pred(l)) {
+                return l;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "serve did not print the line expected; its console:\n{}",
+                self.console().join("\n")
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then wait (10 s at most) for a clean exit.
+    pub fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "serve exited with {status}");
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "serve did not stop on SIGTERM"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback address of a test's own, `127.x.y.z`, on which `ports` are free now (so a hub's
+/// listeners for real SDKs, which connect to fixed ports, do not meet another test's).
+pub fn free_loopback_ip(ports: &[u16]) -> std::net::Ipv4Addr {
+    let seed = u64::from(std::process::id()).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    for attempt in 0..1000u64 {
+        let n = seed.wrapping_add(attempt.wrapping_mul(0x0001_0203));
+        let ip = std::net::Ipv4Addr::new(127, (n >> 16) as u8, (n >> 8) as u8, (n as u8).max(2));
+        let free = ports
+            .iter()
+            .all(|p| std::net::TcpListener::bind((ip, *p)).is_ok());
+        if free {
+            return ip;
+        }
+    }
+    panic!("no free loopback address for ports {ports:?}");
+}

@@ -133,10 +133,25 @@ impl EventLog {
 
     /// A stream of every event from the beginning, then live ones; it never misses one.
     pub fn stream(&self) -> EventStream {
+        self.stream_from(0)
+    }
+
+    /// A stream of the events from position `seq` on, then live ones.
+    pub fn stream_from(&self, seq: u64) -> EventStream {
         EventStream {
             log: self.clone(),
-            next: 0,
+            next: usize::try_from(seq).unwrap_or(usize::MAX),
         }
+    }
+
+    /// The events from position `seq` on.
+    pub fn since(&self, seq: u64) -> Vec<Arc<Event>> {
+        let from = usize::try_from(seq).unwrap_or(usize::MAX);
+        self.lock()
+            .events
+            .get(from..)
+            .map(<[_]>::to_vec)
+            .unwrap_or_default()
     }
 
     /// Flush the output files. Returns the first write error seen, if any.

@@ -75,6 +75,8 @@ pub enum CloseCause {
     Internal,
     /// The identity was disabled in the registry (service API).
     Disabled,
+    /// The identity was deleted from the registry (service API).
+    Deleted,
 }
 
 /// Whether a fault started or ended.
@@ -306,6 +308,23 @@ pub enum EventKind {
     IdentityStatus {
         enabled: bool,
     },
+    /// The service side registered, replaced or deleted an identity (service API).
+    IdentityChanged {
+        change: IdentityChange,
+    },
+    /// The service side purged a device's cloud-to-device queue.
+    C2dPurged {
+        count: usize,
+    },
+}
+
+/// What the service side did to an identity in the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityChange {
+    Created,
+    Replaced,
+    Deleted,
 }
 
 /// The two sections of a twin a device sees.

@@ -280,6 +280,11 @@ pub(crate) fn end(ctx: &Context, id: u64, at: Stamp) -> bool {
     true
 }
 
+/// End an active fault by its id; false when none is active with that id.
+pub(crate) fn end_by_id(ctx: &Context, id: u64) -> bool {
+    end(ctx, id, Stamp::Now)
+}
+
 /// Ends an injected fault (or does nothing if it already ended). Dropping it leaves the fault on.
 #[derive(Clone)]
 pub struct FaultHandle {

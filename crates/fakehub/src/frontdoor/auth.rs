@@ -215,7 +215,7 @@ pub fn authenticate(
         Some(name) => {
             let policy = registry
                 .policy(name)
-                .filter(|p| p.device_connect)
+                .filter(|p| p.rights.allow(crate::registry::Right::DeviceConnect))
                 .ok_or_else(|| {
                     unauthorized(format!(
                         "Authorization rule '{name}' does not allow access for '{identity}'"
@@ -284,7 +284,14 @@ mod tests {
                 Policy {
                     name: name.into(),
                     keys: SymmetricKeys::primary(pol_key.clone()),
-                    device_connect: connect,
+                    rights: if connect {
+                        crate::registry::Rights::DEVICE_CONNECT
+                    } else {
+                        crate::registry::Rights {
+                            registry_read: true,
+                            ..Default::default()
+                        }
+                    },
                 },
             );
         }

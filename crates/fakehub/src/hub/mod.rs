@@ -1,10 +1,11 @@
 //! Building, starting and stopping a hub.
 
+mod output;
+
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::BufWriter;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -19,13 +20,13 @@ use crate::events::{CloseCause, EventKind, EventLog, EventStream, Subject};
 use crate::frontdoor;
 use crate::registry::X509Auth;
 use crate::registry::{
-    Device, Identity, IdentityRef, Policy, Registry, RegistryData, SymmetricKeys,
+    Device, Identity, IdentityRef, Policy, Registry, RegistryData, Rights, SymmetricKeys,
 };
 use crate::sas;
 use crate::services::c2d::CloudMessage;
 use crate::services::methods::{MethodError, MethodResponse};
 use crate::services::twin::Twin;
-use crate::services::{C2dError, TwinError};
+use crate::services::{C2dError, IdentitySpec, RegistryError, TwinError};
 use crate::sessions::{CloseRequest, WireClose};
 use crate::shared::{FrontDoorConfig, Shared};
 use crate::tls::{HubCertificates, TlsError};
@@ -47,7 +48,16 @@ pub enum HubError {
     },
     #[error("the event log could not be written: {0}")]
     EventLog(#[source] std::io::Error),
+    #[error(
+        "another hub is using the output directory {} (it holds {}): stop it or give this one another `out`",
+        dir.display(),
+        dir.join(output::LOCK_FILE).display()
+    )]
+    OutDirInUse { dir: PathBuf },
 }
+
+/// The shared access policy every hub has, with all rights (as IoT Hub creates it).
+pub const OWNER_POLICY: &str = "iothubowner";
 
 /// Configures a hub. Defaults: host `fakehub.azure-devices.net`, listen `127.0.0.1:0`, token grace
 /// 5 minutes (the 65-minute pattern), keep-alive cap 1767 s, TLS handshake and CONNECT timeouts 10 s.
@@ -79,7 +89,17 @@ impl HubBuilder {
         HubBuilder {
             host_name: "fakehub.azure-devices.net".to_owned(),
             listen: Listen::At(SocketAddr::from(([127, 0, 0, 1], 0))),
-            registry: RegistryData::default(),
+            registry: RegistryData {
+                policies: BTreeMap::from([(
+                    OWNER_POLICY.to_owned(),
+                    Policy {
+                        name: OWNER_POLICY.to_owned(),
+                        keys: SymmetricKeys::generate(),
+                        rights: Rights::ALL,
+                    },
+                )]),
+                ..RegistryData::default()
+            },
             token_grace: Duration::from_secs(5 * 60),
             keepalive_cap: Duration::from_secs(1767),
             tls_handshake_timeout: Duration::from_secs(10),
@@ -154,22 +174,35 @@ impl HubBuilder {
         self
     }
 
-    /// Add a shared access policy; with `device_connect` its tokens may connect as any device.
+    /// Add a shared access policy; with `device_connect` its tokens may connect as any device
+    /// (and do nothing else: [`Self::policy_with_rights`] gives service rights).
     pub fn policy(
-        mut self,
+        self,
         name: impl Into<String>,
         keys: SymmetricKeys,
         device_connect: bool,
     ) -> Self {
+        let rights = if device_connect {
+            Rights::DEVICE_CONNECT
+        } else {
+            Rights::default()
+        };
+        self.policy_with_rights(name, keys, rights)
+    }
+
+    /// Add (or replace) a shared access policy with these rights. Every hub has an `iothubowner`
+    /// policy with all rights and fresh keys unless one is given
+    /// ([`HubHandle::service_connection_string`]).
+    pub fn policy_with_rights(
+        mut self,
+        name: impl Into<String>,
+        keys: SymmetricKeys,
+        rights: Rights,
+    ) -> Self {
         let name = name.into();
-        self.registry.policies.insert(
-            name.clone(),
-            Policy {
-                name,
-                keys,
-                device_connect,
-            },
-        );
+        self.registry
+            .policies
+            .insert(name.clone(), Policy { name, keys, rights });
         self
     }
 
@@ -210,7 +243,9 @@ impl HubBuilder {
         self
     }
 
-    /// Write `ca.pem` (before listening), `events.jsonl` and `connections.jsonl` here.
+    /// Write `ca.pem` (before accepting connections), `events.jsonl` and `connections.jsonl` here.
+    /// The directory is this hub's alone while it runs (an exclusive lock on `.lock`, taken before
+    /// anything in it is written): a second hub given the same one does not start.
     pub fn out_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.out_dir = Some(dir.into());
         self
@@ -317,13 +352,6 @@ pub struct Hub {
     certificates: HubCertificates,
 }
 
-fn output_file(dir: &Path, name: &str) -> Result<BufWriter<File>, HubError> {
-    let path = dir.join(name);
-    File::create(&path)
-        .map(BufWriter::new)
-        .map_err(|source| HubError::Output { path, source })
-}
-
 impl Hub {
     /// A builder with the defaults.
     pub fn builder() -> HubBuilder {
@@ -344,27 +372,22 @@ impl Hub {
         let clock = b.clock.unwrap_or_default();
         let events = EventLog::new(clock.clone());
         let context = RecordContext::for_host(&b.host_name);
-        if let Some(dir) = &b.out_dir {
-            std::fs::create_dir_all(dir).map_err(|source| HubError::Output {
-                path: dir.clone(),
-                source,
-            })?;
-            let ca_path = dir.join("ca.pem");
-            std::fs::write(&ca_path, certificates.ca_pem()).map_err(|source| HubError::Output {
-                path: ca_path,
-                source,
-            })?;
-            events.write_to(
-                Box::new(output_file(dir, "events.jsonl")?),
-                Box::new(output_file(dir, "connections.jsonl")?),
-                context.clone(),
-            );
-        }
+        // The output directory is this hub's before anything in it is touched: a second hub given
+        // the same directory stops here and leaves the first one's files alone.
+        let out_lock = b.out_dir.as_deref().map(output::lock).transpose()?;
         let listener = bind(&b.listen)?;
         let local_addr = listener.local_addr().map_err(|source| HubError::Bind {
             addr: b.listen.addr(),
             source,
         })?;
+        if let Some(dir) = &b.out_dir {
+            output::write_ca(dir, &certificates.ca_pem())?;
+            events.write_to(
+                Box::new(output::file(dir, "events.jsonl")?),
+                Box::new(output::file(dir, "connections.jsonl")?),
+                context.clone(),
+            );
+        }
         let ip = local_addr.ip();
         if !(ip.is_unspecified() || ip == std::net::IpAddr::from([127, 0, 0, 1])) {
             // Devices given this address must find it in the certificate.
@@ -410,6 +433,7 @@ impl Hub {
             certificates: Arc::new(certificates),
             context,
             accept: Some(accept),
+            _out_lock: out_lock,
         })
     }
 }
@@ -422,6 +446,8 @@ pub struct HubHandle {
     certificates: Arc<HubCertificates>,
     context: RecordContext,
     accept: Option<tokio::task::JoinHandle<()>>,
+    /// The exclusive lock on the output directory, released when the handle goes.
+    _out_lock: Option<File>,
 }
 
 impl HubHandle {
@@ -489,6 +515,24 @@ impl HubHandle {
         ))
     }
 
+    /// The service connection string of the `iothubowner` policy (`HostName=…;SharedAccessKeyName=
+    /// iothubowner;SharedAccessKey=…`), for the official service SDKs and the control API. Contains
+    /// the key: never log it. `None` when the hub has no such policy.
+    pub fn service_connection_string(&self) -> Option<String> {
+        self.policy_connection_string(OWNER_POLICY)
+    }
+
+    /// The connection string of a shared access policy (contains its key: never log it).
+    pub fn policy_connection_string(&self, policy: &str) -> Option<String> {
+        let p = self.shared.registry.policy(policy)?;
+        Some(format!(
+            "HostName={};SharedAccessKeyName={};SharedAccessKey={}",
+            self.host_name(),
+            p.name,
+            p.keys.primary_key
+        ))
+    }
+
     /// A device connection string (contains the key: never log it).
     pub fn connection_string(&self, device_id: &str) -> Option<String> {
         self.identity_string(&IdentityRef {
@@ -520,7 +564,18 @@ impl HubHandle {
 
     /// A stream of all events from the start, then live ones.
     pub fn event_stream(&self) -> EventStream {
-        self.shared.events.stream()
+        self.event_stream_from(0)
+    }
+
+    /// A stream of the events from position `seq` on, then live ones.
+    pub fn event_stream_from(&self, seq: u64) -> EventStream {
+        self.shared.events.stream_from(seq)
+    }
+
+    /// The events from position `seq` on, as the log holds them now. Everything that reads the log
+    /// of a running hub for someone outside (the control API, verdicts) goes through here.
+    pub fn events_since(&self, seq: u64) -> Vec<Arc<crate::Event>> {
+        self.shared.events.since(seq)
     }
 
     /// The Connections records so far.
@@ -572,6 +627,11 @@ impl HubHandle {
     /// The ids and names of the active faults, in the order they started.
     pub fn active_faults(&self) -> Vec<(u64, String)> {
         self.shared.faults.list()
+    }
+
+    /// End an active fault by its id (as in its events); false when it is not active.
+    pub fn end_fault(&self, id: u64) -> bool {
+        crate::faults::end_by_id(&self.shared.fault_ctx(), id)
     }
 
     /// Stop: no new connections, every connection closed, every task ended, the port freed and the
@@ -680,6 +740,87 @@ impl HubHandle {
         self.shared
             .services
             .invoke_method(who, name, &payload, timeout)
+            .await
+    }
+
+    /// Register a device, or a module of a registered device (keys left out are generated).
+    pub fn create_identity(
+        &self,
+        who: &IdentityRef,
+        spec: &IdentitySpec,
+    ) -> Result<Identity, RegistryError> {
+        self.shared.services.create_identity(who, spec)
+    }
+
+    /// Replace an identity if `if_match` (an ETag, `*` or `None`) matches; the new identity.
+    pub fn replace_identity(
+        &self,
+        who: &IdentityRef,
+        spec: &IdentitySpec,
+        if_match: Option<&str>,
+    ) -> Result<Identity, RegistryError> {
+        self.shared.services.replace_identity(who, spec, if_match)
+    }
+
+    /// Delete an identity (a device with its modules) if `if_match` matches: its connections
+    /// close, its twins and C2D messages go.
+    pub fn delete_identity(
+        &self,
+        who: &IdentityRef,
+        if_match: Option<&str>,
+    ) -> Result<(), RegistryError> {
+        self.shared.services.delete_identity(who, if_match)
+    }
+
+    /// Merge-patch a twin's tags and desired properties if `if_match` matches its ETag; the twin.
+    pub fn update_twin(
+        &self,
+        who: &IdentityRef,
+        tags: Option<&serde_json::Value>,
+        desired: Option<&serde_json::Value>,
+        if_match: Option<&str>,
+    ) -> Result<Twin, TwinError> {
+        self.shared
+            .services
+            .update_twin(who, tags, desired, if_match)
+    }
+
+    /// Replace a twin's tags and desired properties if `if_match` matches; the twin.
+    pub fn replace_twin(
+        &self,
+        who: &IdentityRef,
+        tags: &serde_json::Value,
+        desired: &serde_json::Value,
+        if_match: Option<&str>,
+    ) -> Result<Twin, TwinError> {
+        self.shared
+            .services
+            .replace_twin(who, tags, desired, if_match)
+    }
+
+    /// Throw away a device's C2D messages not yet acknowledged; how many there were.
+    pub fn purge_c2d(&self, device_id: &str) -> Result<usize, C2dError> {
+        self.shared.services.purge_c2d(device_id)
+    }
+
+    /// Whether an identity has a live connection now.
+    pub fn is_connected(&self, who: &IdentityRef) -> bool {
+        self.shared.services.is_connected(who)
+    }
+
+    /// Invoke a direct method, first waiting up to `connect_timeout` (hub clock) for the device to
+    /// be online (IoT Hub's `connectTimeoutInSeconds`), then up to `timeout` for its answer.
+    pub async fn invoke_method_connecting(
+        &self,
+        who: &IdentityRef,
+        name: &str,
+        payload: serde_json::Value,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<MethodResponse, MethodError> {
+        self.shared
+            .services
+            .invoke_method_connecting(who, name, &payload, connect_timeout, timeout)
             .await
     }
 

@@ -6,8 +6,11 @@
 //! [`Sessions`], which knows who is connected and subscribed; nothing here reads the event log.
 
 pub mod c2d;
+pub mod identities;
 pub mod methods;
 pub mod twin;
+
+pub use identities::{IdentitySpec, RegistryError};
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,10 +26,9 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::clock::VirtualClock;
-use crate::events::{CloseCause, EventKind, EventLog, Subject, TwinSection};
+use crate::events::{EventKind, EventLog, Subject, TwinSection};
 use crate::registry::{IdentityRef, Registry};
-use crate::sessions::{C2dMessage, CloseRequest, QueueRefusal, Sessions};
-use crate::WireClose;
+use crate::sessions::{C2dMessage, QueueRefusal, Sessions};
 use c2d::CloudMessage;
 use methods::{MethodError, MethodResponse};
 use twin::{PatchError, Twin};
@@ -67,6 +69,8 @@ pub enum TwinError {
     DeviceNotFound(String),
     #[error("400 the patch was refused: {0}")]
     Invalid(#[from] PatchError),
+    #[error("412001 PreconditionFailed: Precondition failed: the ETag '{given}' does not match the twin's '{current}'")]
+    PreconditionFailed { current: String, given: String },
     #[error("the hub is not running")]
     HubStopped,
 }
@@ -78,6 +82,9 @@ fn subject(who: &IdentityRef) -> Subject {
         module: who.module_id.clone(),
     }
 }
+
+/// How often a method call that waits for its device to come online looks again.
+const CONNECT_POLL: Duration = Duration::from_millis(100);
 
 struct PendingMethod {
     who: IdentityRef,
@@ -173,29 +180,90 @@ impl Services {
     /// Patch an identity's desired properties; the new desired `$version`. A connected,
     /// subscribed device gets the patch.
     pub fn patch_desired(&self, who: &IdentityRef, patch: &Value) -> Result<u64, TwinError> {
+        let twin = self.update_twin(who, None, Some(patch), None)?;
+        Ok(twin.desired_version)
+    }
+
+    /// The service side's partial twin update (merge patches of the tags and the desired
+    /// section) if `if_match` matches the twin's ETag (`None` or `*`: any); the updated twin. A
+    /// desired change goes to the connected, subscribed device.
+    pub fn update_twin(
+        &self,
+        who: &IdentityRef,
+        tags: Option<&Value>,
+        desired: Option<&Value>,
+        if_match: Option<&str>,
+    ) -> Result<Twin, TwinError> {
+        self.change_twin(who, if_match, |t| t.service_update(tags, desired))
+    }
+
+    /// The service side's replacement of a twin's tags and desired section (the device gets the
+    /// difference), if `if_match` matches; the new twin.
+    pub fn replace_twin(
+        &self,
+        who: &IdentityRef,
+        tags: &Value,
+        desired: &Value,
+        if_match: Option<&str>,
+    ) -> Result<Twin, TwinError> {
+        self.change_twin(who, if_match, |t| t.replace(tags, desired))
+    }
+
+    fn change_twin(
+        &self,
+        who: &IdentityRef,
+        if_match: Option<&str>,
+        change: impl FnOnce(&mut Twin) -> Result<Option<(u64, Value)>, PatchError>,
+    ) -> Result<Twin, TwinError> {
         if !self.registered(who) {
             return Err(TwinError::DeviceNotFound(who.client_id()));
         }
-        let (version, notification) = lock(&self.twins)
-            .entry(who.clone())
-            .or_default()
-            .patch_desired(patch)?;
-        self.events.emit(
-            &subject(who),
-            EventKind::TwinUpdated {
-                section: TwinSection::Desired,
-                version,
-                acknowledges: None,
-            },
-        );
-        let topic = format!("$iothub/twin/PATCH/properties/desired/?$version={version}");
-        self.sessions.send(
-            &who.client_id(),
-            SubscriptionKind::DesiredProperties,
-            topic,
-            Bytes::from(notification.to_string()),
-        );
-        Ok(version)
+        let mut twins = lock(&self.twins);
+        let twin = twins.entry(who.clone()).or_default();
+        identities::check_etag(&twin.etag(), if_match).map_err(|e| match e {
+            RegistryError::PreconditionFailed { current, given } => {
+                TwinError::PreconditionFailed { current, given }
+            }
+            other => TwinError::DeviceNotFound(other.to_string()),
+        })?;
+        let notification = change(twin)?;
+        let after = twin.clone();
+        drop(twins);
+        if let Some((version, notification)) = notification {
+            self.events.emit(
+                &subject(who),
+                EventKind::TwinUpdated {
+                    section: TwinSection::Desired,
+                    version,
+                    acknowledges: None,
+                },
+            );
+            let topic = format!("$iothub/twin/PATCH/properties/desired/?$version={version}");
+            self.sessions.send(
+                &who.client_id(),
+                SubscriptionKind::DesiredProperties,
+                topic,
+                Bytes::from(notification.to_string()),
+            );
+        }
+        Ok(after)
+    }
+
+    /// Throw away a device's C2D messages not yet acknowledged; how many.
+    pub fn purge_c2d(&self, device: &str) -> Result<usize, C2dError> {
+        let who = IdentityRef::device(device);
+        if !self.registered(&who) {
+            return Err(C2dError::DeviceNotFound(device.to_owned()));
+        }
+        let count = self.sessions.purge_c2d(device);
+        self.events
+            .emit(&subject(&who), EventKind::C2dPurged { count });
+        Ok(count)
+    }
+
+    /// Whether the identity has a live connection.
+    pub fn is_connected(&self, who: &IdentityRef) -> bool {
+        self.sessions.is_live(&who.client_id())
     }
 
     /// An identity's twin (`None` when it is not registered).
@@ -279,6 +347,29 @@ impl Services {
         }
     }
 
+    /// Invoke a direct method on a device that may not be online yet: wait up to `connect_timeout`
+    /// (the hub clock's elapsed time) for it to connect and subscribe to methods, then as
+    /// [`Services::invoke_method`].
+    pub async fn invoke_method_connecting(
+        &self,
+        who: &IdentityRef,
+        name: &str,
+        payload: &Value,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<MethodResponse, MethodError> {
+        let deadline = self.clock.elapsed().saturating_add(connect_timeout);
+        while self.registered(who)
+            && !self
+                .sessions
+                .reachable(&who.client_id(), SubscriptionKind::Methods)
+            && self.clock.elapsed() < deadline
+        {
+            self.clock.sleep(CONNECT_POLL).await;
+        }
+        self.invoke_method(who, name, payload, timeout).await
+    }
+
     fn method_result(
         &self,
         who: &IdentityRef,
@@ -304,22 +395,17 @@ impl Services {
     /// Enable or disable an identity. Disabling closes its live connection (and refuses the next
     /// CONNECTs with CONNACK 3). False when it is not registered.
     pub fn set_enabled(&self, who: &IdentityRef, enabled: bool) -> bool {
-        if !self.registry.update(who, |i| i.enabled = enabled) {
+        let now = self.clock.now();
+        let updated = self.registry.update(who, |i| {
+            if i.enabled != enabled {
+                i.status_updated = Some(now);
+            }
+            i.enabled = enabled;
+        });
+        if !updated {
             return false;
         }
-        self.events
-            .emit(&subject(who), EventKind::IdentityStatus { enabled });
-        if !enabled {
-            self.sessions.close(
-                &who.client_id(),
-                CloseRequest {
-                    wire: WireClose::Fin,
-                    cause: CloseCause::Disabled,
-                    detail: format!("'{who}' was disabled"),
-                    result: None,
-                },
-            );
-        }
+        self.status_changed(who, enabled);
         true
     }
 

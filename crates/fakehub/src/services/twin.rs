@@ -11,6 +11,13 @@
 //! most 32 KB. A patch that breaks a rule changes nothing and is answered 400.
 //!
 //! Documents are written in IoT Hub's order: the properties as they were added, then `$version`.
+//!
+//! The service side also sees the twin's `tags` (a JSON object only the service side reads and
+//! writes) and its overall `version`, bumped by every change of any section; its ETag is the base64
+//! of that version as 8 big-endian bytes, as IoT Hub writes twin ETags (`AAAAAAAAAAE=`).
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
 
 use serde_json::{Map, Value};
 
@@ -45,6 +52,10 @@ pub struct Twin {
     pub desired_version: u64,
     pub reported: Map<String, Value>,
     pub reported_version: u64,
+    /// The service side's tags.
+    pub tags: Map<String, Value>,
+    /// Bumped by every change of any section (the twin's ETag).
+    pub version: u64,
 }
 
 impl Default for Twin {
@@ -54,8 +65,33 @@ impl Default for Twin {
             desired_version: 1,
             reported: Map::new(),
             reported_version: 1,
+            tags: Map::new(),
+            version: 1,
         }
     }
+}
+
+/// The merge patch that turns `old` into `new` (`null` for what went away), as a device gets a
+/// replaced desired section.
+fn diff(old: &Map<String, Value>, new: &Map<String, Value>) -> Map<String, Value> {
+    let mut patch = Map::new();
+    for key in old.keys() {
+        if !new.contains_key(key) {
+            patch.insert(key.clone(), Value::Null);
+        }
+    }
+    for (key, value) in new {
+        match (old.get(key), value) {
+            (Some(a), b) if a == b => {}
+            (Some(Value::Object(a)), Value::Object(b)) => {
+                patch.insert(key.clone(), Value::Object(diff(a, b)));
+            }
+            _ => {
+                patch.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    patch
 }
 
 /// The section with its `$version` last, as IoT Hub writes it (readers such as the Azure SDK for
@@ -153,17 +189,69 @@ impl Twin {
             serde_json::from_slice(body).map_err(|e| PatchError::NotJson(e.to_string()))?;
         self.reported = patched(&self.reported, &patch, "reported")?;
         self.reported_version += 1;
+        self.version += 1;
         Ok(self.reported_version)
     }
 
     /// Apply a desired-properties patch from the service side; the new desired `$version` and the
     /// notification body the device gets (the patch with `$version`).
     pub fn patch_desired(&mut self, patch: &Value) -> Result<(u64, Value), PatchError> {
-        self.desired = patched(&self.desired, patch, "desired")?;
+        self.service_update(None, Some(patch))
+            .map(|n| n.unwrap_or((self.desired_version, Value::Null)))
+    }
+
+    /// The service side's partial update: merge patches of the tags and of the desired section,
+    /// both checked before either applies. With a desired patch: the new desired `$version` and
+    /// the notification the device gets.
+    pub fn service_update(
+        &mut self,
+        tags: Option<&Value>,
+        desired: Option<&Value>,
+    ) -> Result<Option<(u64, Value)>, PatchError> {
+        let new_tags = tags.map(|t| patched(&self.tags, t, "tags")).transpose()?;
+        let new_desired = desired
+            .map(|d| patched(&self.desired, d, "desired"))
+            .transpose()?;
+        if let Some(t) = new_tags {
+            self.tags = t;
+        }
+        self.version += 1;
+        let (Some(d), Some(patch)) = (new_desired, desired) else {
+            return Ok(None);
+        };
+        self.desired = d;
         self.desired_version += 1;
         let mut notification = patch.as_object().cloned().unwrap_or_default();
         notification.insert("$version".to_owned(), Value::from(self.desired_version));
-        Ok((self.desired_version, Value::Object(notification)))
+        Ok(Some((self.desired_version, Value::Object(notification))))
+    }
+
+    /// The service side's replacement of the tags and the desired section. When the desired
+    /// section changed: its new `$version` and the notification the device gets (the merge patch
+    /// from the old section to the new, `null` for removed properties).
+    pub fn replace(
+        &mut self,
+        tags: &Value,
+        desired: &Value,
+    ) -> Result<Option<(u64, Value)>, PatchError> {
+        let new_tags = patched(&Map::new(), tags, "tags")?;
+        let new_desired = patched(&Map::new(), desired, "desired")?;
+        let change = diff(&self.desired, &new_desired);
+        self.tags = new_tags;
+        self.version += 1;
+        if change.is_empty() {
+            return Ok(None);
+        }
+        self.desired = new_desired;
+        self.desired_version += 1;
+        let mut notification = change;
+        notification.insert("$version".to_owned(), Value::from(self.desired_version));
+        Ok(Some((self.desired_version, Value::Object(notification))))
+    }
+
+    /// The twin's ETag (base64 of the version as 8 big-endian bytes).
+    pub fn etag(&self) -> String {
+        B64.encode(self.version.to_be_bytes())
     }
 }
 
@@ -250,6 +338,48 @@ mod tests {
             t.document().to_string(),
             r#"{"desired":{"alpha":1,"zeta":true,"$version":3},"reported":{"b":1,"a":2,"$version":2}}"#
         );
+    }
+
+    #[test]
+    fn service_updates_and_replacements() {
+        let mut t = Twin::default();
+        assert_eq!(t.etag(), "AAAAAAAAAAE=");
+        let n = t
+            .service_update(
+                Some(&json!({"env": "test"})),
+                Some(&json!({"a": 1, "b": {"c": 2}})),
+            )
+            .unwrap();
+        assert_eq!(n, Some((2, json!({"a": 1, "b": {"c": 2}, "$version": 2}))));
+        assert_eq!(t.version, 2);
+        assert_eq!(t.etag(), "AAAAAAAAAAI=");
+        // Tags only: the device hears nothing.
+        assert_eq!(
+            t.service_update(Some(&json!({"env": null})), None),
+            Ok(None)
+        );
+        assert!(t.tags.is_empty());
+        // A replacement tells the device the difference.
+        let n = t
+            .replace(&json!({"site": "lab"}), &json!({"b": {"c": 3}, "z": true}))
+            .unwrap();
+        assert_eq!(
+            n,
+            Some((
+                3,
+                json!({"a": null, "b": {"c": 3}, "z": true, "$version": 3})
+            ))
+        );
+        assert_eq!(
+            t.document()["desired"],
+            json!({"b": {"c": 3}, "z": true, "$version": 3})
+        );
+        // A bad tag changes nothing, not even the desired section.
+        let before = t.clone();
+        assert!(t
+            .service_update(Some(&json!({"a.b": 1})), Some(&json!({"q": 1})))
+            .is_err());
+        assert_eq!(t, before);
     }
 
     #[test]

@@ -1,8 +1,13 @@
 //! `fakehub serve --config FILE`: a long-running hub for manual reproduction and for test suites in
 //! other languages. Runs until SIGINT or SIGTERM, then closes every connection and flushes its files.
+//! Its output directory is its own while it runs (see [`fakehub::HubBuilder::out_dir`]); its console
+//! gets one line per refused connection ([`console`]).
+
+pub mod console;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fakehub::{Hub, HubBuilder, SymmetricKeys};
@@ -20,6 +25,10 @@ pub struct ServeConfig {
     /// Where to listen. Real Azure SDKs can only reach port 8883.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Where the service REST API and the control API listen (HTTPS; default 127.0.0.1:443, the
+    /// port the service SDKs use); `null` switches them off (as does `--no-service-api`).
+    #[serde(default = "default_service_listen")]
+    pub service_listen: Option<SocketAddr>,
     /// Output directory: `ca.pem` (before listening), `events.jsonl`, `connections.jsonl`.
     #[serde(default = "default_out")]
     pub out: PathBuf,
@@ -58,8 +67,18 @@ pub struct PolicyConfig {
     pub primary_key: String,
     #[serde(default)]
     pub secondary_key: Option<String>,
+    /// Tokens may connect as any device (default yes).
     #[serde(default = "yes")]
     pub device_connect: bool,
+    /// Read the registry over the service API.
+    #[serde(default)]
+    pub registry_read: bool,
+    /// Change the registry (includes reading).
+    #[serde(default)]
+    pub registry_write: bool,
+    /// Twins, methods, C2D and the control API.
+    #[serde(default)]
+    pub service_connect: bool,
 }
 
 fn default_host() -> String {
@@ -67,6 +86,9 @@ fn default_host() -> String {
 }
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8883))
+}
+fn default_service_listen() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 443)))
 }
 fn default_out() -> PathBuf {
     PathBuf::from("fakehub-out")
@@ -137,16 +159,24 @@ impl ServeConfig {
                 primary_key: p.primary_key.clone(),
                 secondary_key: p.secondary_key.clone(),
             };
-            b = b.policy(p.name.clone(), keys, p.device_connect);
+            let rights = fakehub::Rights {
+                registry_read: p.registry_read,
+                registry_write: p.registry_write,
+                service_connect: p.service_connect,
+                device_connect: p.device_connect,
+            };
+            b = b.policy_with_rights(p.name.clone(), keys, rights);
         }
         Ok(b)
     }
 }
 
-/// Run the hub until a signal arrives.
-pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
-    let hub = config.builder()?.build()?.start().await?;
-    // Connection strings carry keys: they go to a file in the output directory, never to the terminal.
+/// Run the hub until a signal arrives; `service_api` false leaves the service and control APIs off
+/// whatever the config says.
+pub async fn serve(config: ServeConfig, service_api: bool) -> anyhow::Result<()> {
+    let hub = Arc::new(config.builder()?.build()?.start().await?);
+    // Connection strings carry keys: they go to files in the output directory, never to the
+    // terminal.
     let mut strings = String::new();
     for d in &config.devices {
         if let Some(s) = hub.connection_string(&d.id) {
@@ -162,17 +192,54 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     }
     let strings_path = config.out.join("connection-strings.txt");
     write_private(&strings_path, &strings)?;
+    let service_path = config.out.join("service-connection-string.txt");
+    if let Some(s) = hub.service_connection_string() {
+        write_private(&service_path, &format!("{s}\n"))?;
+    }
+    let api = match config.service_listen.filter(|_| service_api) {
+        Some(addr) => {
+            let listener = fakehub::service_api::bind(&hub, addr).await?;
+            let app = fakehub::service_api::router(hub.clone());
+            Some(listener.serve(app))
+        }
+        None => None,
+    };
+    let api_line = match &api {
+        Some(a) => format!(
+            "; service API on https://{} (connection string in {})",
+            a.local_addr(),
+            service_path.display()
+        ),
+        None => String::new(),
+    };
     eprintln!(
-        "fakehub: hub '{}' listening on {} ({} devices); CA in {}; connection strings in {}; Ctrl-C stops",
+        "fakehub: hub '{}' listening on {} ({} devices){api_line}; CA in {}; connection strings in {}; Ctrl-C stops",
         hub.host_name(),
         hub.local_addr(),
         config.devices.len(),
         config.out.join("ca.pem").display(),
         strings_path.display(),
     );
+    let mut stream = hub.event_stream();
+    let console = tokio::spawn(async move {
+        let mut console = console::Console::default();
+        loop {
+            let e = stream.next().await;
+            if let Some(line) = console.line(&e) {
+                eprintln!("{line}");
+            }
+        }
+    });
     fakehub::shutdown_signal().await;
+    console.abort();
     eprintln!("fakehub: stopping; writing {}", config.out.display());
-    hub.shutdown().await?;
+    if let Some(api) = api {
+        api.shutdown().await;
+    }
+    match Arc::try_unwrap(hub) {
+        Ok(hub) => hub.shutdown().await?,
+        Err(_) => anyhow::bail!("the hub is still in use while stopping"),
+    }
     Ok(())
 }
 
