@@ -42,6 +42,24 @@ impl Log {
         Log::new(hub.events_since(0))
     }
 
+    /// The log of a running hub judged as of now: as if its timeline ended at this instant of its
+    /// clock (rules that look at "the end of the run" look at now, even when nothing happened since
+    /// the last event — e.g. after a jump of the clock).
+    pub fn of_running(hub: &fakehub::HubHandle) -> Log {
+        let mut events = hub.events_since(0);
+        let clock = hub.clock();
+        events.push(Arc::new(Event {
+            seq: events.len() as u64,
+            time: clock.now(),
+            elapsed: clock.elapsed(),
+            conn: None,
+            device: None,
+            module: None,
+            kind: EventKind::TimelineEnded,
+        }));
+        Log::new(events)
+    }
+
     /// Parse `events.jsonl` text. Errors name the line.
     pub fn parse_jsonl(text: &str) -> Result<Log, String> {
         let mut events = Vec::new();

@@ -1,9 +1,13 @@
 //! The scenario runner and the `fakehub` command's parts: reading scenario files, running them on a
-//! hub with its devices, judging the expectations, and writing JUnit and HTML reports; and `serve`.
+//! hub with its devices, judging the expectations, and writing JUnit and HTML reports; and `serve`
+//! with its control API ([`control`]), which plays the same timeline steps ([`service_steps`]) over
+//! HTTP.
 
+pub mod control;
 pub mod input;
 pub mod junit;
 pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod serve;
+pub mod service_steps;

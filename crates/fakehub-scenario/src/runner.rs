@@ -29,6 +29,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::scenario::{ClockAdapter, DeviceSpec, Scenario, Step};
+use crate::service_steps::Applied;
 
 /// How a run went.
 pub struct Outcome {
@@ -573,38 +574,14 @@ impl Rig {
         match step {
             // Time passes; whoever is idle is skipped over (see the module documentation).
             Step::Advance(d) | Step::Wait(d) => clock.sleep(*d).await,
-            // In effect when `inject` returns.
-            Step::Fault(f) => {
-                self.hub.inject(f.clone());
-            }
             Step::Crash(r) => self.end_process(&r.device, "crashed").await,
             // Service-side failures (device offline, queue full, method timeout) are the device's
             // weather: the hub's event log records them, and the run goes on.
-            Step::C2d(c) => {
-                let mut message =
-                    fakehub::iothub::c2d::CloudMessage::new(c.body.clone().into_bytes());
-                message.message_id = c.message_id.clone();
-                message.properties = c.properties.clone();
-                if let Err(e) = self.hub.send_c2d(&c.device, message).await {
-                    eprintln!("  c2d to {}: {e}", c.device);
-                }
-            }
-            Step::Desired(d) => {
-                let who = fakehub::IdentityRef::from_client_id(&d.device);
-                if let Err(e) = self.hub.patch_desired(&who, d.patch.clone()).await {
-                    eprintln!("  desired patch for {}: {e}", d.device);
-                }
-            }
-            Step::Method(m) => {
-                let who = fakehub::IdentityRef::from_client_id(&m.device);
-                let timeout = m.timeout.unwrap_or(Duration::from_secs(30));
-                match self
-                    .hub
-                    .invoke_method(&who, &m.name, m.payload.clone(), timeout)
-                    .await
-                {
-                    Ok(r) => eprintln!("  method {} on {}: status {}", m.name, m.device, r.status),
-                    Err(e) => eprintln!("  method {} on {}: {e}", m.name, m.device),
+            Step::Fault(_) | Step::C2d(_) | Step::Desired(_) | Step::Method(_) => {
+                if let Some(applied) = crate::service_steps::apply(&self.hub, step).await {
+                    if matches!(applied, Applied::Method { .. } | Applied::Refused { .. }) {
+                        eprintln!("  {}: {applied}", step.describe());
+                    }
                 }
             }
             Step::Stop(r) => self.stop_device(&r.device).await,

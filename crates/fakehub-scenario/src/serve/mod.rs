@@ -199,7 +199,12 @@ pub async fn serve(config: ServeConfig, service_api: bool) -> anyhow::Result<()>
     let api = match config.service_listen.filter(|_| service_api) {
         Some(addr) => {
             let listener = fakehub::service_api::bind(&hub, addr).await?;
-            let app = fakehub::service_api::router(hub.clone());
+            let control = crate::control::Control {
+                hub: hub.clone(),
+                stopping: listener.stopping(),
+            };
+            let app =
+                fakehub::service_api::router(hub.clone()).merge(crate::control::router(control));
             Some(listener.serve(app))
         }
         None => None,

@@ -24,12 +24,13 @@ pub fn lock_8883() -> Port8883 {
 
 fn has_sdk(python: &Path) -> bool {
     Command::new(python)
-        .args(["-c", "import azure.iot.device, sys; sys.exit(0 if azure.iot.device.constant.VERSION == '2.14.0' else 1)"])
+        .args(["-c", "import azure.iot.device, azure.iot.hub, pytest, sys; sys.exit(0 if azure.iot.device.constant.VERSION == '2.14.0' else 1)"])
         .output()
         .is_ok_and(|o| o.status.success())
 }
 
-/// A Python interpreter with azure-iot-device 2.14.0: `FAKEHUB_PYTHON` if set, else `python3` if it
+/// A Python interpreter with azure-iot-device 2.14.0 (and the rest of tests/python/requirements.txt:
+/// azure-iot-hub, pytest): `FAKEHUB_PYTHON` if set, else `python3` if it
 /// has the SDK, else a virtual environment under the target directory, provisioned from PyPI once.
 pub fn python_with_sdk() -> PathBuf {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();

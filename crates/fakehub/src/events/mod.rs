@@ -312,6 +312,11 @@ pub enum EventKind {
     IdentityChanged {
         change: IdentityChange,
     },
+    /// The hub's virtual wall time jumped forward by `by_ms` (an `advance` of the control API);
+    /// the deadlines inside fired at their own instants, before this event.
+    ClockAdvanced {
+        by_ms: u64,
+    },
     /// The service side purged a device's cloud-to-device queue.
     C2dPurged {
         count: usize,

@@ -4,11 +4,83 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-/// Which devices a fault hits.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
-#[serde(rename_all = "snake_case")]
+/// Which devices a fault hits. Written `all`, `{ids: [a, b]}` (or just `[a, b]`), `{glob:
+/// "sensor-*"}` or `{percent: 30}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case", remote = "Self")]
 pub enum Selector {
     #[default]
+    All,
+    /// These client ids (`device` or `device/module`).
+    Ids(Vec<String>),
+    /// Client ids matching a pattern with `*` and `?`.
+    Glob(String),
+    /// This share of the registered devices, drawn with the run's seed.
+    Percent(u8),
+}
+
+impl Serialize for Selector {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        Selector::serialize(self, s)
+    }
+}
+
+/// Reads the tagged forms, and a bare list of ids as `ids`.
+impl<'de> Deserialize<'de> for Selector {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Selector;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("`all`, a list of device ids, or one of `ids`, `glob`, `percent`")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Selector, E> {
+                Selector::deserialize(serde::de::value::StrDeserializer::new(v))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Selector, A::Error> {
+                let mut ids = Vec::new();
+                while let Some(id) = seq.next_element::<String>()? {
+                    ids.push(id);
+                }
+                Ok(Selector::Ids(ids))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Selector, A::Error> {
+                Selector::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
+impl schemars::JsonSchema for Selector {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Selector".into()
+    }
+
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let tagged = <SelectorForms as schemars::JsonSchema>::json_schema(g);
+        schemars::json_schema!({
+            "description": "Which devices a fault hits: `all`, a list of ids, or one of `ids`, `glob`, `percent`.",
+            "anyOf": [
+                {"type": "array", "items": {"type": "string"}, "description": "These client ids."},
+                tagged,
+            ]
+        })
+    }
+}
+
+/// The tagged forms of [`Selector`], for its schema.
+#[derive(schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum SelectorForms {
     All,
     /// These client ids (`device` or `device/module`).
     Ids(Vec<String>),
@@ -60,6 +132,29 @@ impl Matcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn written_forms() {
+        let read = |s: &str| serde_json::from_str::<Selector>(s);
+        assert_eq!(read(r#""all""#).unwrap(), Selector::All);
+        assert_eq!(
+            read(r#"["a","b"]"#).unwrap(),
+            Selector::Ids(vec!["a".into(), "b".into()])
+        );
+        assert_eq!(
+            read(r#"{"ids":["a"]}"#).unwrap(),
+            Selector::Ids(vec!["a".into()])
+        );
+        assert_eq!(read(r#"{"percent":30}"#).unwrap(), Selector::Percent(30));
+        assert!(read(r#"{"pct":30}"#)
+            .unwrap_err()
+            .to_string()
+            .contains("expected one of"));
+        assert_eq!(
+            serde_json::to_string(&Selector::Percent(5)).unwrap(),
+            r#"{"percent":5}"#
+        );
+    }
 
     #[test]
     fn selectors() {

@@ -580,7 +580,7 @@ impl HubHandle {
 
     /// The Connections records so far.
     pub fn records(&self) -> Vec<ConnectionRecord> {
-        let events = self.shared.events.snapshot();
+        let events = self.events_since(0);
         records::derive_all(self.context.clone(), events.iter().map(|e| e.as_ref()))
     }
 
