@@ -67,10 +67,18 @@ enum Command {
         #[arg(long)]
         no_service_api: bool,
     },
-    /// Write a CA for devices to trust (ca.pem) and its key (ca-key.pem, for serve's ca_dir).
+    /// Write a CA for devices to trust (ca.pem) and its key (ca-key.pem, for serve's ca_dir), or
+    /// with --device a device certificate.
     Certs {
         #[arg(long)]
         out: PathBuf,
+        /// Issue a device certificate (ID.pem, ID.key) with CN = ID from the CA in OUT (made
+        /// first if missing), for a device registered with `x509: {ca: true}`.
+        #[arg(long)]
+        device: Option<String>,
+        /// With --device: a self-signed certificate instead (register its thumbprint).
+        #[arg(long, requires = "device")]
+        self_signed: bool,
     },
     /// Run the bundled sample device (as `run: [sample-device, …]` in scenarios does).
     #[command(disable_help_flag = true)]
@@ -137,7 +145,11 @@ fn main() -> ExitCode {
                     .await
                     .map(|()| ExitCode::SUCCESS)
             }
-            Command::Certs { out } => serve::certs(&out).map(|()| ExitCode::SUCCESS),
+            Command::Certs {
+                out,
+                device,
+                self_signed,
+            } => serve::certs(&out, device.as_deref(), self_signed).map(|()| ExitCode::SUCCESS),
             Command::Schema => {
                 println!("{}", serde_json::to_string_pretty(&scenario::schema())?);
                 Ok(ExitCode::SUCCESS)

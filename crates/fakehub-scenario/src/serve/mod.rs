@@ -58,6 +58,48 @@ pub struct DeviceConfig {
     pub secondary_key: Option<String>,
     #[serde(default)]
     pub modules: Vec<String>,
+    /// X.509 authentication besides the keys: `{ca: true}` (a certificate issued by a CA the hub
+    /// trusts, its own included, with CN = the device id: `fakehub certs --device ID`), or
+    /// `{thumbprint: "…"}` (a self-signed certificate, SHA-1 or SHA-256 hex).
+    #[serde(default)]
+    pub x509: Option<X509Config>,
+}
+
+/// How a device authenticates with a certificate.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct X509Config {
+    /// Certificates issued by a CA the hub trusts.
+    #[serde(default)]
+    pub ca: bool,
+    /// A self-signed certificate's thumbprint.
+    #[serde(default)]
+    pub thumbprint: Option<String>,
+    #[serde(default)]
+    pub secondary_thumbprint: Option<String>,
+}
+
+impl X509Config {
+    /// What the registry keeps, or why the entry makes no sense.
+    pub fn auth(&self) -> Result<fakehub::X509Auth, String> {
+        let hex = |t: &str| {
+            let clean: String = t.chars().filter(|c| !matches!(c, ':' | ' ')).collect();
+            let ok = (clean.len() == 40 || clean.len() == 64)
+                && clean.chars().all(|c| c.is_ascii_hexdigit());
+            ok.then_some(clean)
+                .ok_or_else(|| format!("`{t}` is not a SHA-1 (40) or SHA-256 (64) hex thumbprint"))
+        };
+        match (self.ca, &self.thumbprint) {
+            (true, None) if self.secondary_thumbprint.is_none() => {
+                Ok(fakehub::X509Auth::CertificateAuthority)
+            }
+            (false, Some(primary)) => Ok(fakehub::X509Auth::SelfSigned {
+                primary: hex(primary)?,
+                secondary: self.secondary_thumbprint.as_deref().map(hex).transpose()?,
+            }),
+            _ => Err("`x509` takes either `ca: true` or `thumbprint` (with an optional `secondary_thumbprint`)".to_owned()),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +144,12 @@ impl ServeConfig {
     pub fn load(path: &Path) -> Result<ServeConfig, InputError> {
         let config: ServeConfig = input::read_yaml(path)?;
         for d in &config.devices {
+            if let Some(x) = &d.x509 {
+                x.auth().map_err(|message| InputError::Invalid {
+                    path: path.to_owned(),
+                    message: format!("device '{}': {message}", d.id),
+                })?;
+            }
             for key in d.primary_key.iter().chain(d.secondary_key.iter()) {
                 if fakehub::sas::mint("check", key, None, std::time::UNIX_EPOCH).is_err() {
                     return Err(InputError::Invalid {
@@ -150,6 +198,9 @@ impl ServeConfig {
                 None => SymmetricKeys::generate(),
             };
             b = b.device_with_keys(d.id.clone(), keys);
+            if let Some(auth) = d.x509.as_ref().and_then(|x| x.auth().ok()) {
+                b = b.x509(&fakehub::IdentityRef::device(&d.id), auth);
+            }
             for m in &d.modules {
                 b = b.module(&d.id, m.clone());
             }
@@ -261,15 +312,53 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 }
 
 /// `fakehub certs --out DIR`: a CA for devices to trust (`ca.pem`) and its key (`ca-key.pem`, for
-/// `serve`'s `ca_dir`).
-pub fn certs(out: &Path) -> anyhow::Result<()> {
-    let certs = fakehub::tls::HubCertificates::generate("fakehub.azure-devices.net")?;
+/// `serve`'s `ca_dir`). With `device`: a device certificate (`ID.pem`, `ID.key`) with CN = the id,
+/// issued by the CA in `DIR` (made first if there is none), or self-signed; its thumbprints are
+/// printed (they are not secrets).
+pub fn certs(out: &Path, device: Option<&str>, self_signed: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
-    std::fs::write(out.join("ca.pem"), certs.ca_pem())?;
-    write_private(&out.join("ca-key.pem"), certs.ca_key_pem())?;
+    let (ca_path, key_path) = (out.join("ca.pem"), out.join("ca-key.pem"));
+    let Some(id) = device else {
+        let certs = fakehub::tls::HubCertificates::generate("fakehub.azure-devices.net")?;
+        std::fs::write(&ca_path, certs.ca_pem())?;
+        write_private(&key_path, certs.ca_key_pem())?;
+        eprintln!(
+            "fakehub: wrote {} (trust this on the device) and ca-key.pem (for serve's ca_dir)",
+            ca_path.display()
+        );
+        return Ok(());
+    };
+    if id.is_empty() || id.contains(['/', '+', '#', '\\']) || id.starts_with('.') {
+        anyhow::bail!("`{id}` is not a device id (no /, +, #, \\, no leading .)");
+    }
+    let cert = if self_signed {
+        fakehub::tls::DeviceCertificate::self_signed(id)?
+    } else {
+        if !ca_path.exists() {
+            certs(out, None, false)?;
+        }
+        let ca = fakehub::tls::HubCertificates::from_ca_pem(
+            &std::fs::read_to_string(&ca_path)?,
+            &std::fs::read_to_string(&key_path)?,
+            "fakehub.azure-devices.net",
+        )?;
+        ca.issue_device_certificate(id)?
+    };
+    std::fs::write(out.join(format!("{id}.pem")), &cert.cert_pem)?;
+    write_private(&out.join(format!("{id}.key")), &cert.key_pem)?;
+    let how = if self_signed {
+        format!(
+            "self-signed; register it with x509: {{thumbprint: {}}}",
+            cert.thumbprints.sha1
+        )
+    } else {
+        "issued by this CA; register it with x509: {ca: true} and serve's ca_dir".to_owned()
+    };
     eprintln!(
-        "fakehub: wrote {} (trust this on the device) and ca-key.pem (for serve's ca_dir)",
-        out.join("ca.pem").display()
+        "fakehub: wrote {} and {id}.key for device '{id}' ({how}); thumbprints SHA-1 {} SHA-256 {}",
+        out.join(format!("{id}.pem")).display(),
+        cert.thumbprints.sha1,
+        cert.thumbprints.sha256
     );
     Ok(())
 }
