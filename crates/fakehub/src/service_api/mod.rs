@@ -49,10 +49,10 @@ pub const API_VERSION: &str = "2021-04-12";
 /// Why the service API could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceApiError {
-    #[error("cannot listen on {addr} for the service API: {source}{hint}")]
+    #[error("cannot listen on {addr} for the service API: {error}{hint}")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
         hint: &'static str,
     },
     #[error("service API certificate: {0}")]
@@ -106,17 +106,17 @@ pub struct Listener {
 /// Bind the service API's listener on `addr` with a server certificate from the hub's CA that
 /// names the hub's host name, the loopback names and `addr`'s IP.
 pub async fn bind(hub: &HubHandle, addr: SocketAddr) -> Result<Listener, ServiceApiError> {
-    let bind_error = |source: std::io::Error| {
-        let hint = if source.kind() == std::io::ErrorKind::PermissionDenied && addr.port() < 1024 {
+    let bind_error = |error: std::io::Error| {
+        let hint = if error.kind() == std::io::ErrorKind::PermissionDenied && addr.port() < 1024 {
             " (ports below 1024 need root or CAP_NET_BIND_SERVICE: run as root, grant the \
              capability, or choose another port; the Python service SDK takes HostName=host:port, \
              the Node one always uses 443)"
-        } else if source.kind() == std::io::ErrorKind::AddrInUse {
+        } else if error.kind() == std::io::ErrorKind::AddrInUse {
             " (another program listens there: stop it or choose another address)"
         } else {
             ""
         };
-        ServiceApiError::Bind { addr, source, hint }
+        ServiceApiError::Bind { addr, error, hint }
     };
     let tcp = TcpListener::bind(addr).await.map_err(bind_error)?;
     let local_addr = tcp.local_addr().map_err(bind_error)?;
