@@ -203,3 +203,26 @@ async fn recovery_is_timed_to_a_connection_that_exchanged_packets() {
     assert!(v.passed, "{v}");
     hub.shutdown().await.unwrap();
 }
+
+/// A device the hub never let in has nothing to recover from: `recovers` cannot judge it (and
+/// `connected` fails it), rather than passing a device that never worked.
+#[tokio::test(start_paused = true)]
+async fn recovery_of_a_device_that_never_connected_cannot_be_judged() {
+    let hub = hub(&["d0"]).await;
+    let d0 = device("d0");
+    hub.inject(Fault::new(FaultKind::Disable(Default::default())).devices(Selector::All));
+    for _ in 0..3 {
+        let (_c, ack) = RawClient::connect_memory_as(&hub, &d0, false, 60)
+            .await
+            .unwrap();
+        assert_ne!(ack.code, rumqttc::mqttbytes::v4::ConnectReturnCode::Success);
+        hub.clock().sleep(10 * SEC).await;
+    }
+    let log = Log::of(&hub);
+    let v = recovers(&log, "d0", 60 * SEC);
+    assert!(!v.judged && !v.passed, "{v}");
+    assert!(v.summary.contains("never connected"), "{v}");
+    let v = fakehub_assert::connected(&log, "d0");
+    assert!(v.judged && !v.passed, "{v}");
+    hub.shutdown().await.unwrap();
+}

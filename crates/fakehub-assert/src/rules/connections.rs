@@ -117,6 +117,17 @@ pub fn connected(log: &Log, device: &str) -> Verdict {
 /// recovery. Measured from the drop to that CONNACK.
 pub fn recovers(log: &Log, device: &str, within: Duration) -> Verdict {
     let conns = connections(log, device);
+    if !conns.iter().any(|c| matches!(c.connack, Some((0, ..)))) {
+        // Nothing to recover from (`connected` judges a device that never got in).
+        return Verdict::cannot_judge(
+            "recovers",
+            Some(device),
+            format!(
+                "it never connected{}",
+                process_note(log, device, log.start())
+            ),
+        );
+    }
     let drops = drops(&conns);
     let (end, _) = end_of(log);
     let mut worst = Duration::ZERO;
