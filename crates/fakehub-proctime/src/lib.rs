@@ -27,7 +27,9 @@ mod procfs;
 mod quiescence;
 mod shm;
 
-pub use clock::{current_tid, real_mono_ns, real_wall_ns, Anchor, VirtualNow};
+pub use clock::{
+    current_tid, real_mono_ns, real_wall_ns, set_current_timer_slack, Anchor, VirtualNow,
+};
 pub use driver::{run_until, run_until_with, RunOptions, RunReport};
 pub use error::Error;
 pub use preload::{Preload, PRELOAD_SO};

@@ -196,12 +196,13 @@ impl Drop for ProcessTime {
 }
 
 /// Change the speed of the hub's clock and of the processes' clock together. The processes' clock is
-/// re-anchored on the hub's reading, so the two never drift apart (never backwards, though: a
-/// monotonic clock must not go back).
+/// re-anchored on the hub's reading, taken inside the anchor's write section (at speed 200 a few
+/// microseconds between two readings are a virtual millisecond), so the two never drift apart
+/// (never backwards, though: a monotonic clock must not go back).
 fn set_both_speeds(shm: &ClockShm, clock: &VirtualClock, mono_minus_elapsed: i64, speed: f64) {
     clock.set_speed(speed);
-    let state = clock.state();
     let _ = shm.rebase(|cur| {
+        let state = clock.state();
         let hub_mono = ns(state.elapsed).saturating_add(mono_minus_elapsed);
         Anchor {
             virt_mono_ns: cur.virt_mono_ns.max(hub_mono),
@@ -228,6 +229,8 @@ fn drive(
     gates: Gates<'_>,
 ) -> DriverReport {
     let mut report = DriverReport::default();
+    // Sleeps of POLL, not POLL + the default 50 µs of timer slack.
+    fakehub_proctime::set_current_timer_slack(1_000);
     let mut last_rewake = Instant::now();
     let mut rewake_after = REWAKE;
     let base_speed = clock.speed();
@@ -266,17 +269,20 @@ fn drive(
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
-                let now = ns(clock.elapsed()).saturating_add(mono_minus_elapsed);
+                // Each clock is brought to the deadline on its own reading: a skip computed on one
+                // clock and applied to both would leave the other short of the deadline by their
+                // difference, and the thread waiting for it asleep until it is re-signalled.
+                let hub_now = ns(clock.elapsed()).saturating_add(mono_minus_elapsed);
+                let shm_now = shm.now().virt_mono_ns;
                 match next {
-                    Some(to) if to > now => {
-                        let by = Duration::from_nanos(u64::try_from(to - now).unwrap_or(0));
-                        // Both clocks move by the same amount: they stay in step.
-                        clock.skip(by);
-                        let _ = shm.rebase(|cur| Anchor {
-                            virt_mono_ns: cur.virt_mono_ns.saturating_add(ns(by)),
-                            virt_wall_ns: cur.virt_wall_ns.saturating_add(ns(by)),
-                            ..cur
-                        });
+                    Some(to) if to > hub_now.min(shm_now) => {
+                        let by = Duration::from_nanos(
+                            u64::try_from(to.saturating_sub(hub_now)).unwrap_or(0),
+                        );
+                        if !by.is_zero() {
+                            clock.skip(by);
+                        }
+                        let _ = shm.skip_to(to);
                         report.skips = report.skips.saturating_add(1);
                         report.skipped = report.skipped.saturating_add(by);
                         let woken = shm.wake_due(shm.now().virt_mono_ns);
@@ -287,7 +293,9 @@ fn drive(
                         rewake_after = REWAKE;
                     }
                     // Due already (a wake on its way), or nobody waits for anything: time flows.
-                    _ => std::thread::sleep(POLL),
+                    _ => {
+                        std::thread::sleep(POLL);
+                    }
                 }
             }
             Quiescence::Busy => {
