@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 
-use crate::procfs;
+use crate::procfs::{self, ProcCache};
 use crate::shm::{
     free_thread_slot, read_thread_slot, wall_minus_mono, ClockShm, ThreadSlot, ThreadState,
 };
@@ -89,12 +89,14 @@ impl ClockShm {
             quiescence: Quiescence::Busy,
             due: Vec::new(),
         };
-        let Some((first, _)) = self.observe(extra_tids) else {
+        let mut cache = self.proc_cache();
+        let Some((first, _)) = self.observe(&mut cache, extra_tids, Look::First) else {
             return busy;
         };
-        let Some((second, slots)) = self.observe(extra_tids) else {
+        let Some((second, slots)) = self.observe(&mut cache, extra_tids, Look::Confirm) else {
             return busy;
         };
+        drop(cache);
         if first != second {
             return busy;
         }
@@ -134,7 +136,12 @@ impl ClockShm {
     }
 
     /// One scan; None as soon as a task is not asleep.
-    fn observe(&self, extra_tids: &[i32]) -> Option<(Observation, BTreeMap<i32, ThreadSlot>)> {
+    fn observe(
+        &self,
+        cache: &mut ProcCache,
+        extra_tids: &[i32],
+        look: Look,
+    ) -> Option<(Observation, BTreeMap<i32, ThreadSlot>)> {
         // Slots first: a slot read before the task's state can only make the comparison stricter.
         let offset = wall_minus_mono(&self.anchor());
         let slots: BTreeMap<i32, ThreadSlot> = self
@@ -144,23 +151,22 @@ impl ClockShm {
             .map(|s| (s.tid, s))
             .collect();
         let mut obs = Observation::default();
-        let mut buf = Vec::with_capacity(512);
 
         // Registered processes that are alive; drop the others.
-        let mut queue: Vec<i32> = Vec::new();
+        let mut queue: Vec<(i32, Option<u64>)> = Vec::new();
         for slot in self.process_slots() {
             let pid = slot.pid.load(Ordering::Acquire);
             if pid == 0 {
                 continue;
             }
-            match procfs::process_stat(pid) {
+            match cache.process_stat(pid) {
                 None => self.drop_process(pid),
                 // A zombie leader with other tasks left: the process is exiting (tearing down its
                 // memory can take milliseconds) or its main thread ended alone; either way its other
                 // tasks still count.
                 Some(st) if gone(st.state) => {
                     if procfs::tasks(pid).is_some_and(|t| t.iter().any(|&tid| tid != pid)) {
-                        queue.push(pid);
+                        queue.push((pid, None));
                     } else {
                         self.drop_process(pid);
                     }
@@ -170,7 +176,7 @@ impl ClockShm {
                     if known != 0 && known != st.start_time {
                         self.drop_process(pid); // the pid now belongs to another process
                     } else {
-                        queue.push(pid);
+                        queue.push((pid, Some(st.num_threads)));
                     }
                 }
             }
@@ -179,16 +185,27 @@ impl ClockShm {
         // Every task of those processes and of their descendants.
         let mut members: BTreeSet<i32> = BTreeSet::new();
         let mut children = Vec::new();
-        while let Some(pid) = queue.pop() {
+        while let Some((pid, num_threads)) = queue.pop() {
             if !members.insert(pid) || members.len() > MAX_MEMBERS {
                 continue;
             }
-            let Some(tids) = procfs::tasks(pid) else {
+            // Descendants are found through `children`: their thread count comes from their stat.
+            let num_threads = match num_threads {
+                Some(n) => Some(n),
+                None => cache.process_stat(pid).map(|st| st.num_threads),
+            };
+            let listed = match num_threads {
+                Some(n) => cache.tasks(pid, n),
+                None => procfs::tasks(pid),
+            };
+            let Some(tids) = listed else {
                 continue; // exited meanwhile
             };
             for tid in tids {
-                let Some(st) = procfs::task_stat(pid, tid, &mut buf) else {
-                    continue; // thread exited meanwhile
+                let Some(st) = cache.task_stat(pid, tid) else {
+                    // Gone: the listing may be stale (a new thread can have taken its place).
+                    cache.relist(pid);
+                    return None;
                 };
                 if gone(st.state) {
                     continue;
@@ -196,11 +213,17 @@ impl ClockShm {
                 if !asleep(st.state) {
                     return None;
                 }
-                let witness = self.witness(pid, tid, &slots, &mut buf)?;
+                let witness = witness(cache, pid, tid, &slots, look)?;
                 obs.tasks.insert((pid, tid), (st.state, witness));
                 children.clear();
-                procfs::task_children(pid, tid, &mut buf, &mut children);
-                queue.extend(children.iter().copied().filter(|c| !members.contains(c)));
+                cache.task_children(pid, tid, &mut children);
+                queue.extend(
+                    children
+                        .iter()
+                        .copied()
+                        .filter(|c| !members.contains(c))
+                        .map(|c| (c, None)),
+                );
             }
         }
 
@@ -211,7 +234,7 @@ impl ClockShm {
             if tid == caller {
                 continue; // the driver's own thread is running by definition
             }
-            let Some(st) = procfs::task_stat(me, tid, &mut buf) else {
+            let Some(st) = cache.task_stat(me, tid) else {
                 continue;
             };
             if gone(st.state) {
@@ -220,7 +243,7 @@ impl ClockShm {
             if !asleep(st.state) {
                 return None;
             }
-            let witness = cpu_witness(me, tid, &mut buf)?;
+            let witness = cpu_witness(cache, me, tid, look)?;
             obs.tasks.insert((me, tid), (st.state, witness));
         }
 
@@ -238,30 +261,44 @@ impl ClockShm {
                 free_thread_slot(t, tid);
             }
         }
-        Some((obs, slots))
-    }
-
-    fn witness(
-        &self,
-        pid: i32,
-        tid: i32,
-        slots: &BTreeMap<i32, ThreadSlot>,
-        buf: &mut Vec<u8>,
-    ) -> Option<Witness> {
-        if let Some(s) = slots.get(&tid) {
-            if s.pid == pid && s.state != ThreadState::Running {
-                return Some(Witness::Slot(s.changes));
-            }
+        if look == Look::Confirm {
+            cache.sweep();
         }
-        cpu_witness(pid, tid, buf)
+        Some((obs, slots))
     }
 }
 
-/// The CPU counters of a thread that is off its run queue after they were read; None if it is not (or
-/// unreadable): then it counts as busy.
-fn cpu_witness(pid: i32, tid: i32, buf: &mut Vec<u8>) -> Option<Witness> {
-    let (runtime, arrivals) = procfs::task_schedstat(pid, tid, buf)?;
-    if !procfs::task_off_runqueue(pid, tid, buf)? {
+/// Which of the two looks of a scan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Look {
+    /// Proves each task off its CPU from here on: CPU counters, then `wchan` (off the run queue).
+    First,
+    /// Confirms nothing ran since: the same state and the same counters. A task off its run queue
+    /// after its counters were read in the first look, with the same CPU arrival count now, was off
+    /// its CPU all along; and one woken meanwhile shows `R`. So `wchan` is not read again.
+    Confirm,
+}
+
+fn witness(
+    cache: &mut ProcCache,
+    pid: i32,
+    tid: i32,
+    slots: &BTreeMap<i32, ThreadSlot>,
+    look: Look,
+) -> Option<Witness> {
+    if let Some(s) = slots.get(&tid) {
+        if s.pid == pid && s.state != ThreadState::Running {
+            return Some(Witness::Slot(s.changes));
+        }
+    }
+    cpu_witness(cache, pid, tid, look)
+}
+
+/// The CPU counters of a thread; in the first look, only if it is off its run queue after they were
+/// read. None if it is not (or unreadable): then it counts as busy.
+fn cpu_witness(cache: &mut ProcCache, pid: i32, tid: i32, look: Look) -> Option<Witness> {
+    let (runtime, arrivals) = cache.task_schedstat(pid, tid)?;
+    if look == Look::First && !cache.task_off_runqueue(pid, tid)? {
         return None;
     }
     Some(Witness::Cpu(runtime, arrivals))

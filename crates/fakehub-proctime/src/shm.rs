@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::clock::{real_mono_ns, Anchor, VirtualNow};
 use crate::layout::{self, RawHeader, RawProcessSlot, RawThreadSlot};
-use crate::procfs;
+use crate::procfs::{self, ProcCache};
 use crate::Error;
 
 /// Table sizes of a clock file.
@@ -163,6 +163,8 @@ pub struct ClockShm {
     limits: Limits,
     options: ShmOptions,
     writer: Mutex<()>,
+    /// The /proc files the quiescence scan reads, kept open between scans.
+    procs: Mutex<ProcCache>,
 }
 
 // SAFETY: the mapping is only accessed through atomics (after creation), and the mapping itself lives
@@ -311,9 +313,14 @@ impl ClockShm {
             limits,
             options,
             writer: Mutex::new(()),
+            procs: Mutex::new(ProcCache::default()),
         };
         shm.publish(Anchor::real_now(1.0))?;
         Ok(shm)
+    }
+
+    pub(crate) fn proc_cache(&self) -> std::sync::MutexGuard<'_, ProcCache> {
+        self.procs.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The clock file's path.
@@ -589,7 +596,6 @@ impl ClockShm {
     /// Stopped threads are skipped: the wake signal is a queued real-time signal, and a stopped thread
     /// would pile them up.
     fn wake_where(&self, due: impl Fn(i64) -> bool) -> usize {
-        let mut buf = Vec::with_capacity(512);
         let mut sent = 0;
         for slot in self.threads() {
             if let ThreadState::TimedWait {
@@ -599,7 +605,9 @@ impl ClockShm {
                 if !due(deadline_virt_mono_ns) {
                     continue;
                 }
-                let stopped = procfs::task_stat(slot.pid, slot.tid, &mut buf)
+                let stopped = self
+                    .proc_cache()
+                    .task_stat(slot.pid, slot.tid)
                     .is_some_and(|st| matches!(st.state, b'T' | b't'));
                 if !stopped && self.wake_thread(slot.pid, slot.tid) {
                     sent += 1;
@@ -656,6 +664,11 @@ pub(crate) fn wall_minus_mono(a: &Anchor) -> i64 {
 /// A consistent read of one slot (its `changes` counter is a seqlock); None if free or unreadable.
 /// `wall_minus_mono` converts wall-clock deadlines (see [`wall_minus_mono`]).
 pub(crate) fn read_thread_slot(t: &RawThreadSlot, wall_minus_mono: i64) -> Option<ThreadSlot> {
+    // Most of the table is free: one load says so (a slot claimed just after it reads as it was a
+    // moment earlier).
+    if t.tid.load(Ordering::Acquire) == 0 {
+        return None;
+    }
     for _ in 0..1000 {
         let c1 = t.changes.load(Ordering::Acquire);
         if c1 & 1 == 1 {
