@@ -433,6 +433,33 @@ fn threads_that_take_turns_are_never_taken_for_idle() {
     );
 }
 
+/// Threads that hand a token on to a thread they start, then exit: the set of threads changes all the
+/// time while their number hardly does (the scan re-lists a process's tasks only when the count in its
+/// `stat` changes or a listed task is gone). Never idle: a 1000 s sleeper's time is never skipped.
+#[test]
+fn threads_that_replace_each_other_are_never_taken_for_idle() {
+    let _s = serial();
+    let Some(h) = Harness::new() else { return };
+    let Some(bin) = compile_c(&h, "waits.c") else {
+        return;
+    };
+    let mut cmd = h.command(&bin);
+    cmd.arg("relay");
+    let started = Instant::now();
+    let mut p = h.spawn(cmd);
+    let report = h.drive(&mut p, Duration::from_secs(2000), Duration::from_secs(60));
+    let real = started.elapsed();
+    let events = p.events();
+    let ev = events.get("relay").expect("relay event");
+    eprintln!("relay: {ev:?} in {real:?}; {report:?}");
+    assert_eq!(ev.get("ok").map(String::as_str), Some("1"));
+    let virt = field_i64(ev, "elapsed_ns");
+    assert!(
+        virt < real.as_nanos() as i64 + SEC,
+        "skipped time during the relay: {virt} ns virtual in {real:?}"
+    );
+}
+
 /// The pending-signal mask of a thread, from /proc (SigPnd, hex).
 fn pending_signals(pid: i32, tid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).expect("status");
