@@ -232,8 +232,8 @@ impl ProcCache {
 
     /// The thread ids of a process whose `stat` said `num_threads`: the ids listed last while that
     /// many are listed (the caller checks that every one of them is still there: then the set has not
-    /// changed, since a new thread would make one more), else listed again. None if the process is
-    /// gone.
+    /// changed, since a new thread would make one more), else listed again (a listing of another
+    /// length is returned but not kept). None if the process is gone.
     pub(crate) fn tasks(&mut self, pid: i32, num_threads: u64) -> Option<Vec<i32>> {
         let entry = self.procs.entry(pid).or_default();
         entry.used = true;
@@ -243,7 +243,8 @@ impl ProcCache {
             }
         }
         let listed = tasks(pid)?;
-        entry.listing = Some(listed.clone());
+        entry.listing =
+            (u64::try_from(listed.len()).ok() == Some(num_threads)).then(|| listed.clone());
         Some(listed)
     }
 
@@ -439,12 +440,19 @@ mod tests {
         assert_eq!(cache.task_schedstat(me, tid), None);
         assert_eq!(cache.task_off_runqueue(me, tid), None);
         assert_eq!(cache.open_files(), 1);
-        // each call reads afresh: the process's thread count went down
-        let after = cache.process_stat(me).expect("cached process stat");
-        assert!(after.num_threads < cached.num_threads);
+        // each read is afresh: this thread's CPU time grows while it runs
+        let me_tid = crate::current_tid();
+        let (t0, _) = cache.task_schedstat(me, me_tid).expect("own schedstat");
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < std::time::Duration::from_millis(20) {
+            std::hint::spin_loop();
+        }
+        let (t1, _) = cache.task_schedstat(me, me_tid).expect("own schedstat");
+        assert!(t1 > t0, "{t1} > {t0}");
         assert!(before > 0);
+        assert_eq!(cache.open_files(), 2);
         cache.sweep();
-        assert_eq!(cache.open_files(), 1);
+        assert_eq!(cache.open_files(), 2);
         cache.sweep();
         assert_eq!(cache.open_files(), 0);
     }

@@ -3,18 +3,22 @@
 //! One look at /proc is not enough: a thread read as sleeping may wake (a packet, a signal) before the
 //! last thread is read. So the scan is done twice and compared. Between the two scans a thread must not
 //! have run: for a thread inside a wrapped wait (slot TIMED or UNTIMED) its slot's change counter must be
-//! unchanged (it may wake up between slices, but it never returned to the program); for any other
+//! unchanged from the slot read that starts the first scan to just after its state is read in the
+//! second (it may wake up between slices, but it never returned to the program); for any other
 //! thread, its `schedstat` (CPU arrivals and CPU time) must be unchanged, and it must have been *off its
 //! run queue* after that was read: /proc says `S` as soon as a thread has set its sleeping state, while
 //! it is still on its CPU, and a thread woken in that instant runs on without a new arrival. `wchan`
 //! names a wait channel only for a thread off its run queue (found with the pyenv `python3` shim, whose
-//! bash forks were missed about one run in twenty with the arrival count alone).
+//! bash forks were missed about one run in twenty with the arrival count alone). That is needed in the
+//! first scan only: off its run queue after its counters were read there, and with the same arrival
+//! count in the second, a thread was off its CPU in between (and one woken meanwhile shows `R`).
 //! If both scans found every task asleep and nothing changed, there was an instant (the end of the first
 //! scan) at which everything was asleep at once, and the slots read then hold the deadlines.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 
+use crate::layout::RawThreadSlot;
 use crate::procfs::{self, ProcCache};
 use crate::shm::{
     free_thread_slot, read_thread_slot, wall_minus_mono, ClockShm, ThreadSlot, ThreadState,
@@ -103,7 +107,7 @@ impl ClockShm {
         let now = self.now().virt_mono_ns;
         let mut next: Option<i64> = None;
         let mut due = Vec::new();
-        for s in slots.values() {
+        for (_, s) in slots.values() {
             let Some(&(state, _)) = second.tasks.get(&(s.pid, s.tid)) else {
                 continue;
             };
@@ -141,18 +145,19 @@ impl ClockShm {
         cache: &mut ProcCache,
         extra_tids: &[i32],
         look: Look,
-    ) -> Option<(Observation, BTreeMap<i32, ThreadSlot>)> {
+    ) -> Option<(Observation, Slots)> {
         // Slots first: a slot read before the task's state can only make the comparison stricter.
         let offset = wall_minus_mono(&self.anchor());
-        let slots: BTreeMap<i32, ThreadSlot> = self
-            .thread_slots()
+        let table = self.thread_slots();
+        let slots: Slots = table
             .iter()
-            .filter_map(|t| read_thread_slot(t, offset))
-            .map(|s| (s.tid, s))
+            .enumerate()
+            .filter_map(|(i, t)| read_thread_slot(t, offset).map(|s| (s.tid, (i, s))))
             .collect();
         let mut obs = Observation::default();
 
         // Registered processes that are alive; drop the others.
+        // (pid, its thread count if its stat was read already)
         let mut queue: Vec<(i32, Option<u64>)> = Vec::new();
         for slot in self.process_slots() {
             let pid = slot.pid.load(Ordering::Acquire);
@@ -165,8 +170,8 @@ impl ClockShm {
                 // memory can take milliseconds) or its main thread ended alone; either way its other
                 // tasks still count.
                 Some(st) if gone(st.state) => {
-                    if procfs::tasks(pid).is_some_and(|t| t.iter().any(|&tid| tid != pid)) {
-                        queue.push((pid, None));
+                    if st.num_threads > 1 {
+                        queue.push((pid, Some(st.num_threads)));
                     } else {
                         self.drop_process(pid);
                     }
@@ -190,17 +195,21 @@ impl ClockShm {
                 continue;
             }
             // Descendants are found through `children`: their thread count comes from their stat.
-            let num_threads = match num_threads {
-                Some(n) => Some(n),
-                None => cache.process_stat(pid).map(|st| st.num_threads),
-            };
-            let listed = match num_threads {
-                Some(n) => cache.tasks(pid, n),
-                None => procfs::tasks(pid),
-            };
-            let Some(tids) = listed else {
+            let Some(num_threads) =
+                num_threads.or_else(|| cache.process_stat(pid).map(|st| st.num_threads))
+            else {
                 continue; // exited meanwhile
             };
+            let Some(tids) = cache.tasks(pid, num_threads) else {
+                continue; // exited meanwhile
+            };
+            // Reading /proc/<pid>/task stops short when a thread exits under it (the kernel cannot
+            // step past a task that is gone), so the threads after it can be missing: a count that
+            // differs from the thread count read before means threads come and go: busy.
+            if u64::try_from(tids.len()).ok() != Some(num_threads) {
+                cache.relist(pid);
+                return None;
+            }
             for tid in tids {
                 let Some(st) = cache.task_stat(pid, tid) else {
                     // Gone: the listing may be stale (a new thread can have taken its place).
@@ -208,12 +217,17 @@ impl ClockShm {
                     return None;
                 };
                 if gone(st.state) {
-                    continue;
+                    if tid == pid {
+                        continue; // a zombie leader: the process's other tasks are what count
+                    }
+                    // A thread on its way out still runs (its exit), and a thread it started
+                    // may be missing from a listing read before.
+                    return None;
                 }
                 if !asleep(st.state) {
                     return None;
                 }
-                let witness = witness(cache, pid, tid, &slots, look)?;
+                let witness = witness(cache, table, pid, tid, &slots, look)?;
                 obs.tasks.insert((pid, tid), (st.state, witness));
                 children.clear();
                 cache.task_children(pid, tid, &mut children);
@@ -279,15 +293,26 @@ enum Look {
     Confirm,
 }
 
+/// The slots read at the start of a look: tid -> (index, slot).
+type Slots = BTreeMap<i32, (usize, ThreadSlot)>;
+
+/// A thread in a wrapped wait proves it stayed there by its slot's change counter: the one read at
+/// the start of the look, which must not have moved by now (after its state was read), so that the
+/// counters compared cover both state readings. Any other thread: its CPU counters.
 fn witness(
     cache: &mut ProcCache,
+    table: &[RawThreadSlot],
     pid: i32,
     tid: i32,
-    slots: &BTreeMap<i32, ThreadSlot>,
+    slots: &Slots,
     look: Look,
 ) -> Option<Witness> {
-    if let Some(s) = slots.get(&tid) {
+    if let Some((index, s)) = slots.get(&tid) {
         if s.pid == pid && s.state != ThreadState::Running {
+            let now = table.get(*index)?.changes.load(Ordering::Acquire);
+            if now != s.changes {
+                return None;
+            }
             return Some(Witness::Slot(s.changes));
         }
     }
