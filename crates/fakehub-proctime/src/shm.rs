@@ -366,7 +366,17 @@ impl ClockShm {
         }
     }
 
+    /// The thread slots that were ever claimed: the table up to its high-water mark (a thread raises
+    /// the mark before it claims a slot; the mark is clamped to the table).
     pub(crate) fn thread_slots(&self) -> &[RawThreadSlot] {
+        let all = self.all_thread_slots();
+        // SAFETY: the header lies at the start of the live mapping; `thread_hwm` is atomic.
+        let hwm = unsafe { &(*self.header()).thread_hwm }.load(Ordering::Acquire);
+        let hwm = usize::try_from(hwm).unwrap_or(usize::MAX);
+        all.get(..hwm).unwrap_or(all)
+    }
+
+    fn all_thread_slots(&self) -> &[RawThreadSlot] {
         let off = layout::thread_table_offset(self.limits.max_processes).unwrap_or(self.len);
         // SAFETY: the thread table lies at `off` inside the mapping and holds max_threads slots (checked
         // by `file_size` in `create`); every field is atomic.
