@@ -34,4 +34,6 @@ pub use driver::{run_until, run_until_with, RunOptions, RunReport};
 pub use error::Error;
 pub use preload::{Preload, PRELOAD_SO};
 pub use quiescence::{Quiescence, Scan};
-pub use shm::{ClockShm, Limits, ProcessSlot, ShmOptions, ThreadSlot, ThreadState, WaitCall};
+pub use shm::{
+    ClockShm, Limits, ProcessSlot, ShmOptions, ThreadSlot, ThreadState, WaitCall, Woken,
+};

@@ -141,6 +141,32 @@ pub struct ThreadSlot {
     pub changes: u64,
 }
 
+/// Threads signalled by [`ClockShm::wake_due_tracked`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Woken {
+    threads: Vec<WokenThread>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct WokenThread {
+    /// Slot index.
+    index: usize,
+    tid: i32,
+    /// The slot's change counter when it was signalled.
+    changes: u64,
+}
+
+impl Woken {
+    /// How many threads were signalled.
+    pub fn len(&self) -> usize {
+        self.threads.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.threads.is_empty()
+    }
+}
+
 /// One claimed process slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcessSlot {
@@ -594,20 +620,30 @@ impl ClockShm {
     /// Sends the wake signal to every thread in a timed wait whose deadline is at or before
     /// `virt_mono_now` (except stopped ones); returns how many were signalled.
     pub fn wake_due(&self, virt_mono_now: i64) -> usize {
+        self.wake_due_tracked(virt_mono_now).len()
+    }
+
+    /// [`ClockShm::wake_due`], returning the threads signalled, to follow with
+    /// [`ClockShm::rewaited`].
+    pub fn wake_due_tracked(&self, virt_mono_now: i64) -> Woken {
         self.wake_where(|d| d <= virt_mono_now)
     }
 
     /// Sends the wake signal to every thread in a timed wait (after a wall-clock jump or a speed
     /// change, so that every wait recomputes its deadline and real timeout).
     pub fn wake_all_timed(&self) -> usize {
-        self.wake_where(|_| true)
+        self.wake_where(|_| true).len()
     }
 
     /// Stopped threads are skipped: the wake signal is a queued real-time signal, and a stopped thread
     /// would pile them up.
-    fn wake_where(&self, due: impl Fn(i64) -> bool) -> usize {
-        let mut sent = 0;
-        for slot in self.threads() {
+    fn wake_where(&self, due: impl Fn(i64) -> bool) -> Woken {
+        let offset = wall_minus_mono(&self.anchor());
+        let mut woken = Woken::default();
+        for (index, raw) in self.thread_slots().iter().enumerate() {
+            let Some(slot) = read_thread_slot(raw, offset) else {
+                continue;
+            };
             if let ThreadState::TimedWait {
                 deadline_virt_mono_ns,
             } = slot.state
@@ -620,11 +656,37 @@ impl ClockShm {
                     .task_stat(slot.pid, slot.tid)
                     .is_some_and(|st| matches!(st.state, b'T' | b't'));
                 if !stopped && self.wake_thread(slot.pid, slot.tid) {
-                    sent += 1;
+                    woken.threads.push(WokenThread {
+                        index,
+                        tid: slot.tid,
+                        changes: slot.changes,
+                    });
                 }
             }
         }
-        sent
+        woken
+    }
+
+    /// Whether every thread of `woken` has left the wait it was woken from and waits again (or is
+    /// gone), as its slot says: cheap (a few loads from the clock file), so a driver can watch for it
+    /// closely before it pays for a scan. It says nothing about the threads those woke in turn.
+    pub fn rewaited(&self, woken: &Woken) -> bool {
+        let slots = self.thread_slots();
+        woken.threads.iter().all(|w| {
+            let Some(t) = slots.get(w.index) else {
+                return true;
+            };
+            let changes = t.changes.load(Ordering::Acquire);
+            if t.tid.load(Ordering::Acquire) != w.tid {
+                return true; // gone (its slot freed, maybe claimed again)
+            }
+            let state = t.state.load(Ordering::Acquire);
+            let settled = changes & 1 == 0
+                && changes >= w.changes.saturating_add(2)
+                && state != layout::STATE_RUNNING;
+            // the state must belong to the same version of the slot
+            settled && t.changes.load(Ordering::Acquire) == changes
+        })
     }
 
     /// Sends the wake signal to one thread.

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use fakehub_proctime::{Anchor, ClockShm, Limits, Preload, Quiescence};
+use fakehub_proctime::{Anchor, ClockShm, Limits, Preload, Quiescence, Woken};
 
 use crate::clock::VirtualClock;
 
@@ -213,6 +213,28 @@ fn set_both_speeds(shm: &ClockShm, clock: &VirtualClock, mono_minus_elapsed: i64
     });
 }
 
+/// After a skip, how often the driver looks at the woken threads' slots, and for how long at most,
+/// before it scans.
+const SETTLE_POLL: Duration = Duration::from_micros(10);
+const SETTLE_MAX: Duration = Duration::from_millis(1);
+
+/// Waits (watching the clock file only: a few loads) until every thread a skip woke has left its wait
+/// and waits again, for at most [`SETTLE_MAX`]: a scan before that would find it busy, and the driver
+/// would sleep [`POLL`] and scan again. This decides nothing: the scan that follows does (the threads
+/// those woke in turn, or a thread that now blocks in something not wrapped, are its business).
+fn settle(shm: &ClockShm, woken: &Woken, gates: Gates<'_>) {
+    if woken.is_empty() {
+        return;
+    }
+    let start = Instant::now();
+    while !shm.rewaited(woken)
+        && start.elapsed() < SETTLE_MAX
+        && !gates.stop.load(Ordering::Acquire)
+    {
+        std::thread::sleep(SETTLE_POLL);
+    }
+}
+
 /// What stops the driver, and what holds it back.
 #[derive(Clone, Copy)]
 struct Gates<'a> {
@@ -285,17 +307,16 @@ fn drive(
                         let _ = shm.skip_to(to);
                         report.skips = report.skips.saturating_add(1);
                         report.skipped = report.skipped.saturating_add(by);
-                        let woken = shm.wake_due(shm.now().virt_mono_ns);
+                        let woken = shm.wake_due_tracked(shm.now().virt_mono_ns);
                         report.wakes = report
                             .wakes
-                            .saturating_add(u64::try_from(woken).unwrap_or(0));
+                            .saturating_add(u64::try_from(woken.len()).unwrap_or(0));
                         last_rewake = Instant::now();
                         rewake_after = REWAKE;
+                        settle(shm, &woken, gates);
                     }
                     // Due already (a wake on its way), or nobody waits for anything: time flows.
-                    _ => {
-                        std::thread::sleep(POLL);
-                    }
+                    _ => std::thread::sleep(POLL),
                 }
             }
             Quiescence::Busy => {
