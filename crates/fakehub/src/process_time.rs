@@ -114,6 +114,13 @@ impl ProcessTime {
             path: dir.to_owned(),
             source,
         })?;
+        // Absolute: LD_PRELOAD and the clock file's path go to the processes, which may change
+        // directory (pyenv's shims do) and would then run on real time, unseen by the preload.
+        let dir = &std::fs::canonicalize(dir).map_err(|source| ProcessTimeError::Io {
+            what: "cannot resolve",
+            path: dir.to_owned(),
+            source,
+        })?;
         let preload = Preload::write_to(dir)?;
         let shm = Arc::new(ClockShm::create(dir.join("clock"), Limits::default())?);
         // The processes' monotonic clock starts where the machine's is; their wall clock is the
