@@ -2,8 +2,8 @@
  * fakehub_clock_shm.h — layout of the fakehub shared-memory clock file.
  *
  * One file per hub run. The hub (Rust, `fakehub_proctime::ClockShm`) creates it and is the only writer
- * of the header; each process writes only its own process slot and the slots of its own threads (the hub
- * also frees the slots of processes and threads that are gone). Everything is little-endian and naturally
+ * of the header but for `thread_hwm`, which processes raise; each process writes only its own process slot
+ * and the slots of its own threads (the hub also frees the slots of processes and threads that are gone). Everything is little-endian and naturally
  * aligned; every field that changes after creation is accessed with atomic operations.
  *
  * This header is mirrored by `src/layout.rs`; `tests/layout.rs` compiles a program against this header and
@@ -17,7 +17,7 @@
 #include <stdint.h>
 
 #define FH_MAGIC "FHCLOCK1" /* 8 bytes, no terminating NUL in the file */
-#define FH_VERSION 1u
+#define FH_VERSION 2u
 #define FH_HEADER_SIZE 128u
 #define FH_PROCESS_SLOT_SIZE 16u
 #define FH_THREAD_SLOT_SIZE 32u
@@ -84,7 +84,10 @@ struct fh_header {
     int64_t other_slice_ns;    /*  48 longest real wait of any other wrapped wait between clock checks */
     _Atomic uint64_t seq;      /*  56 seqlock over the anchor: odd while the hub writes it */
     struct fh_anchor anchor;   /*  64 */
-    uint64_t reserved[4];      /*  96 */
+    _Atomic uint32_t thread_hwm; /* 96 one past the highest thread slot index ever claimed: a thread raises it
+                                   before it claims a slot, so the hub reads no further */
+    uint32_t reserved32;       /* 100 */
+    uint64_t reserved[3];      /* 104 */
 };
 
 struct fh_process_slot {

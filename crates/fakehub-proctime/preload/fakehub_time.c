@@ -365,15 +365,24 @@ static void thread_exit(void *value) {
     if (tls_slot == (int)idx) tls_slot = -1;
 }
 
+/* Raises the header's thread_hwm to at least n. */
+static void raise_thread_hwm(uint32_t n) {
+    uint32_t cur = atomic_load_explicit(&g_hdr->thread_hwm, memory_order_relaxed);
+    while (cur < n && !atomic_compare_exchange_weak_explicit(&g_hdr->thread_hwm, &cur, n, memory_order_seq_cst,
+                                                             memory_order_relaxed)) {
+    }
+}
+
 /* The calling thread's slot, claimed on first use; -1 when the table is full. */
 static int thread_slot(void) {
     if (tls_slot >= 0) return tls_slot;
-    if (tls_claim_failed || !g_threads) return -1;
+    if (tls_claim_failed || !g_threads || !g_hdr) return -1;
     int32_t tid = current_tid();
     int32_t pid = atomic_load_explicit(&g_pid, memory_order_relaxed);
     for (uint32_t i = 0; i < g_nthreads; i++) {
         struct fh_thread_slot *t = &g_threads[i];
         if (atomic_load_explicit(&t->tid, memory_order_relaxed) != 0) continue;
+        raise_thread_hwm(i + 1); /* before the claim: the hub reads the table up to the mark only */
         int32_t expected = 0;
         if (!atomic_compare_exchange_strong_explicit(&t->tid, &expected, tid, memory_order_acq_rel,
                                                      memory_order_relaxed))

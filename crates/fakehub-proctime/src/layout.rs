@@ -2,9 +2,9 @@
 //!
 //! ```text
 //! offset  size  field
-//! header (128 bytes, written once by the hub except seq and anchor)
+//! header (128 bytes, written once by the hub except seq, anchor and thread_hwm)
 //!      0     8  magic "FHCLOCK1"
-//!      8     4  version (1)
+//!      8     4  version (2)
 //!     12     4  header_size (128)
 //!     16     4  max_processes
 //!     20     4  max_threads
@@ -19,7 +19,9 @@
 //!     72     8  anchor.virt_mono_ns (i64)
 //!     80     8  anchor.virt_wall_ns (i64)
 //!     88     8  anchor.speed (f64 bits)
-//!     96    32  reserved
+//!     96     4  thread_hwm (u32: one past the highest thread slot ever claimed; raised by a thread
+//!               before it claims a slot, so the hub reads the thread table up to it only)
+//!    100    28  reserved
 //! process table at 128: max_processes slots of 16 bytes
 //!     +0     4  pid (i32, 0 = free)
 //!     +4     4  flags (1 preload, 2 hub, 4 condvar clock readable)
@@ -39,7 +41,7 @@ use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64};
 /// The file's first 8 bytes.
 pub const MAGIC: [u8; 8] = *b"FHCLOCK1";
 /// Layout version.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Header size in bytes.
 pub const HEADER_SIZE: usize = 128;
 /// Size of one process slot.
@@ -93,7 +95,9 @@ pub(crate) struct RawHeader {
     pub other_slice_ns: i64,
     pub seq: AtomicU64,
     pub anchor: RawAnchor,
-    pub reserved: [u64; 4],
+    pub thread_hwm: AtomicU32,
+    pub reserved32: u32,
+    pub reserved: [u64; 3],
 }
 
 #[repr(C)]
@@ -168,6 +172,8 @@ pub fn layout_table() -> Vec<(&'static str, usize)> {
         ),
         ("fh_header.seq", offset_of!(RawHeader, seq)),
         ("fh_header.anchor", offset_of!(RawHeader, anchor)),
+        ("fh_header.thread_hwm", offset_of!(RawHeader, thread_hwm)),
+        ("fh_header.reserved32", offset_of!(RawHeader, reserved32)),
         ("fh_header.reserved", offset_of!(RawHeader, reserved)),
         (
             "fh_anchor.real_mono_ns",

@@ -27,9 +27,13 @@ mod procfs;
 mod quiescence;
 mod shm;
 
-pub use clock::{current_tid, real_mono_ns, real_wall_ns, Anchor, VirtualNow};
+pub use clock::{
+    current_tid, real_mono_ns, real_wall_ns, set_current_timer_slack, Anchor, VirtualNow,
+};
 pub use driver::{run_until, run_until_with, RunOptions, RunReport};
 pub use error::Error;
 pub use preload::{Preload, PRELOAD_SO};
 pub use quiescence::{Quiescence, Scan};
-pub use shm::{ClockShm, Limits, ProcessSlot, ShmOptions, ThreadSlot, ThreadState, WaitCall};
+pub use shm::{
+    ClockShm, Limits, ProcessSlot, ShmOptions, ThreadSlot, ThreadState, WaitCall, Woken,
+};

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::clock::{real_mono_ns, Anchor, VirtualNow};
 use crate::layout::{self, RawHeader, RawProcessSlot, RawThreadSlot};
-use crate::procfs;
+use crate::procfs::{self, ProcCache};
 use crate::Error;
 
 /// Table sizes of a clock file.
@@ -141,6 +141,32 @@ pub struct ThreadSlot {
     pub changes: u64,
 }
 
+/// Threads signalled by [`ClockShm::wake_due_tracked`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Woken {
+    threads: Vec<WokenThread>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct WokenThread {
+    /// Slot index.
+    index: usize,
+    tid: i32,
+    /// The slot's change counter when it was signalled.
+    changes: u64,
+}
+
+impl Woken {
+    /// How many threads were signalled.
+    pub fn len(&self) -> usize {
+        self.threads.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.threads.is_empty()
+    }
+}
+
 /// One claimed process slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcessSlot {
@@ -163,6 +189,8 @@ pub struct ClockShm {
     limits: Limits,
     options: ShmOptions,
     writer: Mutex<()>,
+    /// The /proc files the quiescence scan reads, kept open between scans.
+    procs: Mutex<ProcCache>,
 }
 
 // SAFETY: the mapping is only accessed through atomics (after creation), and the mapping itself lives
@@ -311,9 +339,14 @@ impl ClockShm {
             limits,
             options,
             writer: Mutex::new(()),
+            procs: Mutex::new(ProcCache::default()),
         };
         shm.publish(Anchor::real_now(1.0))?;
         Ok(shm)
+    }
+
+    pub(crate) fn proc_cache(&self) -> std::sync::MutexGuard<'_, ProcCache> {
+        self.procs.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The clock file's path.
@@ -359,7 +392,17 @@ impl ClockShm {
         }
     }
 
+    /// The thread slots that were ever claimed: the table up to its high-water mark (a thread raises
+    /// the mark before it claims a slot; the mark is clamped to the table).
     pub(crate) fn thread_slots(&self) -> &[RawThreadSlot] {
+        let all = self.all_thread_slots();
+        // SAFETY: the header lies at the start of the live mapping; `thread_hwm` is atomic.
+        let hwm = unsafe { &(*self.header()).thread_hwm }.load(Ordering::Acquire);
+        let hwm = usize::try_from(hwm).unwrap_or(usize::MAX);
+        all.get(..hwm).unwrap_or(all)
+    }
+
+    fn all_thread_slots(&self) -> &[RawThreadSlot] {
         let off = layout::thread_table_offset(self.limits.max_processes).unwrap_or(self.len);
         // SAFETY: the thread table lies at `off` inside the mapping and holds max_threads slots (checked
         // by `file_size` in `create`); every field is atomic.
@@ -577,21 +620,30 @@ impl ClockShm {
     /// Sends the wake signal to every thread in a timed wait whose deadline is at or before
     /// `virt_mono_now` (except stopped ones); returns how many were signalled.
     pub fn wake_due(&self, virt_mono_now: i64) -> usize {
+        self.wake_due_tracked(virt_mono_now).len()
+    }
+
+    /// [`ClockShm::wake_due`], returning the threads signalled, to follow with
+    /// [`ClockShm::rewaited`].
+    pub fn wake_due_tracked(&self, virt_mono_now: i64) -> Woken {
         self.wake_where(|d| d <= virt_mono_now)
     }
 
     /// Sends the wake signal to every thread in a timed wait (after a wall-clock jump or a speed
     /// change, so that every wait recomputes its deadline and real timeout).
     pub fn wake_all_timed(&self) -> usize {
-        self.wake_where(|_| true)
+        self.wake_where(|_| true).len()
     }
 
     /// Stopped threads are skipped: the wake signal is a queued real-time signal, and a stopped thread
     /// would pile them up.
-    fn wake_where(&self, due: impl Fn(i64) -> bool) -> usize {
-        let mut buf = Vec::with_capacity(512);
-        let mut sent = 0;
-        for slot in self.threads() {
+    fn wake_where(&self, due: impl Fn(i64) -> bool) -> Woken {
+        let offset = wall_minus_mono(&self.anchor());
+        let mut woken = Woken::default();
+        for (index, raw) in self.thread_slots().iter().enumerate() {
+            let Some(slot) = read_thread_slot(raw, offset) else {
+                continue;
+            };
             if let ThreadState::TimedWait {
                 deadline_virt_mono_ns,
             } = slot.state
@@ -599,14 +651,42 @@ impl ClockShm {
                 if !due(deadline_virt_mono_ns) {
                     continue;
                 }
-                let stopped = procfs::task_stat(slot.pid, slot.tid, &mut buf)
+                let stopped = self
+                    .proc_cache()
+                    .task_stat(slot.pid, slot.tid)
                     .is_some_and(|st| matches!(st.state, b'T' | b't'));
                 if !stopped && self.wake_thread(slot.pid, slot.tid) {
-                    sent += 1;
+                    woken.threads.push(WokenThread {
+                        index,
+                        tid: slot.tid,
+                        changes: slot.changes,
+                    });
                 }
             }
         }
-        sent
+        woken
+    }
+
+    /// Whether every thread of `woken` has left the wait it was woken from and waits again (or is
+    /// gone), as its slot says: cheap (a few loads from the clock file), so a driver can watch for it
+    /// closely before it pays for a scan. It says nothing about the threads those woke in turn.
+    pub fn rewaited(&self, woken: &Woken) -> bool {
+        let slots = self.thread_slots();
+        woken.threads.iter().all(|w| {
+            let Some(t) = slots.get(w.index) else {
+                return true;
+            };
+            let changes = t.changes.load(Ordering::Acquire);
+            if t.tid.load(Ordering::Acquire) != w.tid {
+                return true; // gone (its slot freed, maybe claimed again)
+            }
+            let state = t.state.load(Ordering::Acquire);
+            let settled = changes & 1 == 0
+                && changes >= w.changes.saturating_add(2)
+                && state != layout::STATE_RUNNING;
+            // the state must belong to the same version of the slot
+            settled && t.changes.load(Ordering::Acquire) == changes
+        })
     }
 
     /// Sends the wake signal to one thread.
@@ -656,6 +736,11 @@ pub(crate) fn wall_minus_mono(a: &Anchor) -> i64 {
 /// A consistent read of one slot (its `changes` counter is a seqlock); None if free or unreadable.
 /// `wall_minus_mono` converts wall-clock deadlines (see [`wall_minus_mono`]).
 pub(crate) fn read_thread_slot(t: &RawThreadSlot, wall_minus_mono: i64) -> Option<ThreadSlot> {
+    // Most of the table is free: one load says so (a slot claimed just after it reads as it was a
+    // moment earlier).
+    if t.tid.load(Ordering::Acquire) == 0 {
+        return None;
+    }
     for _ in 0..1000 {
         let c1 = t.changes.load(Ordering::Acquire);
         if c1 & 1 == 1 {

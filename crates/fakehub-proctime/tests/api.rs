@@ -33,7 +33,7 @@ fn create_writes_the_documented_header() {
     assert_eq!(&bytes[0..8], b"FHCLOCK1");
     let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
     let i64_at = |o: usize| i64::from_le_bytes(bytes[o..o + 8].try_into().expect("8 bytes"));
-    assert_eq!(u32_at(8), 1);
+    assert_eq!(u32_at(8), 2);
     assert_eq!(u32_at(12), 128);
     assert_eq!(u32_at(16), 4);
     assert_eq!(u32_at(20), 16);
@@ -48,6 +48,7 @@ fn create_writes_the_documented_header() {
     assert_eq!(i64_at(72), a.virt_mono_ns);
     assert_eq!(i64_at(80), a.virt_wall_ns);
     assert_eq!(f64::from_bits(i64_at(88) as u64), 1.0);
+    assert_eq!(u32_at(96), 0, "no thread slot claimed yet");
     // virtual time starts equal to real time
     let now = shm.now();
     assert!((now.virt_mono_ns - now.real_mono_ns).abs() < 1_000_000);

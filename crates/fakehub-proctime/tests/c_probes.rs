@@ -408,6 +408,65 @@ fn a_c_select_loop_idles_through_virtual_minutes() {
     assert!(field_i64(ev, "max_late_ns") < 100_000_000, "{ev:?}");
 }
 
+/// `wake_due_tracked` + `rewaited`: a thread woken at its deadline is seen (in its slot) to leave its
+/// wait and wait again, for its next deadline.
+#[test]
+fn a_woken_thread_is_seen_waiting_again() {
+    let _s = serial();
+    let Some(h) = Harness::new() else { return };
+    let Some(bin) = compile_c(&h, "waits.c") else {
+        return;
+    };
+    let mut cmd = h.command(&bin);
+    cmd.args(["idle", "5"]);
+    let mut p = h.spawn(cmd);
+    let pid = p.child.id() as i32;
+    wait_for_timed(&h, pid, 1);
+    let deadline = h
+        .shm
+        .threads()
+        .into_iter()
+        .filter(|t| t.pid == pid)
+        .find_map(|t| match t.state {
+            ThreadState::TimedWait {
+                deadline_virt_mono_ns,
+            } => Some(deadline_virt_mono_ns),
+            _ => None,
+        })
+        .expect("a timed wait");
+    // nothing is due yet: nobody is woken, and an empty set has settled
+    let none = h.shm.wake_due_tracked(deadline - SEC / 2);
+    assert!(none.is_empty());
+    assert!(h.shm.rewaited(&none));
+    h.shm.skip_to(deadline).expect("skip");
+    let woken = h.shm.wake_due_tracked(h.shm.now().virt_mono_ns);
+    assert_eq!(woken.len(), 1);
+    let start = Instant::now();
+    while !h.shm.rewaited(&woken) {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the woken thread never waited again: {:?}",
+            h.shm.threads()
+        );
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    // it waits for its next second now
+    let next = h
+        .shm
+        .threads()
+        .into_iter()
+        .filter(|t| t.pid == pid)
+        .find_map(|t| match t.state {
+            ThreadState::TimedWait {
+                deadline_virt_mono_ns,
+            } => Some(deadline_virt_mono_ns),
+            _ => None,
+        })
+        .expect("a timed wait again");
+    assert!(next > deadline, "{next} > {deadline}");
+    h.drive(&mut p, Duration::from_secs(60), Duration::from_secs(20));
+}
+
 #[test]
 fn threads_that_take_turns_are_never_taken_for_idle() {
     let _s = serial();
@@ -430,6 +489,33 @@ fn threads_that_take_turns_are_never_taken_for_idle() {
     assert!(
         virt < real.as_nanos() as i64 + SEC,
         "skipped time during the ping-pong: {virt} ns virtual in {real:?}"
+    );
+}
+
+/// Threads that hand a token on to a thread they start, then exit: the set of threads changes all the
+/// time while their number hardly does (the scan re-lists a process's tasks only when the count in its
+/// `stat` changes or a listed task is gone). Never idle: a 1000 s sleeper's time is never skipped.
+#[test]
+fn threads_that_replace_each_other_are_never_taken_for_idle() {
+    let _s = serial();
+    let Some(h) = Harness::new() else { return };
+    let Some(bin) = compile_c(&h, "waits.c") else {
+        return;
+    };
+    let mut cmd = h.command(&bin);
+    cmd.arg("relay");
+    let started = Instant::now();
+    let mut p = h.spawn(cmd);
+    let report = h.drive(&mut p, Duration::from_secs(2000), Duration::from_secs(60));
+    let real = started.elapsed();
+    let events = p.events();
+    let ev = events.get("relay").expect("relay event");
+    eprintln!("relay: {ev:?} in {real:?}; {report:?}");
+    assert_eq!(ev.get("ok").map(String::as_str), Some("1"));
+    let virt = field_i64(ev, "elapsed_ns");
+    assert!(
+        virt < real.as_nanos() as i64 + SEC,
+        "skipped time during the relay: {virt} ns virtual in {real:?}"
     );
 }
 

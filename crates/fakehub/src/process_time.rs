@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use fakehub_proctime::{Anchor, ClockShm, Limits, Preload, Quiescence};
+use fakehub_proctime::{Anchor, ClockShm, Limits, Preload, Quiescence, Woken};
 
 use crate::clock::VirtualClock;
 
@@ -114,6 +114,13 @@ impl ProcessTime {
             path: dir.to_owned(),
             source,
         })?;
+        // Absolute: LD_PRELOAD and the clock file's path go to the processes, which may change
+        // directory (pyenv's shims do) and would then run on real time, unseen by the preload.
+        let dir = &std::fs::canonicalize(dir).map_err(|source| ProcessTimeError::Io {
+            what: "cannot resolve",
+            path: dir.to_owned(),
+            source,
+        })?;
         let preload = Preload::write_to(dir)?;
         let shm = Arc::new(ClockShm::create(dir.join("clock"), Limits::default())?);
         // The processes' monotonic clock starts where the machine's is; their wall clock is the
@@ -196,12 +203,13 @@ impl Drop for ProcessTime {
 }
 
 /// Change the speed of the hub's clock and of the processes' clock together. The processes' clock is
-/// re-anchored on the hub's reading, so the two never drift apart (never backwards, though: a
-/// monotonic clock must not go back).
+/// re-anchored on the hub's reading, taken inside the anchor's write section (at speed 200 a few
+/// microseconds between two readings are a virtual millisecond), so the two never drift apart
+/// (never backwards, though: a monotonic clock must not go back).
 fn set_both_speeds(shm: &ClockShm, clock: &VirtualClock, mono_minus_elapsed: i64, speed: f64) {
     clock.set_speed(speed);
-    let state = clock.state();
     let _ = shm.rebase(|cur| {
+        let state = clock.state();
         let hub_mono = ns(state.elapsed).saturating_add(mono_minus_elapsed);
         Anchor {
             virt_mono_ns: cur.virt_mono_ns.max(hub_mono),
@@ -210,6 +218,28 @@ fn set_both_speeds(shm: &ClockShm, clock: &VirtualClock, mono_minus_elapsed: i64
             ..cur
         }
     });
+}
+
+/// After a skip, how often the driver looks at the woken threads' slots, and for how long at most,
+/// before it scans.
+const SETTLE_POLL: Duration = Duration::from_micros(10);
+const SETTLE_MAX: Duration = Duration::from_millis(1);
+
+/// Waits (watching the clock file only: a few loads) until every thread a skip woke has left its wait
+/// and waits again, for at most [`SETTLE_MAX`]: a scan before that would find it busy, and the driver
+/// would sleep [`POLL`] and scan again. This decides nothing: the scan that follows does (the threads
+/// those woke in turn, or a thread that now blocks in something not wrapped, are its business).
+fn settle(shm: &ClockShm, woken: &Woken, gates: Gates<'_>) {
+    if woken.is_empty() {
+        return;
+    }
+    let start = Instant::now();
+    while !shm.rewaited(woken)
+        && start.elapsed() < SETTLE_MAX
+        && !gates.stop.load(Ordering::Acquire)
+    {
+        std::thread::sleep(SETTLE_POLL);
+    }
 }
 
 /// What stops the driver, and what holds it back.
@@ -228,6 +258,8 @@ fn drive(
     gates: Gates<'_>,
 ) -> DriverReport {
     let mut report = DriverReport::default();
+    // Sleeps of POLL, not POLL + the default 50 µs of timer slack.
+    fakehub_proctime::set_current_timer_slack(1_000);
     let mut last_rewake = Instant::now();
     let mut rewake_after = REWAKE;
     let base_speed = clock.speed();
@@ -266,25 +298,29 @@ fn drive(
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
-                let now = ns(clock.elapsed()).saturating_add(mono_minus_elapsed);
+                // Each clock is brought to the deadline on its own reading: a skip computed on one
+                // clock and applied to both would leave the other short of the deadline by their
+                // difference, and the thread waiting for it asleep until it is re-signalled.
+                let hub_now = ns(clock.elapsed()).saturating_add(mono_minus_elapsed);
+                let shm_now = shm.now().virt_mono_ns;
                 match next {
-                    Some(to) if to > now => {
-                        let by = Duration::from_nanos(u64::try_from(to - now).unwrap_or(0));
-                        // Both clocks move by the same amount: they stay in step.
-                        clock.skip(by);
-                        let _ = shm.rebase(|cur| Anchor {
-                            virt_mono_ns: cur.virt_mono_ns.saturating_add(ns(by)),
-                            virt_wall_ns: cur.virt_wall_ns.saturating_add(ns(by)),
-                            ..cur
-                        });
+                    Some(to) if to > hub_now.min(shm_now) => {
+                        let by = Duration::from_nanos(
+                            u64::try_from(to.saturating_sub(hub_now)).unwrap_or(0),
+                        );
+                        if !by.is_zero() {
+                            clock.skip(by);
+                        }
+                        let _ = shm.skip_to(to);
                         report.skips = report.skips.saturating_add(1);
                         report.skipped = report.skipped.saturating_add(by);
-                        let woken = shm.wake_due(shm.now().virt_mono_ns);
+                        let woken = shm.wake_due_tracked(shm.now().virt_mono_ns);
                         report.wakes = report
                             .wakes
-                            .saturating_add(u64::try_from(woken).unwrap_or(0));
+                            .saturating_add(u64::try_from(woken.len()).unwrap_or(0));
                         last_rewake = Instant::now();
                         rewake_after = REWAKE;
+                        settle(shm, &woken, gates);
                     }
                     // Due already (a wake on its way), or nobody waits for anything: time flows.
                     _ => std::thread::sleep(POLL),

@@ -23,6 +23,8 @@ int main(void) {
     OFF(fh_header, other_slice_ns);
     OFF(fh_header, seq);
     OFF(fh_header, anchor);
+    OFF(fh_header, thread_hwm);
+    OFF(fh_header, reserved32);
     OFF(fh_header, reserved);
     OFF(fh_anchor, real_mono_ns);
     OFF(fh_anchor, virt_mono_ns);

@@ -1,7 +1,7 @@
 /*
  * C probe for the fakehub time preload. Usage: waits MODE [ARGS]. Prints lines
  *   EVENT <name> elapsed_ns=<virtual ns since the start> ok=<1 if the call returned what it should> ...
- * Modes: waits, eintr, stray, clocks, fork, jump, speed, timers, pingpong, handler, idle SECONDS.
+ * Modes: waits, eintr, stray, clocks, fork, jump, speed, timers, pingpong, relay, handler, idle SECONDS.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -713,6 +713,55 @@ static int mode_pingpong(void) {
 }
 
 /* ---------------------------------------------------------------------------------------------- */
+/* mode relay: a token passes from thread to thread, each started by the one before it, which then   */
+/* exits: the set of threads changes all the time while their number hardly does, beside a 1000 s   */
+/* sleeper; the driver must never take that for idleness and skip time                             */
+/* ---------------------------------------------------------------------------------------------- */
+
+#define RELAY_HOPS 20000
+static int relay_token[2], relay_done[2];
+static atomic_int relay_left = RELAY_HOPS;
+
+static void *relay_hop(void *arg) {
+    (void)arg;
+    char c;
+    if (read(relay_token[0], &c, 1) != 1) return NULL;
+    if (atomic_fetch_sub(&relay_left, 1) <= 1) {
+        if (write(relay_done[1], &c, 1) != 1) return NULL;
+        return NULL;
+    }
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    pthread_t next;
+    int rc = pthread_create(&next, &a, relay_hop, NULL);
+    pthread_attr_destroy(&a);
+    if (rc != 0 || write(relay_token[1], &c, 1) != 1) {
+        if (write(relay_done[1], "e", 1) != 1) return NULL;
+    }
+    return NULL;
+}
+
+static int mode_relay(void) {
+    if (pipe(relay_token) || pipe(relay_done)) return 2;
+    pthread_t s, first;
+    pthread_create(&s, NULL, long_sleeper, NULL);
+    int64_t start = elapsed();
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&first, &a, relay_hop, NULL) != 0) return 2;
+    pthread_attr_destroy(&a);
+    char c = 'x';
+    if (write(relay_token[1], &c, 1) != 1 || read(relay_done[0], &c, 1) != 1) return 2;
+    int left = atomic_load(&relay_left);
+    printf("EVENT relay elapsed_ns=%" PRId64 " hops=%d ok=%d\n", elapsed() - start, RELAY_HOPS - left,
+           c == 'x' && left <= 0);
+    fflush(stdout);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
 /* mode idle: a 1 s select loop (a C MQTT client's idle loop); lateness statistics                  */
 /* ---------------------------------------------------------------------------------------------- */
 
@@ -748,6 +797,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "speed")) return mode_speed();
     if (!strcmp(mode, "timers")) return mode_timers();
     if (!strcmp(mode, "pingpong")) return mode_pingpong();
+    if (!strcmp(mode, "relay")) return mode_relay();
     if (!strcmp(mode, "handler")) return mode_handler();
     if (!strcmp(mode, "idle") && argc > 2) return mode_idle(strtoll(argv[2], NULL, 10));
     fprintf(stderr, "usage: %s waits|eintr|stray|clocks|fork|jump|speed|timers|idle SECONDS\n", argv[0]);
