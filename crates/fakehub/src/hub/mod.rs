@@ -66,6 +66,8 @@ pub struct HubBuilder {
     memory_tls: bool,
     memory_rtt: Duration,
     seed: u64,
+    #[cfg(feature = "testkit")]
+    panic_on_topic: Option<String>,
 }
 
 impl Default for HubBuilder {
@@ -92,6 +94,8 @@ impl HubBuilder {
             memory_tls: true,
             memory_rtt: Duration::from_millis(20),
             seed: 0,
+            #[cfg(feature = "testkit")]
+            panic_on_topic: None,
         }
     }
 
@@ -229,6 +233,15 @@ impl HubBuilder {
     /// backing off: in the simulated regime, handling a connection costs no time of its own.
     pub fn memory_rtt(mut self, rtt: Duration) -> Self {
         self.memory_rtt = rtt;
+        self
+    }
+
+    /// Test only: a connection task panics when its device publishes to a topic containing
+    /// `marker` — how the suite shows that a panic still ends the connection with its `closed`
+    /// event and the counts right.
+    #[cfg(feature = "testkit")]
+    pub fn panic_on_topic(mut self, marker: impl Into<String>) -> Self {
+        self.panic_on_topic = Some(marker.into());
         self
     }
 
@@ -380,6 +393,8 @@ impl Hub {
             max_packet_size: b.max_packet_size,
             memory_tls: b.memory_tls,
             memory_rtt: b.memory_rtt,
+            #[cfg(feature = "testkit")]
+            panic_on_topic: b.panic_on_topic.clone(),
         };
         let registry = Registry::new(b.registry);
         registry.trust_certificate_authority(certificates.ca_der());
