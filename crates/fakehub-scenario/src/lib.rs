@@ -3,6 +3,7 @@
 
 pub mod input;
 pub mod junit;
+pub mod output;
 pub mod report;
 pub mod runner;
 pub mod scenario;

@@ -13,6 +13,7 @@
 //!
 //! In every regime `advance` and `wait` simply let virtual time pass.
 
+use crate::tell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -145,7 +146,7 @@ pub fn run(scenario: &Scenario, out: &Path, opts: &RunOptions) -> anyhow::Result
 
 fn progress(hub: &HubHandle, what: &str) {
     let at = hub.clock().elapsed();
-    eprintln!("[{}] {what}", fakehub_assert::log::fmt_offset(at));
+    tell!("[{}] {what}", fakehub_assert::log::fmt_offset(at));
 }
 
 /// SIGINT, SIGTERM or SIGHUP cancel `stop`.
@@ -197,7 +198,7 @@ async fn run_in(
         )?),
         Regime::Simulated | Regime::RealTime => None,
     };
-    eprintln!(
+    tell!(
         "fakehub: scenario '{}' — hub on {}, {}; output in {}",
         scenario.name,
         hub.local_addr(),
@@ -205,7 +206,7 @@ async fn run_in(
         out.display()
     );
     if let Some(d) = &scenario.description {
-        eprintln!("  {}", d.trim());
+        tell!("  {}", d.trim());
     }
     let mut rig = Rig {
         hub: hub.clone(),
@@ -250,7 +251,7 @@ async fn run_in(
         interrupted = stop.is_cancelled();
     }
     if interrupted {
-        eprintln!("fakehub: interrupted; stopping the devices and writing what was seen");
+        tell!("fakehub: interrupted; stopping the devices and writing what was seen");
     }
     progress(&hub, "stopping the devices");
     hub.events()
@@ -270,7 +271,7 @@ async fn run_in(
         .collect();
     if let Some(time) = rig.time.take() {
         let r = time.stop();
-        eprintln!(
+        tell!(
             "fakehub: the time driver skipped {} of idle time in {} skips and sent {} wake signals ({} busy looks, {:?} looking)",
             humantime::format_duration(Duration::from_millis(
                 u64::try_from(r.skipped.as_millis()).unwrap_or(u64::MAX)
@@ -573,13 +574,13 @@ impl Rig {
                 message.message_id = c.message_id.clone();
                 message.properties = c.properties.clone();
                 if let Err(e) = self.hub.send_c2d(&c.device, message).await {
-                    eprintln!("  c2d to {}: {e}", c.device);
+                    tell!("  c2d to {}: {e}", c.device);
                 }
             }
             Step::Desired(d) => {
                 let who = fakehub::IdentityRef::from_client_id(&d.device);
                 if let Err(e) = self.hub.patch_desired(&who, d.patch.clone()).await {
-                    eprintln!("  desired patch for {}: {e}", d.device);
+                    tell!("  desired patch for {}: {e}", d.device);
                 }
             }
             Step::Method(m) => {
@@ -590,8 +591,8 @@ impl Rig {
                     .invoke_method(&who, &m.name, m.payload.clone(), timeout)
                     .await
                 {
-                    Ok(r) => eprintln!("  method {} on {}: status {}", m.name, m.device, r.status),
-                    Err(e) => eprintln!("  method {} on {}: {e}", m.name, m.device),
+                    Ok(r) => tell!("  method {} on {}: status {}", m.name, m.device, r.status),
+                    Err(e) => tell!("  method {} on {}: {e}", m.name, m.device),
                 }
             }
             Step::Stop(r) => self.stop_device(&r.device).await,

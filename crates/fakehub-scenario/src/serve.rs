@@ -1,6 +1,7 @@
 //! `fakehub serve --config FILE`: a long-running hub for manual reproduction and for test suites in
 //! other languages. Runs until SIGINT or SIGTERM, then closes every connection and flushes its files.
 
+use crate::tell;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -162,7 +163,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     }
     let strings_path = config.out.join("connection-strings.txt");
     write_private(&strings_path, &strings)?;
-    eprintln!(
+    tell!(
         "fakehub: hub '{}' listening on {} ({} devices); CA in {}; connection strings in {}; Ctrl-C stops",
         hub.host_name(),
         hub.local_addr(),
@@ -171,7 +172,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         strings_path.display(),
     );
     fakehub::shutdown_signal().await;
-    eprintln!("fakehub: stopping; writing {}", config.out.display());
+    tell!("fakehub: stopping; writing {}", config.out.display());
     hub.shutdown().await?;
     Ok(())
 }
@@ -195,7 +196,7 @@ pub fn certs(out: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
     std::fs::write(out.join("ca.pem"), certs.ca_pem())?;
     write_private(&out.join("ca-key.pem"), certs.ca_key_pem())?;
-    eprintln!(
+    tell!(
         "fakehub: wrote {} (trust this on the device) and ca-key.pem (for serve's ca_dir)",
         out.join("ca.pem").display()
     );

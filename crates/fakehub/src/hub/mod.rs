@@ -367,11 +367,17 @@ impl Hub {
                 path: ca_path,
                 source,
             })?;
-            events.write_to(
-                Box::new(output_file(dir, "events.jsonl")?),
-                Box::new(output_file(dir, "connections.jsonl")?),
-                context.clone(),
-            );
+            let events_path = dir.join("events.jsonl");
+            events
+                .write_to(
+                    &events_path,
+                    Box::new(output_file(dir, "connections.jsonl")?),
+                    context.clone(),
+                )
+                .map_err(|source| HubError::Output {
+                    path: events_path,
+                    source,
+                })?;
         }
         let listener = bind(&b.listen)?;
         let local_addr = listener.local_addr().map_err(|source| HubError::Bind {
