@@ -199,9 +199,32 @@ async fn good_device_gets_in(hub: &HubHandle) {
     c.send(&Packet::Disconnect).await.unwrap();
 }
 
-/// Every accepted connection has ended with a `closed` event and the count is 0. Returns how many
-/// ended because their task panicked.
-async fn all_closed(hub: &HubHandle) -> usize {
+/// The connections the log has seen accepted and not yet closed, read as the log grows.
+#[derive(Default)]
+struct Open {
+    conns: BTreeSet<u64>,
+    closed_by_panic: usize,
+}
+
+impl Open {
+    fn read(&mut self, events: &mut fakehub::EventStream) {
+        while let Some(e) = events.try_next() {
+            match (&e.kind, e.conn) {
+                (EventKind::Accepted { .. }, Some(c)) => {
+                    self.conns.insert(c);
+                }
+                (EventKind::Closed { cause, .. }, Some(c)) => {
+                    self.closed_by_panic += usize::from(*cause == CloseCause::Internal);
+                    self.conns.remove(&c);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Every accepted connection has ended with a `closed` event and the count is back to 0.
+async fn all_closed(hub: &HubHandle, open: &mut Open, events: &mut fakehub::EventStream) {
     let started = hub.clock().elapsed();
     while hub.connected_count() != 0 {
         assert!(
@@ -213,22 +236,12 @@ async fn all_closed(hub: &HubHandle) -> usize {
     }
     // Connections still closing (a linger) get a moment.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let mut open = BTreeSet::new();
-    let mut panicked = 0;
-    for e in hub.events().snapshot() {
-        match (&e.kind, e.conn) {
-            (EventKind::Accepted { .. }, Some(c)) => {
-                open.insert(c);
-            }
-            (EventKind::Closed { cause, .. }, Some(c)) => {
-                panicked += usize::from(*cause == CloseCause::Internal);
-                open.remove(&c);
-            }
-            _ => {}
-        }
-    }
-    assert!(open.is_empty(), "connections with no `closed`: {open:?}");
-    panicked
+    open.read(events);
+    assert!(
+        open.conns.is_empty(),
+        "connections with no `closed`: {:?}",
+        open.conns
+    );
 }
 
 /// What a run found.
@@ -257,16 +270,18 @@ async fn fuzz(seconds: u64, broken: bool) -> Found {
     let mut rng = StdRng::seed_from_u64(seed);
     let started = Instant::now();
     let mut executions = 0u64;
-    let mut closed_by_panic = 0;
+    let (mut open, mut events) = (Open::default(), hub.event_stream());
     while started.elapsed() < Duration::from_secs(seconds) {
         attack(&hub, &mut rng).await;
         good_device_gets_in(&hub).await;
         executions += 1;
-        if executions % 200 == 0 {
-            closed_by_panic = all_closed(&hub).await;
+        open.read(&mut events);
+        if executions.is_multiple_of(200) {
+            all_closed(&hub, &mut open, &mut events).await;
         }
     }
-    closed_by_panic = closed_by_panic.max(all_closed(&hub).await);
+    all_closed(&hub, &mut open, &mut events).await;
+    let closed_by_panic = open.closed_by_panic;
     let panics = PANICS.load(Ordering::SeqCst);
     println!(
         "fuzz_wire: seed {seed}, {executions} streams in {:.0} s, {} events, {panics} panics",

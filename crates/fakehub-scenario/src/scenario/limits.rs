@@ -35,7 +35,7 @@ type Refusal = (String, String);
 /// A duration as a scenario would write it (whole days as `31days`, not `1month 13h 26m 24s`).
 fn fmt(d: Duration) -> String {
     const DAY: u64 = 24 * 3600;
-    if d.as_secs() >= DAY && d.as_secs() % DAY == 0 && d.subsec_nanos() == 0 {
+    if d.as_secs() >= DAY && d.as_secs().is_multiple_of(DAY) && d.subsec_nanos() == 0 {
         format!("{}days", d.as_secs() / DAY)
     } else {
         humantime::format_duration(d).to_string()

@@ -101,7 +101,7 @@ impl Store {
             self.writer = None;
             return Err(e);
         }
-        if seq % CHECKPOINT_EVERY == 0 {
+        if seq.is_multiple_of(CHECKPOINT_EVERY) {
             self.checkpoints.push(self.bytes);
         }
         self.bytes += line.len() as u64;
