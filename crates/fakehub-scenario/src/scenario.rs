@@ -406,6 +406,7 @@ fn check(s: &Scenario) -> Result<(), (String, String)> {
 }
 
 mod limits;
+pub use limits::{MAX_VIRTUAL_TIME, MIN_KEEPALIVE_CAP};
 
 /// The JSON Schema of the scenario format.
 pub fn schema() -> serde_json::Value {

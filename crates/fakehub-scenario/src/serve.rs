@@ -80,6 +80,28 @@ impl ServeConfig {
     /// Read and check a config file; errors name the file, line and column.
     pub fn load(path: &Path) -> Result<ServeConfig, InputError> {
         let config: ServeConfig = input::read_yaml(path)?;
+        let invalid = |message: String| InputError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let longest = crate::scenario::MAX_VIRTUAL_TIME;
+        for (key, d) in [
+            ("token_grace", config.token_grace),
+            ("keepalive_cap", config.keepalive_cap),
+        ] {
+            if d.is_some_and(|d| d > longest) {
+                return Err(invalid(format!("`{key}` may be at most {longest:?}")));
+            }
+        }
+        if config
+            .keepalive_cap
+            .is_some_and(|c| c < crate::scenario::MIN_KEEPALIVE_CAP)
+        {
+            return Err(invalid(
+                "`keepalive_cap` may be 1s to 31days (0 would close every connection at once)"
+                    .into(),
+            ));
+        }
         for d in &config.devices {
             for key in d.primary_key.iter().chain(d.secondary_key.iter()) {
                 if fakehub::sas::mint("check", key, None, std::time::UNIX_EPOCH).is_err() {

@@ -218,3 +218,13 @@ fn serve_raises_the_descriptor_limit_and_refuses_cleanly_when_out_of_them() {
         "at most one line a second: {warnings}\n{rest}"
     );
 }
+
+#[test]
+fn a_zero_keepalive_cap_in_a_serve_config_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("hub.yaml");
+    std::fs::write(&cfg, "listen: 127.0.0.1:0\nkeepalive_cap: 0s\n").unwrap();
+    let (code, err) = fakehub(&["serve", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("`keepalive_cap` may be 1s to 31days"), "{err}");
+}

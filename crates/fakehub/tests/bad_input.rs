@@ -687,3 +687,51 @@ async fn unsubscribe_of_an_unknown_filter_is_answered_and_an_unsolicited_puback_
     c.send(&Packet::Disconnect).await.unwrap();
     hub.shutdown().await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_hub_with_an_output_directory_keeps_a_bounded_window_of_events_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::builder()
+        .device("good")
+        .memory_tls(false)
+        .out_dir(dir.path())
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let (mut c, _) = RawClient::connect_memory_as(&hub, &device("good"), true, 0)
+        .await
+        .unwrap();
+    let mut events = hub.event_stream();
+    let messages = 6000u16;
+    for n in 1..=messages {
+        let topic = format!("devices/good/messages/events/%24.mid=m{n}&site=north&temp=21.5");
+        c.publish(&topic, QoS::AtLeastOnce, n, b"{\"t\":21.5}")
+            .await
+            .unwrap();
+        assert!(matches!(
+            c.recv(T).await,
+            Received::Packet(Packet::PubAck(_))
+        ));
+    }
+    let total = hub.events().len();
+    assert!(total > 2 * usize::from(messages), "{total}");
+    assert!(
+        hub.events().in_memory() <= fakehub::events::log::WINDOW,
+        "{} events in memory",
+        hub.events().in_memory()
+    );
+    // Every reader still sees every event: a stream from the start, the snapshot, since(n).
+    let mut seen = 0;
+    while let Some(e) = events.try_next() {
+        assert_eq!(e.seq, seen);
+        seen += 1;
+    }
+    assert_eq!(seen as usize, total);
+    assert_eq!(hub.events().snapshot().len(), total);
+    assert_eq!(hub.events().since(10).first().map(|e| e.seq), Some(10));
+    c.send(&Packet::Disconnect).await.unwrap();
+    hub.shutdown().await.unwrap();
+    every_line_parses(dir.path());
+}
