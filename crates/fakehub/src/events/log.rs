@@ -194,13 +194,18 @@ impl EventLog {
     ) -> std::io::Result<()> {
         let file = File::create(events)?;
         let mut s = self.lock();
-        s.store = Some(Store {
+        let mut store = Store {
             path: events.to_owned(),
             writer: Some(BufWriter::new(file)),
             bytes: 0,
             checkpoints: Vec::new(),
             persisted: s.base,
-        });
+        };
+        // Events from before (a log kept in memory until now) go first.
+        for e in &s.window {
+            line_of(&**e).and_then(|line| store.append(e.seq, &line))?;
+        }
+        s.store = Some(store);
         s.records = Some((records, records::RecordDeriver::new(context)));
         Ok(())
     }

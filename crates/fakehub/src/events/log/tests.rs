@@ -151,3 +151,24 @@ async fn a_live_stream_wakes_for_new_events_and_never_misses_one() {
         assert_eq!(s.next().await.seq, i);
     }
 }
+
+#[test]
+fn events_from_before_the_file_was_given_are_written_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EventLog::new(VirtualClock::new());
+    log.emit(&subject(), telemetry(0));
+    log.write_to(
+        &dir.path().join("events.jsonl"),
+        Box::new(std::io::sink()),
+        records::RecordContext::for_host("h"),
+    )
+    .unwrap();
+    for i in 1..(WINDOW as u64 * 2) {
+        log.emit(&subject(), telemetry(i));
+    }
+    log.flush().unwrap();
+    assert_eq!(log.in_memory(), WINDOW);
+    let all = log.snapshot();
+    assert_eq!(all.len(), WINDOW * 2);
+    assert_eq!(all[0].kind, telemetry(0));
+}
