@@ -24,6 +24,138 @@ pub enum ReadError {
     TooLarge(usize, usize),
     #[error("malformed packet: {0}")]
     Malformed(mqttbytes::Error),
+    /// A packet the codec would accept or mis-report that MQTT 3.1.1 says to refuse.
+    #[error("{0}")]
+    Violation(FrameViolation),
+}
+
+/// What [`check_frame`] finds wrong in a whole frame before the codec parses it: the rules of MQTT
+/// 3.1.1 that `rumqttc`'s parser does not enforce (or reports as something else).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameViolation {
+    /// §2.2.2: reserved bits of the fixed header must be as Table 2.2 says (0010 for PUBREL,
+    /// SUBSCRIBE and UNSUBSCRIBE, 0000 for the others but PUBLISH).
+    #[error(
+        "{packet} with fixed-header flags {flags:04b} (MQTT 3.1.1 §2.2.2 requires {expected:04b})"
+    )]
+    HeaderFlags {
+        packet: &'static str,
+        flags: u8,
+        expected: u8,
+    },
+    /// §3.1.2.3: the reserved CONNECT flag must be 0.
+    #[error("the reserved CONNECT flag is set (MQTT 3.1.1 §3.1.2.3)")]
+    ConnectReservedFlag,
+    /// §3.1.2.9: a password without a user name.
+    #[error("a CONNECT password without a user name (MQTT 3.1.1 §3.1.2.9)")]
+    PasswordWithoutUsername,
+    /// The password is binary in MQTT (§3.1.3.5), but a SAS token is text: IoT Hub refuses it.
+    #[error("the CONNECT password is not UTF-8 text, so not a SAS token")]
+    PasswordNotUtf8,
+}
+
+/// The fixed header of a frame at the start of `buf`: (first byte, header length, remaining
+/// length), or `None` while it is incomplete or malformed (the codec reports those).
+fn fixed_header(buf: &[u8]) -> Option<(u8, usize, usize)> {
+    let first = *buf.first()?;
+    let mut len: usize = 0;
+    for (i, b) in buf.iter().skip(1).take(4).enumerate() {
+        len |= usize::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((first, i + 2, len));
+        }
+    }
+    None
+}
+
+/// Check a whole frame (fixed header, then at least its remaining length of bytes) for what MQTT
+/// 3.1.1 refuses and `rumqttc` does not. Anything it cannot make sense of is left to the codec.
+pub fn check_frame(frame: &[u8]) -> Result<(), FrameViolation> {
+    let Some((first, header, remaining)) = fixed_header(frame) else {
+        return Ok(());
+    };
+    let Some(body) = frame.get(header..header.saturating_add(remaining)) else {
+        return Ok(());
+    };
+    let (kind, flags) = (first >> 4, first & 0x0f);
+    let (packet, expected) = match kind {
+        1 => ("CONNECT", 0),
+        2 => ("CONNACK", 0),
+        4 => ("PUBACK", 0),
+        5 => ("PUBREC", 0),
+        6 => ("PUBREL", 0b0010),
+        7 => ("PUBCOMP", 0),
+        8 => ("SUBSCRIBE", 0b0010),
+        9 => ("SUBACK", 0),
+        10 => ("UNSUBSCRIBE", 0b0010),
+        11 => ("UNSUBACK", 0),
+        12 => ("PINGREQ", 0),
+        13 => ("PINGRESP", 0),
+        14 => ("DISCONNECT", 0),
+        _ => return Ok(()), // PUBLISH carries flags; 0 and 15 are the codec's to refuse
+    };
+    if flags != expected {
+        return Err(FrameViolation::HeaderFlags {
+            packet,
+            flags,
+            expected,
+        });
+    }
+    if kind == 1 {
+        check_connect(body)?;
+    }
+    Ok(())
+}
+
+/// The CONNECT rules, for a CONNECT of MQTT 3.1.1 (other levels are refused with CONNACK 1 first).
+fn check_connect(body: &[u8]) -> Result<(), FrameViolation> {
+    let mut r = Reader(body);
+    if r.field() != Some(b"MQTT".as_slice()) || r.byte() != Some(4) {
+        return Ok(());
+    }
+    let Some(flags) = r.byte() else { return Ok(()) };
+    if flags & 0x01 != 0 {
+        return Err(FrameViolation::ConnectReservedFlag);
+    }
+    let (will, user, pass) = (flags & 0x04 != 0, flags & 0x80 != 0, flags & 0x40 != 0);
+    if pass && !user {
+        return Err(FrameViolation::PasswordWithoutUsername);
+    }
+    let fields = 1 + if will { 2 } else { 0 } + usize::from(user);
+    if r.bytes(2).is_none() || (0..fields).any(|_| r.field().is_none()) {
+        return Ok(());
+    }
+    if pass {
+        if let Some(password) = r.field() {
+            if std::str::from_utf8(password).is_err() {
+                return Err(FrameViolation::PasswordNotUtf8);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads MQTT's length-prefixed fields off a slice.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Some(head)
+    }
+
+    fn byte(&mut self) -> Option<u8> {
+        self.bytes(1).map(|b| b[0])
+    }
+
+    fn field(&mut self) -> Option<&'a [u8]> {
+        let len = self.bytes(2)?;
+        self.bytes(usize::from(u16::from_be_bytes([len[0], len[1]])))
+    }
 }
 
 /// A framed MQTT connection.
@@ -47,6 +179,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MqttIo<S> {
     /// The next whole packet. Cancel-safe.
     pub async fn read_packet(&mut self) -> Result<mq::Packet, ReadError> {
         loop {
+            check_frame(&self.buf).map_err(ReadError::Violation)?;
             match mq::Packet::read(&mut self.buf, self.max_packet) {
                 Ok(packet) => return Ok(packet),
                 Err(mqttbytes::Error::InsufficientBytes(_)) => {}

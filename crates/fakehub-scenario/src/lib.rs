@@ -6,6 +6,7 @@
 pub mod control;
 pub mod input;
 pub mod junit;
+pub mod output;
 pub mod report;
 pub mod runner;
 pub mod scenario;

@@ -1,6 +1,7 @@
 //! The `fakehub` command.
 
 use fakehub_scenario::{junit, report, runner, scenario, serve};
+use fakehub_scenario::{say, say_part, tell};
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -104,6 +105,10 @@ fn main() -> ExitCode {
         return sample_device::cli::main_with_args(argv);
     }
     init_logging();
+    // Every connection and device process costs descriptors: use all the system allows.
+    if let Err(e) = fakehub::descriptors::raise_limit() {
+        tracing::debug!(error = %e, "the descriptor limit could not be raised");
+    }
     // Each scenario runs on a runtime of its own, chosen by how its devices keep time.
     if let Command::Run {
         scenarios,
@@ -114,7 +119,7 @@ fn main() -> ExitCode {
     {
         for b in &sample_bugs {
             if let Err(e) = b.parse::<sample_device::Bug>() {
-                eprintln!("fakehub: --sample-bug: {e}");
+                tell!("fakehub: --sample-bug: {e}");
                 return ExitCode::from(2);
             }
         }
@@ -122,7 +127,7 @@ fn main() -> ExitCode {
         return match run(&scenarios, out.as_deref(), opts) {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("fakehub: {e:#}");
+                tell!("fakehub: {}", fakehub_scenario::output::describe(&e));
                 ExitCode::from(2)
             }
         };
@@ -130,7 +135,7 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("fakehub: cannot start the async runtime: {e}");
+            tell!("fakehub: cannot start the async runtime: {e}");
             return ExitCode::from(2);
         }
     };
@@ -151,7 +156,7 @@ fn main() -> ExitCode {
                 self_signed,
             } => serve::certs(&out, device.as_deref(), self_signed).map(|()| ExitCode::SUCCESS),
             Command::Schema => {
-                println!("{}", serde_json::to_string_pretty(&scenario::schema())?);
+                say!("{}", serde_json::to_string_pretty(&scenario::schema())?);
                 Ok(ExitCode::SUCCESS)
             }
             Command::Import { files, out } => field_import(
@@ -162,7 +167,7 @@ fn main() -> ExitCode {
             Command::Validate { scenarios } => {
                 for path in &scenarios {
                     let s = scenario::load(path)?;
-                    println!(
+                    say!(
                         "{}: ok ({}: {} devices, {} steps, {} expectations)",
                         path.display(),
                         s.name,
@@ -182,7 +187,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("fakehub: {e:#}");
+            tell!("fakehub: {}", fakehub_scenario::output::describe(&e));
             ExitCode::from(2)
         }
     }
@@ -226,11 +231,11 @@ fn run(
             dir.join("junit.xml"),
             junit::render(std::slice::from_ref(&result)),
         )?;
-        println!("\n{} — {}", s.name, outcome.mark());
+        say!("\n{} — {}", s.name, outcome.mark());
         for (text, v) in &outcome.verdicts {
-            println!("  {text}\n    {v}");
+            say!("  {text}\n    {v}");
         }
-        println!(
+        say!(
             "  ({:.1}s, {}; report: {})",
             started.elapsed().as_secs_f64(),
             outcome.regime.describe(),
@@ -266,7 +271,7 @@ fn run(
 /// Print located import errors; the exit status for bad input.
 fn import_errors(errors: &[fakehub_field::FieldError]) -> ExitCode {
     for e in errors {
-        eprintln!("fakehub: {e}");
+        tell!("fakehub: {e}");
     }
     ExitCode::from(2)
 }
@@ -298,9 +303,9 @@ fn field_import(files: &[PathBuf], out: &Path) -> anyhow::Result<ExitCode> {
         out.join("diagnosis.html"),
         fakehub_field::report::html(&import, &hubs, &written),
     )?;
-    print!("{}", fakehub_field::report::import_summary(&import));
-    print!("{}", fakehub_field::report::text(&hubs, &written));
-    println!(
+    say_part!("{}", fakehub_field::report::import_summary(&import));
+    say_part!("{}", fakehub_field::report::text(&hubs, &written));
+    say!(
         "\nwrote diagnosis.md, diagnosis.html and {} scenario(s) to {}",
         written.len(),
         out.display()
@@ -326,7 +331,7 @@ fn field_compare(field: &Path, out_dir: &Path) -> anyhow::Result<ExitCode> {
     let a = fakehub_field::diagnose(&field_import);
     let b = fakehub_field::diagnose(&repro_import);
     let c = fakehub_field::compare::compare(&a, &b);
-    print!("{}", fakehub_field::compare::render(&c));
+    say_part!("{}", fakehub_field::compare::render(&c));
     Ok(if c.matches() {
         ExitCode::SUCCESS
     } else {

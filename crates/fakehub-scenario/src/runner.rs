@@ -13,6 +13,7 @@
 //!
 //! In every regime `advance` and `wait` simply let virtual time pass.
 
+use crate::tell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -148,7 +149,7 @@ pub fn run(scenario: &Scenario, out: &Path, opts: &RunOptions) -> anyhow::Result
 
 fn progress(hub: &HubHandle, what: &str) {
     let at = hub.clock().elapsed();
-    eprintln!("[{}] {what}", fakehub_assert::log::fmt_offset(at));
+    tell!("[{}] {what}", fakehub_assert::log::fmt_offset(at));
 }
 
 /// SIGINT, SIGTERM or SIGHUP cancel `stop`.
@@ -200,7 +201,7 @@ async fn run_in(
         )?),
         Regime::Simulated | Regime::RealTime => None,
     };
-    eprintln!(
+    tell!(
         "fakehub: scenario '{}' — hub on {}, {}; output in {}",
         scenario.name,
         hub.local_addr(),
@@ -208,7 +209,7 @@ async fn run_in(
         out.display()
     );
     if let Some(d) = &scenario.description {
-        eprintln!("  {}", d.trim());
+        tell!("  {}", d.trim());
     }
     let mut rig = Rig {
         hub: hub.clone(),
@@ -254,7 +255,7 @@ async fn run_in(
         interrupted = stop.is_cancelled();
     }
     if interrupted {
-        eprintln!("fakehub: interrupted; stopping the devices and writing what was seen");
+        tell!("fakehub: interrupted; stopping the devices and writing what was seen");
     }
     progress(&hub, "stopping the devices");
     hub.events()
@@ -274,7 +275,7 @@ async fn run_in(
         .collect();
     if let Some(time) = rig.time.take() {
         let r = time.stop();
-        eprintln!(
+        tell!(
             "fakehub: the time driver skipped {} of idle time in {} skips and sent {} wake signals ({} busy looks, {:?} looking)",
             humantime::format_duration(Duration::from_millis(
                 u64::try_from(r.skipped.as_millis()).unwrap_or(u64::MAX)
@@ -580,7 +581,7 @@ impl Rig {
             Step::Fault(_) | Step::C2d(_) | Step::Desired(_) | Step::Method(_) => {
                 if let Some(applied) = crate::service_steps::apply(&self.hub, step).await {
                     if matches!(applied, Applied::Method { .. } | Applied::Refused { .. }) {
-                        eprintln!("  {}: {applied}", step.describe());
+                        tell!("  {}: {applied}", step.describe());
                     }
                 }
             }

@@ -220,17 +220,18 @@ impl Step {
 
 /// Read, parse and check a scenario file.
 pub fn load(path: &Path) -> Result<Scenario, InputError> {
-    let text = std::fs::read_to_string(path).map_err(|source| InputError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    parse(path, &text)
+    parse(path, &crate::input::read_text(path)?)
 }
 
 /// Parse and check scenario text that came from `path`.
 pub fn parse(path: &Path, text: &str) -> Result<Scenario, InputError> {
     let scenario: Scenario = crate::input::parse_yaml(path, text)?;
-    check(&scenario).map_err(|(what, message)| {
+    let checked = check(&scenario).and_then(|()| {
+        let value: serde_norway::Value =
+            serde_norway::from_str(text).map_err(|e| ("".to_owned(), e.to_string()))?;
+        limits::check_durations(&value)
+    });
+    checked.map_err(|(what, message)| {
         let (line, column) = locate(text, &what);
         InputError::Syntax {
             path: path.to_owned(),
@@ -269,6 +270,7 @@ fn check(s: &Scenario) -> Result<(), (String, String)> {
     if s.devices.is_empty() {
         return Err(("devices".into(), "the scenario has no devices".into()));
     }
+    limits::check(s)?;
     let mut ids = BTreeSet::new();
     let mut processes = BTreeSet::new();
     for d in &s.devices {
@@ -412,6 +414,9 @@ fn check(s: &Scenario) -> Result<(), (String, String)> {
     }
     Ok(())
 }
+
+mod limits;
+pub use limits::{MAX_VIRTUAL_TIME, MIN_KEEPALIVE_CAP};
 
 /// The JSON Schema of the scenario format.
 pub fn schema() -> serde_json::Value {

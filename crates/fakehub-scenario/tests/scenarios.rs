@@ -459,3 +459,126 @@ fn device_processes_die_with_a_killed_runner() {
     }
     assert!(!alive(device), "the device process outlived the runner");
 }
+
+// ---- Issue 14: scenarios that passed `validate` and then could not run ----
+
+#[test]
+fn timeline_lengths_past_a_month_are_refused_with_the_allowed_range() {
+    for (step, line_col) in [
+        ("advance: 18446744073709551615s", "5:5"),
+        ("advance: 1000000h", "5:5"),
+        ("wait: 745h", "5:5"),
+    ] {
+        refused(
+            &format!("{GOOD_HEAD}timeline:\n  - {step}\n"),
+            line_col,
+            "a run may let 0s to 31days pass in all",
+        );
+    }
+    // Added up: each step is fine, the sum is not.
+    refused(
+        &format!("{GOOD_HEAD}timeline:\n  - advance: 20days\n  - wait: 1h\n  - advance: 20days\n"),
+        "5:5",
+        "a run may let 0s to 31days pass",
+    );
+}
+
+#[test]
+fn durations_that_overflow_the_clock_are_refused_where_they_are_written() {
+    refused(
+        &format!(
+            "{GOOD_HEAD}timeline:\n  - fault: {{ type: outage, mode: refuse_tcp, duration: 18446744073709551615s }}\n"
+        ),
+        "5:56",
+        "a duration may be 0s to 31days",
+    );
+    refused(
+        &format!("{GOOD_HEAD}hub:\n  token_grace: 99999999999999999999999s\n"),
+        "5:16",
+        "expected a duration",
+    );
+    refused(
+        "name: t\ndevices:\n  - id: sensor-1\n    telemetry_interval: 0s\n",
+        "4:5",
+        "`telemetry_interval` may be 1ms to 31days",
+    );
+}
+
+#[test]
+fn speed_is_refused_whatever_its_value() {
+    refused(
+        &format!("{GOOD_HEAD}hub:\n  speed: 1.0e308\n"),
+        "5:3",
+        "`speed` is no longer needed",
+    );
+}
+
+#[test]
+fn a_zero_keepalive_cap_is_refused() {
+    refused(
+        &format!("{GOOD_HEAD}hub:\n  keepalive_cap: 0s\n"),
+        "5:3",
+        "it may be 1s to 31days",
+    );
+}
+
+#[test]
+fn fleets_too_large_for_memory_or_descriptors_are_refused_at_once() {
+    let started = std::time::Instant::now();
+    refused(
+        "name: t\ndevices:\n  - id: fleet\n    count: 1000000000\n",
+        "3:9",
+        "a scenario may run 1 to 10000",
+    );
+    refused(
+        "name: t\ndevices:\n  - id: fleet\n    count: 100000\n",
+        "3:9",
+        "a scenario may run 1 to 10000",
+    );
+    refused(
+        "name: t\ndevices:\n  - id: procs\n    count: 100000\n    run: [sample-device]\n",
+        "3:9",
+        "device processes in all; a scenario may run 1 to",
+    );
+    // Within the fleet limit, but more messages than a run can send.
+    refused(
+        "name: t\ndevices:\n  - id: fleet\n    count: 10000\n    telemetry_interval: 1s\ntimeline:\n  - advance: 1h\n",
+        "3:9",
+        "a run may send up to 20000000",
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+#[test]
+fn deep_nesting_and_huge_files_are_refused_before_the_yaml_parser() {
+    let started = std::time::Instant::now();
+    let deep = format!("{GOOD_HEAD}expect: {}\n", "[".repeat(100_000));
+    refused(
+        &deep,
+        "4:41",
+        "nested 33 deep: at most 32 levels are allowed",
+    );
+    let big = format!("{GOOD_HEAD}description: \"{}\"\n", "x".repeat(2 << 20));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.yaml");
+    std::fs::write(&file, big).unwrap();
+    let (code, _, err) = fakehub(&["validate", file.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("over 1048576 bytes"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "refused at once: {:?}",
+        started.elapsed()
+    );
+    // Brackets in quotes and comments are text, not nesting.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ok.yaml");
+    let text = format!(
+        "{GOOD_HEAD}description: \"{}\" # {}\n",
+        "[".repeat(100),
+        "{".repeat(100)
+    );
+    std::fs::write(&file, text).unwrap();
+    let (code, _, err) = fakehub(&["validate", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+}

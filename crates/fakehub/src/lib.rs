@@ -13,7 +13,7 @@
 //! The API: [`Hub`] / [`HubBuilder`] / [`HubHandle`] (building, running and driving a hub, its
 //! service side included), [`faults`] (the fault catalogue), [`events`] (the event log, the
 //! connection lifecycle, Connections records, the connected-devices series), [`registry`]
-//! (identities), [`process_time`] (device processes on the hub's clock), and from the shared
+//! (identities), [`descriptors`] (the file-descriptor limit), [`process_time`] (device processes on the hub's clock), and from the shared
 //! protocol crate [`clock`], [`sas`], [`tls`].
 //!
 //! The machinery stays inside: `frontdoor` (accepting connections; one state machine per
@@ -22,6 +22,7 @@
 
 pub use fakehub_protocol::{clock, sas, tls, transport, ResultCode};
 
+pub mod descriptors;
 pub mod events;
 pub mod faults;
 mod frontdoor;

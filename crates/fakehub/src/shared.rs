@@ -34,6 +34,9 @@ pub struct FrontDoorConfig {
     pub memory_tls: bool,
     /// How long an in-memory connection takes to establish (a network round trip).
     pub memory_rtt: Duration,
+    /// Test only: a PUBLISH to a topic containing this makes the connection task panic.
+    #[cfg(feature = "testkit")]
+    pub panic_on_topic: Option<String>,
 }
 
 /// The running hub's parts.

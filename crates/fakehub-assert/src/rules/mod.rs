@@ -160,11 +160,13 @@ pub(crate) fn process_ends(log: &Log, device: &str) -> Vec<(SystemTime, String)>
         .collect()
 }
 
-/// "; the device process exited at 00:10.123 (exit status 3)" when it did after `after`.
+/// "; the device process exited at 00:10.123 (exit status 3)" when it did after `after` (or just
+/// before it: the runner may see the exit a moment before the hub sees the connection end).
 pub(crate) fn process_note(log: &Log, device: &str, after: SystemTime) -> String {
+    const SLACK: Duration = Duration::from_secs(1);
     process_ends(log, device)
         .into_iter()
-        .find(|(t, _)| *t >= after)
+        .find(|(t, _)| *t + SLACK >= after)
         .map(|(t, how)| format!("; the device process {how} at {}", log.at(t)))
         .unwrap_or_default()
 }

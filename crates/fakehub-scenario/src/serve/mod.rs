@@ -14,6 +14,7 @@ use fakehub::{Hub, HubBuilder, SymmetricKeys};
 use serde::Deserialize;
 
 use crate::input::{self, InputError};
+use crate::tell;
 
 /// The serve configuration file.
 #[derive(Debug, Deserialize)]
@@ -143,6 +144,28 @@ impl ServeConfig {
     /// Read and check a config file; errors name the file, line and column.
     pub fn load(path: &Path) -> Result<ServeConfig, InputError> {
         let config: ServeConfig = input::read_yaml(path)?;
+        let invalid = |message: String| InputError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let longest = crate::scenario::MAX_VIRTUAL_TIME;
+        for (key, d) in [
+            ("token_grace", config.token_grace),
+            ("keepalive_cap", config.keepalive_cap),
+        ] {
+            if d.is_some_and(|d| d > longest) {
+                return Err(invalid(format!("`{key}` may be at most {longest:?}")));
+            }
+        }
+        if config
+            .keepalive_cap
+            .is_some_and(|c| c < crate::scenario::MIN_KEEPALIVE_CAP)
+        {
+            return Err(invalid(
+                "`keepalive_cap` may be 1s to 31days (0 would close every connection at once)"
+                    .into(),
+            ));
+        }
         for d in &config.devices {
             if let Some(x) = &d.x509 {
                 x.auth().map_err(|message| InputError::Invalid {
@@ -268,7 +291,7 @@ pub async fn serve(config: ServeConfig, service_api: bool) -> anyhow::Result<()>
         ),
         None => String::new(),
     };
-    eprintln!(
+    tell!(
         "fakehub: hub '{}' listening on {} ({} devices){api_line}; CA in {}; connection strings in {}; Ctrl-C stops",
         hub.host_name(),
         hub.local_addr(),
@@ -282,13 +305,13 @@ pub async fn serve(config: ServeConfig, service_api: bool) -> anyhow::Result<()>
         loop {
             let e = stream.next().await;
             if let Some(line) = console.line(&e) {
-                eprintln!("{line}");
+                tell!("{line}");
             }
         }
     });
     fakehub::shutdown_signal().await;
     console.abort();
-    eprintln!("fakehub: stopping; writing {}", config.out.display());
+    tell!("fakehub: stopping; writing {}", config.out.display());
     if let Some(api) = api {
         api.shutdown().await;
     }
@@ -322,7 +345,7 @@ pub fn certs(out: &Path, device: Option<&str>, self_signed: bool) -> anyhow::Res
         let certs = fakehub::tls::HubCertificates::generate("fakehub.azure-devices.net")?;
         std::fs::write(&ca_path, certs.ca_pem())?;
         write_private(&key_path, certs.ca_key_pem())?;
-        eprintln!(
+        tell!(
             "fakehub: wrote {} (trust this on the device) and ca-key.pem (for serve's ca_dir)",
             ca_path.display()
         );
@@ -354,7 +377,7 @@ pub fn certs(out: &Path, device: Option<&str>, self_signed: bool) -> anyhow::Res
     } else {
         "issued by this CA; register it with x509: {ca: true} and serve's ca_dir".to_owned()
     };
-    eprintln!(
+    tell!(
         "fakehub: wrote {} and {id}.key for device '{id}' ({how}); thumbprints SHA-1 {} SHA-256 {}",
         out.join(format!("{id}.pem")).display(),
         cert.thumbprints.sha1,

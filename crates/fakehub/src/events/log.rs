@@ -1,7 +1,24 @@
-//! The event log: every event in order, in memory and (with an output directory) as JSON Lines,
-//! with the Connections records derived alongside.
+//! The event log: every event in order, with the Connections records derived alongside.
+//!
+//! Two ways to keep it:
+//!
+//! * **In memory** (a hub without an output directory, as the suite's test hubs are): every event
+//!   stays in memory for the hub's life, as a test wants to read it whole.
+//! * **On disk** (a hub with an output directory: `fakehub serve`, `fakehub run`): `events.jsonl`
+//!   is the store. Each event is written as one whole line and flushed as it happens; memory holds
+//!   only the last [`WINDOW`] events and a sparse index into the file (one offset per
+//!   [`CHECKPOINT_EVERY`] events), so a hub that runs for days stays flat in memory. Readers that
+//!   want older events ([`EventLog::since`], [`EventLog::snapshot`], a stream that fell behind) read
+//!   them back from the file. Should a write fail (disk full), nothing more is written — never half
+//!   a line — and the log keeps what follows in memory instead (the error is reported by
+//!   [`EventLog::flush`] and at shutdown).
+//!
+//! Events read back from the file carry its millisecond precision.
 
-use std::io::Write;
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -11,17 +28,125 @@ use super::records;
 use super::{Event, EventKind, Stamp, Subject};
 use crate::clock::VirtualClock;
 
-/// Where the log also goes, as it happens.
-struct Sinks {
-    events: Option<Box<dyn Write + Send>>,
-    records: Option<(Box<dyn Write + Send>, records::RecordDeriver)>,
+/// How many of the newest events a hub with an output directory keeps in memory.
+pub const WINDOW: usize = 4096;
+/// One file offset is kept per this many events (to read from any event without scanning).
+pub const CHECKPOINT_EVERY: u64 = 1024;
+/// How many events a stream that fell behind the window reads back from the file at once.
+const READ_BACK: u64 = 1024;
+
+/// `events.jsonl`, as the store of a log with an output directory.
+struct Store {
+    path: PathBuf,
+    /// `None` once a write failed: nothing more is written, so the file holds whole lines only.
+    writer: Option<BufWriter<File>>,
+    /// Bytes written (whole lines).
+    bytes: u64,
+    /// The file offset of event `k × CHECKPOINT_EVERY`, for each k so far.
+    checkpoints: Vec<u64>,
+    /// Events `0..persisted` are in the file.
+    persisted: u64,
 }
 
 struct LogState {
-    events: Vec<Arc<Event>>,
-    sinks: Sinks,
+    /// The seq of the next event.
+    next: u64,
+    /// The events in memory: seq `base..next`.
+    window: VecDeque<Arc<Event>>,
+    base: u64,
+    store: Option<Store>,
+    records: Option<(Box<dyn Write + Send>, records::RecordDeriver)>,
     /// The first write error (kind and text: an `io::Error` is not `Clone`).
     write_error: Option<(std::io::ErrorKind, String)>,
+}
+
+impl LogState {
+    fn note_error(&mut self, e: &std::io::Error) {
+        self.write_error.get_or_insert((e.kind(), e.to_string()));
+    }
+
+    /// The events of `from..` held in memory, and where to read the older ones (if any).
+    fn split(&self, from: u64) -> (Vec<Arc<Event>>, Option<FileRange>) {
+        let start = from.max(self.base);
+        let skip = usize::try_from(start - self.base).unwrap_or(usize::MAX);
+        let in_memory = self.window.iter().skip(skip).cloned().collect();
+        let older = (from < self.base)
+            .then(|| self.store.as_ref().map(|s| s.range(from, self.base)))
+            .flatten();
+        (in_memory, older)
+    }
+}
+
+impl Store {
+    fn range(&self, from: u64, to: u64) -> FileRange {
+        let k = usize::try_from(from / CHECKPOINT_EVERY).unwrap_or(usize::MAX);
+        FileRange {
+            path: self.path.clone(),
+            offset: self.checkpoints.get(k).copied().unwrap_or(0),
+            from,
+            to,
+        }
+    }
+
+    /// Append one whole line (already serialized); false if it could not be written.
+    fn append(&mut self, seq: u64, line: &[u8]) -> std::io::Result<()> {
+        let Some(w) = self.writer.as_mut() else {
+            return Err(std::io::Error::other("events.jsonl is no longer written"));
+        };
+        if seq != self.persisted {
+            return Err(std::io::Error::other("an earlier event is missing"));
+        }
+        let written = w.write_all(line).and_then(|()| w.flush());
+        if let Err(e) = written {
+            self.writer = None;
+            return Err(e);
+        }
+        if seq.is_multiple_of(CHECKPOINT_EVERY) {
+            self.checkpoints.push(self.bytes);
+        }
+        self.bytes += line.len() as u64;
+        self.persisted += 1;
+        Ok(())
+    }
+}
+
+/// Events `from..to` of a log's file, which start at or after `offset`.
+struct FileRange {
+    path: PathBuf,
+    offset: u64,
+    from: u64,
+    to: u64,
+}
+
+impl FileRange {
+    fn read(&self) -> std::io::Result<Vec<Arc<Event>>> {
+        let mut file = File::open(&self.path)?;
+        file.seek(SeekFrom::Start(self.offset))?;
+        let mut reader = BufReader::new(file);
+        let mut out = Vec::new();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                break;
+            }
+            let event: Event = serde_json::from_str(&line).map_err(std::io::Error::other)?;
+            if event.seq >= self.to {
+                break;
+            }
+            if event.seq >= self.from {
+                out.push(Arc::new(event));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// One event as a whole JSON line.
+fn line_of(value: &impl serde::Serialize) -> std::io::Result<Vec<u8>> {
+    let mut line = serde_json::to_vec(value)?;
+    line.push(b'\n');
+    Ok(line)
 }
 
 /// The event log of one hub. Cheap to clone.
@@ -37,16 +162,17 @@ struct LogInner {
 }
 
 impl EventLog {
+    /// A log kept in memory, whole.
     pub fn new(clock: VirtualClock) -> Self {
         EventLog {
             inner: Arc::new(LogInner {
                 clock,
                 state: Mutex::new(LogState {
-                    events: Vec::new(),
-                    sinks: Sinks {
-                        events: None,
-                        records: None,
-                    },
+                    next: 0,
+                    window: VecDeque::new(),
+                    base: 0,
+                    store: None,
+                    records: None,
                     write_error: None,
                 }),
                 appended: Notify::new(),
@@ -58,16 +184,30 @@ impl EventLog {
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Also write every event (JSON Lines) and the Connections records derived from them.
+    /// Keep the log in `events` (created or truncated; JSON Lines), with only the newest events in
+    /// memory, and write the Connections records derived from it to `records`.
     pub fn write_to(
         &self,
-        events: Box<dyn Write + Send>,
+        events: &Path,
         records: Box<dyn Write + Send>,
         context: records::RecordContext,
-    ) {
+    ) -> std::io::Result<()> {
+        let file = File::create(events)?;
         let mut s = self.lock();
-        s.sinks.events = Some(events);
-        s.sinks.records = Some((records, records::RecordDeriver::new(context)));
+        let mut store = Store {
+            path: events.to_owned(),
+            writer: Some(BufWriter::new(file)),
+            bytes: 0,
+            checkpoints: Vec::new(),
+            persisted: s.base,
+        };
+        // Events from before (a log kept in memory until now) go first.
+        for e in &s.window {
+            line_of(&**e).and_then(|line| store.append(e.seq, &line))?;
+        }
+        s.store = Some(store);
+        s.records = Some((records, records::RecordDeriver::new(context)));
+        Ok(())
     }
 
     /// Append an event stamped with the clock's current readings.
@@ -93,12 +233,15 @@ impl EventLog {
             }
             Stamp::Elapsed(deadline) => {
                 let late = elapsed_now.saturating_sub(deadline);
-                (now - late, deadline.min(elapsed_now))
+                (
+                    now.checked_sub(late).unwrap_or(now),
+                    deadline.min(elapsed_now),
+                )
             }
         };
         let mut s = self.lock();
         let event = Arc::new(Event {
-            seq: s.events.len() as u64,
+            seq: s.next,
             time,
             elapsed,
             conn: subject.conn,
@@ -106,29 +249,70 @@ impl EventLog {
             module: subject.module.clone(),
             kind,
         });
-        s.events.push(event.clone());
-        let state = &mut *s;
-        if let Err(e) = write_sinks(&mut state.sinks, &event) {
-            state.write_error.get_or_insert((e.kind(), e.to_string()));
+        // Serialized before anything changes: should it fail (or panic), the log is as it was
+        // and the file never holds half a line.
+        let line = s.store.is_some().then(|| line_of(&*event));
+        s.next += 1;
+        s.window.push_back(event.clone());
+        if let Some(line) = line {
+            let written = line.and_then(|line| match s.store.as_mut() {
+                Some(store) => store.append(event.seq, &line),
+                None => Ok(()),
+            });
+            if let Err(e) = written {
+                s.note_error(&e);
+            }
+        }
+        if let Err(e) = write_records(&mut s.records, &event) {
+            s.note_error(&e);
+        }
+        // Forget what the file holds beyond the window.
+        let persisted = s.store.as_ref().map_or(0, |st| st.persisted);
+        while s.window.len() > WINDOW && s.base < persisted {
+            s.window.pop_front();
+            s.base += 1;
         }
         drop(s);
         self.inner.appended.notify_waiters();
         event
     }
 
-    /// A copy of every event so far.
+    /// Every event of seq `from` on, in order — from memory, and from the file for those no longer
+    /// held. The one way to read "what happened since N".
+    pub fn since(&self, from: u64) -> Vec<Arc<Event>> {
+        let (in_memory, older) = self.lock().split(from);
+        let Some(older) = older else {
+            return in_memory;
+        };
+        let mut out = match older.read() {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::warn!(error = %e, "events.jsonl could not be read back");
+                Vec::new()
+            }
+        };
+        out.extend(in_memory);
+        out
+    }
+
+    /// Every event so far (read back from the file for a log kept on disk).
     pub fn snapshot(&self) -> Vec<Arc<Event>> {
-        self.lock().events.clone()
+        self.since(0)
     }
 
     /// How many events so far.
     pub fn len(&self) -> usize {
-        self.lock().events.len()
+        usize::try_from(self.lock().next).unwrap_or(usize::MAX)
     }
 
     /// Whether nothing happened yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// How many events are held in memory now.
+    pub fn in_memory(&self) -> usize {
+        self.lock().window.len()
     }
 
     /// A stream of every event from the beginning, then live ones; it never misses one.
@@ -140,31 +324,25 @@ impl EventLog {
     pub fn stream_from(&self, seq: u64) -> EventStream {
         EventStream {
             log: self.clone(),
-            next: usize::try_from(seq).unwrap_or(usize::MAX),
+            next: seq,
+            read_back: VecDeque::new(),
         }
-    }
-
-    /// The events from position `seq` on.
-    pub fn since(&self, seq: u64) -> Vec<Arc<Event>> {
-        let from = usize::try_from(seq).unwrap_or(usize::MAX);
-        self.lock()
-            .events
-            .get(from..)
-            .map(<[_]>::to_vec)
-            .unwrap_or_default()
     }
 
     /// Flush the output files. Returns the first write error seen, if any.
     pub fn flush(&self) -> std::io::Result<()> {
         let mut s = self.lock();
-        if let Some(w) = s.sinks.events.as_mut() {
-            if let Err(e) = w.flush() {
-                s.write_error.get_or_insert((e.kind(), e.to_string()));
-            }
+        let flushed = s
+            .store
+            .as_mut()
+            .and_then(|st| st.writer.as_mut())
+            .map_or(Ok(()), |w| w.flush());
+        if let Err(e) = flushed {
+            s.note_error(&e);
         }
-        if let Some((w, _)) = s.sinks.records.as_mut() {
+        if let Some((w, _)) = s.records.as_mut() {
             if let Err(e) = w.flush() {
-                s.write_error.get_or_insert((e.kind(), e.to_string()));
+                s.note_error(&e);
             }
         }
         match &s.write_error {
@@ -174,23 +352,22 @@ impl EventLog {
     }
 }
 
-/// Write one event (and its records) as whole lines, flushed, so a reader tailing the files of a
-/// long-running hub sees every event as it happens and never half a line.
-fn write_sinks(sinks: &mut Sinks, event: &Event) -> std::io::Result<()> {
-    if let Some(w) = sinks.events.as_mut() {
-        serde_json::to_writer(&mut *w, event)?;
-        w.write_all(b"\n")?;
-        w.flush()?;
+/// Write the Connections records an event causes, as whole lines, flushed.
+fn write_records(
+    sink: &mut Option<(Box<dyn Write + Send>, records::RecordDeriver)>,
+    event: &Event,
+) -> std::io::Result<()> {
+    let Some((w, deriver)) = sink.as_mut() else {
+        return Ok(());
+    };
+    let records = deriver.push(event);
+    let mut lines = Vec::new();
+    for record in &records {
+        lines.extend(line_of(record)?);
     }
-    if let Some((w, deriver)) = sinks.records.as_mut() {
-        let records = deriver.push(event);
-        for record in &records {
-            serde_json::to_writer(&mut *w, record)?;
-            w.write_all(b"\n")?;
-        }
-        if !records.is_empty() {
-            w.flush()?;
-        }
+    if !lines.is_empty() {
+        w.write_all(&lines)?;
+        w.flush()?;
     }
     Ok(())
 }
@@ -198,18 +375,20 @@ fn write_sinks(sinks: &mut Sinks, event: &Event) -> std::io::Result<()> {
 /// Reads the log in order, waiting for new events at the end.
 pub struct EventStream {
     log: EventLog,
-    next: usize,
+    next: u64,
+    /// Events read back from the file (the stream fell behind the window).
+    read_back: VecDeque<Arc<Event>>,
 }
 
 impl EventStream {
     /// The next event, waiting for it if needed.
     pub async fn next(&mut self) -> Arc<Event> {
+        let log = self.log.clone();
         loop {
-            let notified = self.log.inner.appended.notified();
+            let notified = log.inner.appended.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(e) = self.log.lock().events.get(self.next).cloned() {
-                self.next += 1;
+            if let Some(e) = self.try_next() {
                 return e;
             }
             notified.await;
@@ -218,9 +397,36 @@ impl EventStream {
 
     /// The next event if one is already in the log; never waits.
     pub fn try_next(&mut self) -> Option<Arc<Event>> {
-        let e = self.log.lock().events.get(self.next).cloned()?;
-        self.next += 1;
-        Some(e)
+        loop {
+            if let Some(e) = self.read_back.pop_front() {
+                self.next = e.seq + 1;
+                return Some(e);
+            }
+            let log = self.log.clone();
+            let older = {
+                let s = log.lock();
+                if self.next >= s.next {
+                    return None;
+                }
+                if self.next >= s.base {
+                    let i = usize::try_from(self.next - s.base).ok()?;
+                    let e = s.window.get(i).cloned()?;
+                    self.next += 1;
+                    return Some(e);
+                }
+                let to = s.base.min(self.next.saturating_add(READ_BACK));
+                s.store.as_ref().map(|st| st.range(self.next, to))
+            };
+            match older.map(|r| (r.read(), r.to)) {
+                Some((Ok(events), _)) if !events.is_empty() => self.read_back.extend(events),
+                Some((Ok(_), to)) => self.next = to,
+                Some((Err(e), to)) => {
+                    tracing::warn!(error = %e, "events.jsonl could not be read back");
+                    self.next = to;
+                }
+                None => self.next = log.lock().base,
+            }
+        }
     }
 
     /// Wait (up to `timeout` of real time) for an event that matches.
@@ -241,3 +447,6 @@ impl EventStream {
         .ok()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -7,7 +7,7 @@
 //! alongside.
 
 mod lifecycle;
-mod log;
+pub mod log;
 pub mod records;
 pub mod series;
 

@@ -210,3 +210,42 @@ impl FaultUnit for InbandUnit {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bag(delay: &str) -> PropertyBag {
+        PropertyBag::parse(&format!("{DELAY}={delay}"))
+    }
+
+    #[test]
+    fn delays_are_finite_and_cut_to_a_day() {
+        for (text, secs) in [
+            ("1e30", LONGEST.as_secs_f64()),
+            ("1e19", LONGEST.as_secs_f64()),
+            ("18446744073709551615", LONGEST.as_secs_f64()),
+            ("inf", 0.0),
+            ("NaN", 0.0),
+            ("-1", 0.0),
+            ("abc", 0.0),
+            ("2.5", 2.5),
+        ] {
+            assert_eq!(seconds(&bag(text), DELAY).as_secs_f64(), secs, "{text}");
+        }
+    }
+
+    #[test]
+    fn remembered_trigger_ids_are_bounded_per_identity() {
+        let t = Triggers::default();
+        for i in 0..10_000 {
+            assert!(t.fresh("dev", format!("m{i}")));
+        }
+        let seen = t.seen.lock().unwrap();
+        assert_eq!(seen["dev"].len(), REMEMBERED_PER_IDENTITY);
+        drop(seen);
+        // The newest are still remembered (a resend acts once); the oldest are forgotten.
+        assert!(!t.fresh("dev", "m9999".into()));
+        assert!(t.fresh("dev", "m0".into()));
+    }
+}

@@ -19,7 +19,8 @@ use crate::shared::Shared;
 
 /// Accept TCP connections until shutdown.
 pub async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>) {
-    let mut last_warning: Option<std::time::Instant> = None;
+    let mut warn = Warnings::default();
+    let mut reserve = crate::descriptors::Reserve::new();
     loop {
         let accepted = tokio::select! {
             biased;
@@ -27,21 +28,63 @@ pub async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>) {
             a = listener.accept() => a,
         };
         match accepted {
-            Ok((tcp, peer)) => admit(&shared, Stream::Tcp(tcp), peer),
-            Err(e) => {
-                // Out of file descriptors and the like: say so at most once a second, and back
-                // off briefly rather than spin.
-                let now = std::time::Instant::now();
-                if last_warning.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
-                    tracing::warn!(error = %e, "accept failed");
-                    last_warning = Some(now);
+            Ok((tcp, peer)) => {
+                admit(&shared, Stream::Tcp(tcp), peer);
+                reserve.refill();
+            }
+            Err(e) if crate::descriptors::exhausted(&e) && reserve.release() => {
+                // Out of descriptors: use the one held back to take the waiting connection and
+                // reset it, so the device sees a refusal rather than a handshake that never ends.
+                if let Ok(Ok((tcp, _))) =
+                    tokio::time::timeout(Duration::from_millis(10), listener.accept()).await
+                {
+                    let _ = tcp.set_zero_linger();
+                    drop(tcp);
+                    warn.refused += 1;
                 }
+                reserve.refill();
+                warn.say(&e);
+            }
+            Err(e) => {
+                // Other accept errors: say so at most once a second, and back off briefly.
+                warn.say(&e);
                 tokio::select! {
                     biased;
                     _ = shared.shutdown.cancelled() => break,
                     _ = tokio::time::sleep(Duration::from_millis(50)) => {}
                 }
             }
+        }
+    }
+}
+
+/// Accept failures, logged at most once a second.
+#[derive(Default)]
+struct Warnings {
+    last: Option<std::time::Instant>,
+    /// Connections refused for want of descriptors since the last line.
+    refused: u64,
+}
+
+impl Warnings {
+    fn say(&mut self, e: &std::io::Error) {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            if crate::descriptors::exhausted(e) {
+                let limit = crate::descriptors::limits().map_or(0, |(soft, _)| soft);
+                tracing::warn!(
+                    refused = self.refused,
+                    limit,
+                    "out of file descriptors: refusing new connections"
+                );
+            } else {
+                tracing::warn!(error = %e, "accept failed");
+            }
+            self.last = Some(now);
+            self.refused = 0;
         }
     }
 }

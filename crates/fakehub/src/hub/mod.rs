@@ -76,6 +76,8 @@ pub struct HubBuilder {
     memory_tls: bool,
     memory_rtt: Duration,
     seed: u64,
+    #[cfg(feature = "testkit")]
+    panic_on_topic: Option<String>,
 }
 
 impl Default for HubBuilder {
@@ -112,6 +114,8 @@ impl HubBuilder {
             memory_tls: true,
             memory_rtt: Duration::from_millis(20),
             seed: 0,
+            #[cfg(feature = "testkit")]
+            panic_on_topic: None,
         }
     }
 
@@ -267,6 +271,15 @@ impl HubBuilder {
         self
     }
 
+    /// Test only: a connection task panics when its device publishes to a topic containing
+    /// `marker` — how the suite shows that a panic still ends the connection with its `closed`
+    /// event and the counts right.
+    #[cfg(feature = "testkit")]
+    pub fn panic_on_topic(mut self, marker: impl Into<String>) -> Self {
+        self.panic_on_topic = Some(marker.into());
+        self
+    }
+
     /// Make the certificates; nothing listens yet.
     pub fn build(mut self) -> Result<Hub, HubError> {
         let certificates = match self.certificates.take() {
@@ -382,11 +395,17 @@ impl Hub {
         })?;
         if let Some(dir) = &b.out_dir {
             output::write_ca(dir, &certificates.ca_pem())?;
-            events.write_to(
-                Box::new(output::file(dir, "events.jsonl")?),
-                Box::new(output::file(dir, "connections.jsonl")?),
-                context.clone(),
-            );
+            let events_path = dir.join("events.jsonl");
+            events
+                .write_to(
+                    &events_path,
+                    Box::new(output::file(dir, "connections.jsonl")?),
+                    context.clone(),
+                )
+                .map_err(|source| HubError::Output {
+                    path: events_path,
+                    source,
+                })?;
         }
         let ip = local_addr.ip();
         if !(ip.is_unspecified() || ip == std::net::IpAddr::from([127, 0, 0, 1])) {
@@ -403,6 +422,8 @@ impl Hub {
             max_packet_size: b.max_packet_size,
             memory_tls: b.memory_tls,
             memory_rtt: b.memory_rtt,
+            #[cfg(feature = "testkit")]
+            panic_on_topic: b.panic_on_topic.clone(),
         };
         let registry = Registry::new(b.registry);
         registry.trust_certificate_authority(certificates.ca_der());

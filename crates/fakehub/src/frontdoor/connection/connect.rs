@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use fakehub_protocol::codec::ReadError;
+use fakehub_protocol::codec::{FrameViolation, ReadError};
 use fakehub_protocol::ResultCode;
 use rumqttc::mqttbytes::v4 as mq;
 use rumqttc::mqttbytes::Protocol;
@@ -55,6 +55,12 @@ pub(super) async fn await_connect(
         }
         Err(ReadError::Malformed(rumqttc::mqttbytes::Error::InvalidProtocolLevel(level))) => {
             refuse_version(guard, io, level.to_string()).await
+        }
+        Err(ReadError::Violation(v @ FrameViolation::PasswordNotUtf8)) => {
+            let code = mq::ConnectReturnCode::NotAuthorized;
+            let reason = v.to_string();
+            let result = Some(ResultCode::IoTHubUnauthorized);
+            refuse(guard, io, code, result, reason, CloseCause::Refused).await
         }
         Err(e) => State::Closing(Some(io), Ending::from_read(e), None),
     }

@@ -104,7 +104,9 @@ impl Ending {
                 Ending::device(CloseHow::Rst, CloseCause::DeviceClosed, detail)
             }
             ReadError::Io(_) => Ending::device(CloseHow::Fin, CloseCause::DeviceClosed, detail),
-            ReadError::TooLarge(..) | ReadError::Malformed(_) => Ending::violation(text),
+            ReadError::TooLarge(..) | ReadError::Malformed(_) | ReadError::Violation(_) => {
+                Ending::violation(text)
+            }
         }
     }
 

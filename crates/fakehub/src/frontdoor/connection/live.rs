@@ -229,6 +229,13 @@ impl Live {
 
     async fn publish(&mut self, guard: &Guard, mut p: mq::Publish) -> Step {
         let shared = guard.shared.clone();
+        #[cfg(feature = "testkit")]
+        if let Some(marker) = &shared.config.panic_on_topic {
+            assert!(
+                !p.topic.contains(marker.as_str()),
+                "injected panic (testkit)"
+            );
+        }
         let classified = topics::classify_publish(&self.who, &p.topic);
         let mut properties = match &classified {
             Ok(DevicePublish::Telemetry(bag)) => bag.clone(),
@@ -390,8 +397,12 @@ impl Live {
         }
         guard.emit(event);
         let window = self.window;
+        let close = self.close.clone();
         let written = tokio::select! {
             biased;
+            // A device that does not read must not hold up a takeover or the hub's shutdown.
+            _ = shared.shutdown.cancelled() => return Err(Ending::shutdown()),
+            r = close.requested() => return Err(Ending::requested(r)),
             r = self.io.write_packet(&packet) => r,
             _ = shared.clock.sleep(window) => {
                 let detail = format!("the device read nothing for {window:?}");
@@ -415,7 +426,7 @@ impl Live {
                     match self.io.read_packet().await {
                         Ok(mq::Packet::Disconnect) => return true,
                         Ok(_) => continue,
-                        Err(ReadError::Eof | ReadError::Reset | ReadError::Io(_) | ReadError::EofInPacket(_) | ReadError::TooLarge(..) | ReadError::Malformed(_)) => return false,
+                        Err(ReadError::Eof | ReadError::Reset | ReadError::Io(_) | ReadError::EofInPacket(_) | ReadError::TooLarge(..) | ReadError::Malformed(_) | ReadError::Violation(_)) => return false,
                     }
                 }
             } => r,

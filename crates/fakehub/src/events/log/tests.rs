@@ -1,0 +1,174 @@
+use std::time::Duration;
+
+use fakehub_protocol::properties::PropertyBag;
+
+use super::*;
+use crate::events::Direction;
+
+fn telemetry(i: u64) -> EventKind {
+    let mut properties = PropertyBag::default();
+    properties.application.insert("n".into(), i.to_string());
+    EventKind::Publish {
+        dir: Direction::In,
+        topic: format!("devices/d/messages/events/n={i}"),
+        qos: 1,
+        pkid: (i % 60000) as u16 + 1,
+        dup: false,
+        retain: false,
+        size: 10,
+        message_id: Some(format!("m{i}")),
+        properties,
+    }
+}
+
+fn subject() -> Subject {
+    Subject {
+        conn: Some(1),
+        device: Some("d".into()),
+        module: None,
+    }
+}
+
+fn on_disk(dir: &Path) -> EventLog {
+    let log = EventLog::new(VirtualClock::new());
+    log.write_to(
+        &dir.join("events.jsonl"),
+        Box::new(std::io::sink()),
+        records::RecordContext::for_host("h"),
+    )
+    .unwrap();
+    log
+}
+
+#[test]
+fn without_a_file_every_event_stays_in_memory() {
+    let log = EventLog::new(VirtualClock::new());
+    for i in 0..(WINDOW as u64 * 3) {
+        log.emit(&subject(), telemetry(i));
+    }
+    assert_eq!(log.in_memory(), WINDOW * 3);
+    assert_eq!(log.snapshot().len(), WINDOW * 3);
+}
+
+#[test]
+fn with_a_file_memory_holds_a_window_and_every_reader_still_sees_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = on_disk(dir.path());
+    let mut early = log.stream();
+    assert!(early.try_next().is_none());
+    let n = WINDOW as u64 * 3 + 17;
+    for i in 0..n {
+        log.emit(&subject(), telemetry(i));
+    }
+    assert_eq!(log.in_memory(), WINDOW);
+    assert_eq!(log.len() as u64, n);
+    let all = log.snapshot();
+    assert_eq!(all.len() as u64, n);
+    assert!(all.iter().enumerate().all(|(i, e)| e.seq == i as u64));
+    assert_eq!(all[5].kind, telemetry(5));
+    for from in [
+        0,
+        1,
+        CHECKPOINT_EVERY - 1,
+        CHECKPOINT_EVERY,
+        5000,
+        n - 1,
+        n,
+        n + 10,
+    ] {
+        let since = log.since(from);
+        assert_eq!(since.len() as u64, n.saturating_sub(from), "since {from}");
+        assert!(since.first().is_none_or(|e| e.seq == from));
+        assert!(since.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+    }
+    // A stream made before, read after: every event once, in order, from the file then memory.
+    let mut seen = 0;
+    while let Some(e) = early.try_next() {
+        assert_eq!(e.seq, seen);
+        seen += 1;
+    }
+    assert_eq!(seen, n);
+    let text = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
+    assert_eq!(text.lines().count() as u64, n);
+}
+
+#[test]
+fn a_failed_write_stops_the_file_at_a_whole_line_and_memory_keeps_the_rest() {
+    // /dev/full: every write fails with "no space left".
+    let log = EventLog::new(VirtualClock::new());
+    log.write_to(
+        Path::new("/dev/full"),
+        Box::new(std::io::sink()),
+        records::RecordContext::for_host("h"),
+    )
+    .unwrap();
+    for i in 0..(WINDOW as u64 + 10) {
+        log.emit(&subject(), telemetry(i));
+    }
+    let e = log.flush().unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::StorageFull, "{e}");
+    assert_eq!(log.in_memory(), WINDOW + 10);
+    assert_eq!(log.snapshot().len(), WINDOW + 10);
+}
+
+#[test]
+fn a_panic_while_a_line_is_made_leaves_no_half_line() {
+    struct HalfThenPanic;
+    impl serde::Serialize for HalfThenPanic {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap;
+            let mut m = s.serialize_map(None)?;
+            m.serialize_entry("seq", &1)?;
+            panic!("injected");
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log = on_disk(dir.path());
+    log.emit(&subject(), telemetry(0));
+    let r = std::panic::catch_unwind(|| line_of(&HalfThenPanic));
+    assert!(r.is_err());
+    log.emit(&subject(), telemetry(1));
+    let text = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
+    for line in text.lines() {
+        serde_json::from_str::<Event>(line).unwrap();
+    }
+    assert_eq!(text.lines().count(), 2);
+}
+
+#[tokio::test]
+async fn a_live_stream_wakes_for_new_events_and_never_misses_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = on_disk(dir.path());
+    let mut s = log.stream();
+    let writer = log.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        for i in 0..(WINDOW as u64 * 2) {
+            writer.emit(&subject(), telemetry(i));
+        }
+    });
+    for i in 0..(WINDOW as u64 * 2) {
+        assert_eq!(s.next().await.seq, i);
+    }
+}
+
+#[test]
+fn events_from_before_the_file_was_given_are_written_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EventLog::new(VirtualClock::new());
+    log.emit(&subject(), telemetry(0));
+    log.write_to(
+        &dir.path().join("events.jsonl"),
+        Box::new(std::io::sink()),
+        records::RecordContext::for_host("h"),
+    )
+    .unwrap();
+    for i in 1..(WINDOW as u64 * 2) {
+        log.emit(&subject(), telemetry(i));
+    }
+    log.flush().unwrap();
+    assert_eq!(log.in_memory(), WINDOW);
+    let all = log.snapshot();
+    assert_eq!(all.len(), WINDOW * 2);
+    assert_eq!(all[0].kind, telemetry(0));
+}
