@@ -14,7 +14,7 @@ use proptest::prelude::*;
 use proptest::strategy::{NewTree, ValueTree};
 use proptest::test_runner::TestRunner;
 
-use super::schedule::{Schedule, Vocabulary, MAX_LATENCY, MAX_SKEW};
+use super::schedule::{Schedule, Vocabulary, MAX_LATENCY, MAX_SKEW, SLOW_ACK};
 use crate::scenario::{C2dStep, DesiredStep, DeviceRef, MethodStep, Step};
 
 fn secs(range: std::ops::RangeInclusive<u64>) -> impl Strategy<Value = Duration> + Clone {
@@ -44,8 +44,9 @@ fn time_step() -> impl Strategy<Value = Step> {
 /// Every fault of the catalogue but `rotate_key` (see [`super::schedule`]), with parameters in the
 /// ranges `fit` keeps.
 pub fn fault_kind() -> impl Strategy<Value = FaultKind> {
-    let skew = u64::try_from(MAX_SKEW.as_secs()).unwrap_or(300);
-    let latency = u64::try_from(MAX_LATENCY.as_millis()).unwrap_or(2000);
+    let skew = MAX_SKEW.as_secs();
+    let latency = u64::try_from(MAX_LATENCY.as_millis()).unwrap_or(100);
+    let slow = SLOW_ACK.as_secs();
     prop_oneof![
         3 => Just(FaultKind::Reset(Reset::default())),
         1 => Just(FaultKind::Close(Close::default())),
@@ -55,11 +56,11 @@ pub fn fault_kind() -> impl Strategy<Value = FaultKind> {
         1 => Just(FaultKind::DropPingresp(DropPingresp {})),
         2 => (prop::option::of(1u32..=3), prop::option::of(1u32..=3))
             .prop_map(|(nth, count)| FaultKind::DropPuback(DropPuback { nth, topic: None, count })),
-        1 => secs(1..=40).prop_map(|delay| FaultKind::DelaySuback(DelaySuback { delay })),
+        1 => secs(1..=slow).prop_map(|delay| FaultKind::DelaySuback(DelaySuback { delay })),
         1 => (millis(0..=latency), millis(0..=latency))
             .prop_map(|(inbound, outbound)| FaultKind::Latency(Latency { inbound, outbound })),
         2 => prop_oneof![
-            secs(1..=40).prop_map(|delay| Connack::Delay { delay }),
+            secs(1..=slow).prop_map(|delay| Connack::Delay { delay }),
             Just(Connack::Withhold),
             (1u8..=5).prop_map(|code| Connack::Refuse { code, result: None }),
         ]

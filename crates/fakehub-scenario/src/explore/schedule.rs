@@ -6,14 +6,22 @@
 //! device that no device could do:
 //!
 //! * faults that keep devices from a working connection (`outage`, `disable`, `blackhole`,
-//!   `half_open`, `throttle`, `connack` refusing or withholding, a `connack` or `delay_suback` delay
-//!   past 20 s) always end by themselves, and together never keep devices out longer than
-//!   [`Vocabulary::max_block`] at a stretch (blocks less than [`Vocabulary::settle`] apart count as
-//!   one stretch), so a `recovers: within` can be met;
+//!   `half_open`, `throttle`, `connack` refusing or withholding) always end by themselves, and
+//!   together never keep devices out longer than [`Vocabulary::max_block`] at a stretch (blocks
+//!   less than [`Vocabulary::settle`] apart count as one stretch), so a `recovers: within` can be
+//!   met;
+//! * a `connack` or `delay_suback` delay stays within 20 s: past a device's own timeout (30 s for
+//!   the sample device) the answer reaches a device that gave up, and the hub records a connection
+//!   that never was (CONNACK 0, then an abrupt close), which the rules that time retries cannot
+//!   tell from a drop;
 //! * `rotate_key` is never generated: a device keeps the key it was given, so after a rotation no
 //!   device can ever connect again;
+//! * every lasting fault ends by itself (5 minutes when proposed without a duration, at most
+//!   30), so the end of the run is quiet;
 //! * `clock_skew` stays within 5 minutes (a device whose clock is further behind has its token
-//!   expire, by the hub's reckoning, before it renews it), `latency` within 2 s each way;
+//!   expire, by the hub's reckoning, before it renews it), `latency` within 100 ms each way (the
+//!   hub times a device's retries by when its packets arrive: more latency blurs the delays
+//!   `backoff` judges);
 //! * a service step (`method`, `c2d`, `desired`) comes only when the devices have had
 //!   [`Vocabulary::settle`] to get back since the last drop or block, and none starts within
 //!   [`Vocabulary::service_window`] after it (a method for a device that is offline fails with
@@ -31,14 +39,19 @@ use fakehub_assert::Expectation;
 
 use crate::scenario::{DeviceSpec, Scenario, Step};
 
-/// A delay of a CONNACK or SUBACK past this keeps a device out (its own timeouts are ~30 s).
-const SLOW_ACK: Duration = Duration::from_secs(20);
+/// The longest a CONNACK or SUBACK is delayed: past a device's own timeout (30 s for the sample
+/// device) the answer reaches a device that gave up, and the hub records a connection that never
+/// was (CONNACK 0, then an abrupt close), which the rules that time retries cannot tell from a drop.
+pub(crate) const SLOW_ACK: Duration = Duration::from_secs(20);
 /// The furthest a device's clock may be behind.
 pub(crate) const MAX_SKEW: Duration = Duration::from_secs(5 * 60);
-/// The most latency each way.
-pub(crate) const MAX_LATENCY: Duration = Duration::from_secs(2);
+/// The most latency each way: the hub times a device's reconnects by when its packets arrive, so
+/// more latency would blur the delays `backoff` judges.
+pub(crate) const MAX_LATENCY: Duration = Duration::from_millis(100);
 /// The longest a lasting fault that keeps no device out is given.
 pub(crate) const MAX_LASTING: Duration = Duration::from_secs(30 * 60);
+/// How long a lasting fault proposed without a duration lasts.
+const DEFAULT_LASTING: Duration = Duration::from_secs(5 * 60);
 
 /// One entry of the scenario's `devices:` as schedules see it.
 #[derive(Debug, Clone, PartialEq)]
@@ -286,9 +299,9 @@ fn effect(kind: &FaultKind) -> Effect {
         | FaultKind::Outage(_)
         | FaultKind::Disable(_)
         | FaultKind::Throttle(_) => Effect::Block,
-        FaultKind::Connack(Connack::Delay { delay }) if *delay <= SLOW_ACK => Effect::Benign,
+        // Delays are bounded to SLOW_ACK first.
+        FaultKind::Connack(Connack::Delay { .. }) => Effect::Benign,
         FaultKind::Connack(_) => Effect::Block,
-        FaultKind::DelaySuback(d) if d.delay > SLOW_ACK => Effect::Block,
         FaultKind::SessionLoss(_) => Effect::Unsettling,
         FaultKind::DelaySuback(_)
         | FaultKind::DropPingresp(_)
@@ -319,6 +332,13 @@ fn bounded(kind: FaultKind) -> FaultKind {
                 code: code.clamp(1, 5),
                 result,
             })
+        }
+        FaultKind::Connack(Connack::Delay { delay }) => FaultKind::Connack(Connack::Delay {
+            delay: delay.min(SLOW_ACK),
+        }),
+        FaultKind::DelaySuback(mut d) => {
+            d.delay = d.delay.min(SLOW_ACK);
+            FaultKind::DelaySuback(d)
         }
         other => other,
     }
@@ -439,24 +459,23 @@ impl<'a> Fitting<'a> {
             }
             // One-shot: a duration means nothing to it.
             Effect::Drop => None,
-            Effect::Unsettling | Effect::Benign => {
-                f.duration.map(|d| whole_seconds(d).min(MAX_LASTING))
-            }
+            // Every lasting fault ends by itself, so the quiet end is quiet.
+            Effect::Unsettling | Effect::Benign => Some(
+                f.duration
+                    .map_or(DEFAULT_LASTING, |d| whole_seconds(d).min(MAX_LASTING)),
+            ),
         };
         if duration.is_some_and(|d| d.is_zero()) {
             return;
         }
         let end = duration.map_or(self.now, |d| self.now + d);
         match effect {
-            Effect::Drop | Effect::Block => self.disruptions.push(Disruption {
-                from: self.now,
-                to: end,
-            }),
-            // Lasting without an end: unsettled to the end of the run.
-            Effect::Unsettling => self.disruptions.push(Disruption {
-                from: self.now,
-                to: duration.map_or(Duration::MAX, |_| end),
-            }),
+            Effect::Drop | Effect::Block | Effect::Unsettling => {
+                self.disruptions.push(Disruption {
+                    from: self.now,
+                    to: end,
+                })
+            }
             Effect::Benign => {}
         }
         self.push(
