@@ -211,10 +211,9 @@ impl<'a, F: FnMut(&Schedule) -> bool> Shrinker<'a, F> {
     fn simplify_steps(&mut self) {
         let mut i = 0;
         while i < self.current.timeline.len() {
-            // The last step holds the quiet end, which `fit` keeps whatever it is given.
-            let last = i + 1 == self.current.timeline.len();
+            // (`fit` lengthens the last step again to the quiet end the schedule needs.)
             match self.current.timeline[i].clone() {
-                Step::Advance(d) | Step::Wait(d) if !last => self.shorter(i, d, |s, d| match s {
+                Step::Advance(d) | Step::Wait(d) => self.shorter(i, d, |s, d| match s {
                     Step::Advance(_) => Step::Advance(d),
                     _ => Step::Wait(d),
                 }),
