@@ -338,3 +338,47 @@ fn proptest_finds_and_shrinks_a_bug_and_records_its_seed() {
     let saved = std::fs::read_to_string(regressions).unwrap();
     assert!(saved.lines().any(|l| l.starts_with("cc ")), "{saved}");
 }
+
+/// `fakehub explore` itself: exit 0 with what was tried when nothing fails, 2 for bad input, and
+/// device processes explored the same way (slower: real processes on the hub's clock).
+#[test]
+fn the_command_reports_exits_and_explores_device_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let sensor = repo().join("scenarios/explore/sensor.yaml");
+    let sensor = sensor.to_str().unwrap();
+    let out = dir.path().join("out");
+    let out = out.to_str().unwrap();
+    let (code, stdout, stderr) = fakehub(&["explore", sensor, "--runs", "5", "--seed", "20", "--out", out]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.starts_with("no failure: 5 schedules, "), "{stdout}");
+    assert!(stdout.contains("of virtual time"), "{stdout}");
+    let (code, _, stderr) = fakehub(&["explore", sensor, "--sample-bug", "no-such-bug"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("unknown bug"), "{stderr}");
+    // A device process: the bundled sample device as `run: [sample-device]`.
+    let proc = dir.path().join("proc.yaml");
+    std::fs::write(
+        &proc,
+        "name: proc\ndevices:\n  - id: sensor\n    run: [sample-device]\nexpect:\n  - recovers: { within: 5m }\n  - graceful_disconnect: {}\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = fakehub(&[
+        "explore",
+        proc.to_str().unwrap(),
+        "--runs",
+        "3",
+        "--seed",
+        "4",
+        "--sample-bug",
+        "no-disconnect",
+        "--out",
+        out,
+    ]);
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    let written = stdout.lines().last().unwrap_or_default();
+    assert!(written.ends_with("proc-minimal.yaml"), "{stdout}");
+    let text = std::fs::read_to_string(written).unwrap();
+    assert!(text.contains("run:\n  - sample-device") || text.contains("- sample-device"), "{text}");
+    assert!(text.contains("graceful_disconnect"), "{text}");
+    assert!(stdout.contains("FAIL sensor · graceful_disconnect"), "{stdout}");
+}
