@@ -60,12 +60,12 @@ impl Serialize for TimeWindow {
 pub enum Expectation {
     /// Connected at the end of the run.
     Connected {
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         device: Option<String>,
     },
     /// Every hub-side drop followed by a successful connect within `within`.
     Recovers {
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         device: Option<String>,
         #[schemars(with = "String")]
         #[serde(with = "humantime_serde")]
@@ -73,30 +73,42 @@ pub enum Expectation {
     },
     /// The SAS token is renewed before it expires.
     RenewsToken {
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         device: Option<String>,
     },
     /// Reconnect delays grow, cap, jitter and reset.
     Backoff {
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         device: Option<String>,
         #[schemars(with = "Option<String>")]
-        #[serde(default, with = "humantime_serde")]
+        #[serde(
+            default,
+            with = "humantime_serde",
+            skip_serializing_if = "Option::is_none"
+        )]
         first_at_most: Option<Duration>,
         #[schemars(with = "Option<String>")]
-        #[serde(default, with = "humantime_serde")]
+        #[serde(
+            default,
+            with = "humantime_serde",
+            skip_serializing_if = "Option::is_none"
+        )]
         cap: Option<Duration>,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         growth: Option<f64>,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         jitter: Option<bool>,
     },
     /// No CONNECTs closer together than `min_gap` (default 100ms).
     NoTightLoop {
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         device: Option<String>,
         #[schemars(with = "Option<String>")]
-        #[serde(default, with = "humantime_serde")]
+        #[serde(
+            default,
+            with = "humantime_serde",
+            skip_serializing_if = "Option::is_none"
+        )]
         min_gap: Option<Duration>,
     },
     /// After a mass drop: peak CONNECTs per second and the spread of the reconnects.
@@ -109,86 +121,102 @@ pub enum Expectation {
     /// The QoS 1 ledger: nothing lost (duplicates and reordering are reported; they fail only with
     /// `max_duplicates` and `ordered: true`).
     NoMessageLoss {
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         device: Option<String>,
         #[serde(default)]
         by: Ledger,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         max_duplicates: Option<usize>,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         ordered: bool,
     },
     /// Subscriptions restored after a reconnect without a session (within `within`, default 30s).
     Resubscribes {
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         device: Option<String>,
         #[schemars(with = "Option<String>")]
-        #[serde(default, with = "humantime_serde")]
+        #[serde(
+            default,
+            with = "humantime_serde",
+            skip_serializing_if = "Option::is_none"
+        )]
         within: Option<Duration>,
     },
     /// The last connection ended with DISCONNECT.
     GracefulDisconnect {
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         device: Option<String>,
     },
     /// The keep-alive asked for is within bounds (default 1–1177 s).
     Keepalive {
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         device: Option<String>,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         min: Option<u16>,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         max: Option<u16>,
     },
     /// Connections records with a result code: how many, and when — per device, or with
     /// `fleet: true` for all devices' records together.
     Records {
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         code: Option<u32>,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         device: Option<String>,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         fleet: bool,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         count: Option<usize>,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         min: Option<usize>,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         max: Option<usize>,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         #[schemars(with = "Option<String>")]
         at: Option<TimeWindow>,
     },
     /// Direct method calls (`name`, or any) answered with `status` (default 200) within `within`
     /// (default 30s).
     Method {
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         device: Option<String>,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<String>,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         status: Option<i32>,
         #[schemars(with = "Option<String>")]
-        #[serde(default, with = "humantime_serde")]
+        #[serde(
+            default,
+            with = "humantime_serde",
+            skip_serializing_if = "Option::is_none"
+        )]
         within: Option<Duration>,
     },
     /// Cloud-to-device messages completed (PUBACK) within `within` (default 60s); at least `count`.
     C2dDelivered {
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         device: Option<String>,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         count: Option<usize>,
         #[schemars(with = "Option<String>")]
-        #[serde(default, with = "humantime_serde")]
+        #[serde(
+            default,
+            with = "humantime_serde",
+            skip_serializing_if = "Option::is_none"
+        )]
         within: Option<Duration>,
     },
     /// Desired-property updates acknowledged in the reported properties within `within` (default
     /// 60s).
     DesiredApplied {
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         device: Option<String>,
         #[schemars(with = "Option<String>")]
-        #[serde(default, with = "humantime_serde")]
+        #[serde(
+            default,
+            with = "humantime_serde",
+            skip_serializing_if = "Option::is_none"
+        )]
         within: Option<Duration>,
     },
 }

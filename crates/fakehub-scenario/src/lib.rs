@@ -1,9 +1,10 @@
 //! The scenario runner and the `fakehub` command's parts: reading scenario files, running them on a
-//! hub with its devices, judging the expectations, and writing JUnit and HTML reports; and `serve`
+//! hub with its devices, judging the expectations, and writing JUnit and HTML reports; `serve`
 //! with its control API ([`control`]), which plays the same timeline steps ([`service_steps`]) over
-//! HTTP.
+//! HTTP; and exploring generated fault schedules ([`explore`]).
 
 pub mod control;
+pub mod explore;
 pub mod input;
 pub mod junit;
 pub mod output;

@@ -1,6 +1,6 @@
 //! The `fakehub` command.
 
-use fakehub_scenario::{junit, report, runner, scenario, serve};
+use fakehub_scenario::{explore, junit, report, runner, scenario, serve};
 use fakehub_scenario::{say, say_part, tell};
 
 use std::path::{Path, PathBuf};
@@ -37,6 +37,30 @@ enum Command {
         /// catch it.
         #[arg(long = "sample-bug")]
         sample_bugs: Vec<String>,
+    },
+    /// Generate fault schedules for a scenario's hub, devices and expectations, run each, stop at
+    /// the first that breaks an expectation, shrink it to a minimal one and write it as
+    /// DIR/<name>-minimal.yaml: exit 1 when one was found (its path is printed), 0 when none broke
+    /// anything within the runs or budget, 2 for bad input or when interrupted first.
+    Explore {
+        /// The scenario file (its timeline, if any, is replaced by the generated ones).
+        scenario: PathBuf,
+        /// At most this many schedules.
+        #[arg(long, default_value_t = 200)]
+        runs: usize,
+        /// The seed schedules are drawn from (default: the scenario's, else a new one, printed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// At most this much wall time for the search, e.g. `30s`, `10m`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        budget: Option<std::time::Duration>,
+        /// Give every sample device this bug (repeatable); a schedule then counts only when the
+        /// well-behaved device passes the rule the bug breaks.
+        #[arg(long = "sample-bug")]
+        sample_bugs: Vec<String>,
+        /// Where the minimal scenario is written.
+        #[arg(long, default_value = "fakehub-out/explore")]
+        out: PathBuf,
     },
     /// Check scenario files without running them.
     Validate {
@@ -108,6 +132,36 @@ fn main() -> ExitCode {
     // Every connection and device process costs descriptors: use all the system allows.
     if let Err(e) = fakehub::descriptors::raise_limit() {
         tracing::debug!(error = %e, "the descriptor limit could not be raised");
+    }
+    if let Command::Explore {
+        scenario,
+        runs,
+        seed,
+        budget,
+        sample_bugs,
+        out,
+    } = cli.command
+    {
+        for b in &sample_bugs {
+            if let Err(e) = b.parse::<sample_device::Bug>() {
+                tell!("fakehub: --sample-bug: {e}");
+                return ExitCode::from(2);
+            }
+        }
+        let args = ExploreArgs {
+            runs,
+            seed,
+            budget,
+            sample_bugs,
+            out,
+        };
+        return match explore_command(&scenario, args) {
+            Ok(code) => code,
+            Err(e) => {
+                tell!("fakehub: {}", fakehub_scenario::output::describe(&e));
+                ExitCode::from(2)
+            }
+        };
     }
     // Each scenario runs on a runtime of its own, chosen by how its devices keep time.
     if let Command::Run {
@@ -181,7 +235,9 @@ fn main() -> ExitCode {
                 }
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Run { .. } | Command::SampleDevice { .. } => Ok(ExitCode::SUCCESS),
+            Command::Run { .. } | Command::Explore { .. } | Command::SampleDevice { .. } => {
+                Ok(ExitCode::SUCCESS)
+            }
         }
     });
     match result {
@@ -266,6 +322,138 @@ fn run(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `fakehub explore`'s options.
+struct ExploreArgs {
+    runs: usize,
+    seed: Option<u64>,
+    budget: Option<std::time::Duration>,
+    sample_bugs: Vec<String>,
+    out: PathBuf,
+}
+
+/// A token SIGINT, SIGTERM and SIGHUP cancel, for the whole exploration (each run's runtime is
+/// short-lived; this listener outlives them).
+fn stop_on_signals() -> anyhow::Result<tokio_util::sync::CancellationToken> {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let token = stop.clone();
+    // Signal handlers are registered before this returns, so no signal is missed.
+    let (ready, registered) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("fakehub-signals".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listening = tokio::spawn(fakehub::shutdown_signal());
+                tokio::task::yield_now().await;
+                let _ = ready.send(());
+                let _ = listening.await;
+                token.cancel();
+            })
+        })?;
+    let _ = registered.recv();
+    Ok(stop)
+}
+
+/// `fakehub explore`: search, shrink, write; the exit status.
+fn explore_command(path: &Path, args: ExploreArgs) -> anyhow::Result<ExitCode> {
+    let base = scenario::load(path)?;
+    if !base.timeline.is_empty() {
+        tell!(
+            "fakehub: explore replaces the {} timeline steps of {} with generated schedules",
+            base.timeline.len(),
+            path.display()
+        );
+    }
+    if base.expect.is_empty() {
+        anyhow::bail!(
+            "{}: no expectations to break (explore looks for a schedule that fails one)",
+            path.display()
+        );
+    }
+    let seed = args.seed.or(base.seed).unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() ^ u64::from(d.subsec_nanos()))
+            .unwrap_or(1)
+    });
+    let regime = runner::Regime::of(&base);
+    tell!(
+        "fakehub: exploring '{}' with seed {seed}: up to {} schedules{}, {}",
+        base.name,
+        args.runs,
+        args.budget
+            .map(|b| format!(" or {}", humantime::format_duration(b)))
+            .unwrap_or_default(),
+        regime.describe()
+    );
+    let opts = explore::Options {
+        runs: args.runs,
+        seed,
+        budget: args.budget,
+        sample_bugs: args.sample_bugs.clone(),
+        scratch: Some(args.out.join("runs")),
+        stop: Some(stop_on_signals()?),
+        ..Default::default()
+    };
+    let mut terminal = explore::progress::Terminal::default();
+    let started = std::time::Instant::now();
+    let report = explore::explore(&base, &opts, &mut |e| terminal.show(e))?;
+    terminal.finish();
+    let _ = std::fs::remove_dir(args.out.join("runs"));
+    let rate = report.runs as f64 / report.search_time.as_secs_f64().max(1e-9);
+    let tried = format!(
+        "{} schedules, {} of virtual time, in {:.1}s ({rate:.1} schedules/s)",
+        report.runs,
+        explore::progress::fmt_duration(report.virtual_time),
+        report.search_time.as_secs_f64()
+    );
+    if !report.rejected.is_empty() {
+        say!(
+            "{} schedules broke a rule the well-behaved sample device breaks too (not counted)",
+            report.rejected.len()
+        );
+    }
+    let Some(found) = report.found else {
+        say!("no failure: {tried}");
+        return Ok(if report.interrupted {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        });
+    };
+    say!(
+        "schedule {} broke {} after {tried}",
+        found.index, found.target.expectation
+    );
+    say!(
+        "shrunk from {} steps to {} in {} runs ({:.1}s){}; total {:.1}s",
+        found.original.timeline.len(),
+        found.minimal.timeline.len(),
+        found.shrink_runs,
+        found.shrink_time.as_secs_f64(),
+        if report.interrupted {
+            " — interrupted: written as far as it got"
+        } else {
+            ""
+        },
+        started.elapsed().as_secs_f64()
+    );
+    say!("{}", found.target.verdict);
+    let provenance = explore::write::Provenance {
+        source: path.display().to_string(),
+        seed,
+        index: found.index,
+        steps_before: found.original.timeline.len(),
+        shrink_runs: found.shrink_runs,
+        sample_bugs: args.sample_bugs,
+    };
+    let written = explore::write_minimal(&args.out, &base, &found, &provenance)?;
+    say!("{}", written.display());
+    Ok(ExitCode::from(1))
 }
 
 /// Print located import errors; the exit status for bad input.

@@ -37,6 +37,8 @@ pub struct Outcome {
     pub verdicts: Vec<(String, Verdict)>,
     pub interrupted: bool,
     pub regime: Regime,
+    /// The virtual time the run took, from the hub's start to its end.
+    pub virtual_time: Duration,
 }
 
 impl Outcome {
@@ -46,7 +48,12 @@ impl Outcome {
 
     /// Some verdict failed (a rule was judged and broken).
     pub fn failed(&self) -> bool {
-        self.verdicts.iter().any(|(_, v)| v.judged && !v.passed)
+        self.failures().next().is_some()
+    }
+
+    /// The verdicts that failed (judged and broken), with their expectations' YAML entries.
+    pub fn failures(&self) -> impl Iterator<Item = &(String, Verdict)> {
+        self.verdicts.iter().filter(|(_, v)| v.judged && !v.passed)
     }
 
     /// `INTERRUPTED`, `FAIL`, `PASS`, or `CANNOT JUDGE` (nothing failed, but some rule could not
@@ -120,10 +127,50 @@ const CONNECT_LIMIT: Duration = Duration::from_secs(60);
 /// …and at least this much real time when devices are processes.
 const CONNECT_LIMIT_REAL: Duration = Duration::from_secs(30);
 
-/// Run one scenario, writing into `out`, on a runtime of its own. SIGINT, SIGTERM and SIGHUP stop it
-/// (what was seen is still judged and written; the outcome says it was interrupted).
+/// How a run is carried out, besides its scenario and options.
+#[derive(Debug, Clone, Default)]
+pub struct Execution<'a> {
+    /// Where the hub, the time driver and device processes write their files (ca.pem,
+    /// events.jsonl, connections.jsonl, devices/, clock). `None`: nothing is written, which only
+    /// runs whose devices are all in-process can do.
+    pub out: Option<&'a Path>,
+    /// Print what happens (each step, the service side's errors, the time driver's figures) on
+    /// stderr.
+    pub narrate: bool,
+    /// Stops the run when cancelled (what was seen is still judged). `None`: SIGINT, SIGTERM and
+    /// SIGHUP do.
+    pub stop: Option<CancellationToken>,
+}
+
+/// Run one scenario, writing into `out`, on a runtime of its own, telling what happens on stderr.
+/// SIGINT, SIGTERM and SIGHUP stop it (what was seen is still judged and written; the outcome says
+/// it was interrupted).
 pub fn run(scenario: &Scenario, out: &Path, opts: &RunOptions) -> anyhow::Result<Outcome> {
+    execute(
+        scenario,
+        opts,
+        &Execution {
+            out: Some(out),
+            narrate: true,
+            stop: None,
+        },
+    )
+}
+
+/// Run one scenario on a runtime of its own, the way `how` says: what `fakehub run` does, and
+/// what exploring does many times over without writing or saying anything.
+pub fn execute(
+    scenario: &Scenario,
+    opts: &RunOptions,
+    how: &Execution<'_>,
+) -> anyhow::Result<Outcome> {
     let regime = Regime::of(scenario);
+    if how.out.is_none() && regime != Regime::Simulated {
+        anyhow::bail!(
+            "scenario '{}': device processes need a directory for the CA file and their logs",
+            scenario.name
+        );
+    }
     let threads = ThreadSet::default();
     let runtime = match regime {
         Regime::Simulated => tokio::runtime::Builder::new_current_thread()
@@ -142,7 +189,7 @@ pub fn run(scenario: &Scenario, out: &Path, opts: &RunOptions) -> anyhow::Result
     };
     // The thread that drives the run's top-level future is one of the hub's too.
     threads.register_current();
-    let outcome = runtime.block_on(run_in(regime, scenario, out, opts, threads));
+    let outcome = runtime.block_on(run_in(regime, scenario, opts, how, threads));
     runtime.shutdown_timeout(Duration::from_secs(2));
     outcome
 }
@@ -163,15 +210,24 @@ fn stop_on_signals(stop: CancellationToken) {
 async fn run_in(
     regime: Regime,
     scenario: &Scenario,
-    out: &Path,
     opts: &RunOptions,
+    how: &Execution<'_>,
     threads: ThreadSet,
 ) -> anyhow::Result<Outcome> {
-    std::fs::create_dir_all(out.join("devices"))?;
-    let stop = CancellationToken::new();
-    stop_on_signals(stop.clone());
+    let stop = match &how.stop {
+        Some(s) => s.clone(),
+        None => {
+            let s = CancellationToken::new();
+            stop_on_signals(s.clone());
+            s
+        }
+    };
     let seed = opts.seed.or(scenario.seed).unwrap_or(0);
-    let mut builder = Hub::builder().seed(seed).out_dir(out);
+    let mut builder = Hub::builder().seed(seed);
+    if let Some(out) = how.out {
+        std::fs::create_dir_all(out.join("devices"))?;
+        builder = builder.out_dir(out);
+    }
     if let Some(h) = &scenario.hub.host_name {
         builder = builder.host_name(h.clone());
     }
@@ -193,6 +249,8 @@ async fn run_in(
         }
     }
     let hub = Arc::new(builder.build()?.start().await?);
+    // Only device processes need the directory (checked in `execute`).
+    let out = how.out.map(Path::to_owned).unwrap_or_default();
     let time = match regime {
         Regime::Processes => Some(ProcessTime::start(
             hub.clock(),
@@ -201,23 +259,26 @@ async fn run_in(
         )?),
         Regime::Simulated | Regime::RealTime => None,
     };
-    tell!(
-        "fakehub: scenario '{}' — hub on {}, {}; output in {}",
-        scenario.name,
-        hub.local_addr(),
-        regime.describe(),
-        out.display()
-    );
-    if let Some(d) = &scenario.description {
-        tell!("  {}", d.trim());
+    if how.narrate {
+        tell!(
+            "fakehub: scenario '{}' — hub on {}, {}; output in {}",
+            scenario.name,
+            hub.local_addr(),
+            regime.describe(),
+            out.display()
+        );
+        if let Some(d) = &scenario.description {
+            tell!("  {}", d.trim());
+        }
     }
     let mut rig = Rig {
         hub: hub.clone(),
-        out: out.to_owned(),
+        out,
         devices: BTreeMap::new(),
         regime,
         time,
         sample_bugs: opts.sample_bugs.clone(),
+        narrate: how.narrate,
     };
     for (i, spec) in scenario.devices.iter().enumerate() {
         for (j, id) in spec.ids().into_iter().enumerate() {
@@ -246,7 +307,7 @@ async fn run_in(
         if interrupted {
             break;
         }
-        progress(&hub, &step.describe());
+        rig.say(&step.describe());
         tokio::select! {
             biased;
             r = rig.step(step) => r?,
@@ -254,10 +315,10 @@ async fn run_in(
         }
         interrupted = stop.is_cancelled();
     }
-    if interrupted {
+    if interrupted && how.narrate {
         tell!("fakehub: interrupted; stopping the devices and writing what was seen");
     }
-    progress(&hub, "stopping the devices");
+    rig.say("stopping the devices");
     hub.events()
         .emit(&Subject::default(), EventKind::TimelineEnded);
     rig.stop_all().await;
@@ -275,7 +336,8 @@ async fn run_in(
         .collect();
     if let Some(time) = rig.time.take() {
         let r = time.stop();
-        tell!(
+        if how.narrate {
+            tell!(
             "fakehub: the time driver skipped {} of idle time in {} skips and sent {} wake signals ({} busy looks, {:?} looking)",
             humantime::format_duration(Duration::from_millis(
                 u64::try_from(r.skipped.as_millis()).unwrap_or(u64::MAX)
@@ -285,7 +347,9 @@ async fn run_in(
             r.busy_looks,
             r.looking
         );
+        }
     }
+    let virtual_time = hub.clock().elapsed();
     drop(rig);
     match Arc::try_unwrap(hub) {
         Ok(h) => h.shutdown().await?,
@@ -295,6 +359,7 @@ async fn run_in(
         verdicts,
         interrupted,
         regime,
+        virtual_time,
     })
 }
 
@@ -355,6 +420,8 @@ struct Rig {
     time: Option<ProcessTime>,
     /// `--sample-bug`s, also given to bundled sample-device processes.
     sample_bugs: Vec<String>,
+    /// Tell what happens on stderr.
+    narrate: bool,
 }
 
 fn device_subject(id: &str) -> Subject {
@@ -366,6 +433,13 @@ fn device_subject(id: &str) -> Subject {
 }
 
 impl Rig {
+    /// A line of progress, stamped with the virtual time (when the run narrates).
+    fn say(&self, what: &str) {
+        if self.narrate {
+            progress(&self.hub, what);
+        }
+    }
+
     fn start_device(
         &mut self,
         spec: &DeviceSpec,
@@ -581,7 +655,7 @@ impl Rig {
             Step::Fault(_) | Step::C2d(_) | Step::Desired(_) | Step::Method(_) => {
                 if let Some(applied) = crate::service_steps::apply(&self.hub, step).await {
                     if matches!(applied, Applied::Method { .. } | Applied::Refused { .. }) {
-                        tell!("  {}: {applied}", step.describe());
+                        self.say(&format!("  {}: {applied}", step.describe()));
                     }
                 }
             }

@@ -9,58 +9,66 @@ use std::time::Duration;
 use fakehub::faults::{Fault, Selector};
 use fakehub_assert::Expectation;
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::input::InputError;
 
 /// One scenario file.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
     /// A short name; the output directory of a multi-scenario run is named after it.
     pub name: String,
     /// What field symptom this reproduces.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "HubSettings::is_default")]
     pub hub: HubSettings,
     /// Seed for fault selection by percentage and the sample devices' jitter (`--seed` overrides).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
     pub devices: Vec<DeviceSpec>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub timeline: Vec<Step>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub expect: Vec<Expectation>,
 }
 
 /// Hub settings.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HubSettings {
     /// The IoT Hub host name (default `fakehub.azure-devices.net`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_name: Option<String>,
     /// Where to listen (default `127.0.0.1:0`; the Azure SDKs need port 8883).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub listen: Option<SocketAddr>,
     /// Time after a token's expiry before the hub drops the connection (default 5m).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(with = "Option<String>")]
     pub token_grace: Option<Duration>,
     /// The longest idle window, whatever the keep-alive (default 1767s).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(with = "Option<String>")]
     pub keepalive_cap: Option<Duration>,
     /// No longer used: time skips idle periods by itself (kept so older files get a clear error).
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     #[schemars(skip)]
     pub speed: Option<f64>,
 }
 
 /// How a device process sees time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ClockAdapter {
     /// The hub's clock (the default): the process runs under fakehub's time preload, so its wall
@@ -83,35 +91,46 @@ pub enum ClockAdapter {
 }
 
 /// A device, or a fleet of them.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceSpec {
     /// The device id (with `count`, the prefix: `id-0`, `id-1`, …).
     pub id: String,
     /// A fleet of this many identical devices.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<usize>,
     /// The command to run as the device (`sample-device` means the bundled one). Left out: the
     /// sample device runs in-process on the hub's clock.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<Vec<String>>,
     /// For `run` devices: how the process sees the hub's clock.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock: Option<ClockAdapter>,
     /// For `run` devices: environment variables for the process (the hub's own —
     /// `FAKEHUB_CONNECTION_STRING`, `FAKEHUB_CA_FILE` and the time preload's — are set after these).
     #[serde(default)]
     pub env: std::collections::BTreeMap<String, String>,
     /// For in-process sample devices: behaviours to get wrong (`no-token-renewal`, …).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bugs: Vec<String>,
     /// For in-process sample devices: seconds between telemetry messages (default 60s).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(with = "Option<String>")]
     pub telemetry_interval: Option<Duration>,
     /// For in-process sample devices: the MQTT keep-alive in seconds (default 60).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_alive: Option<u16>,
+}
+
+impl HubSettings {
+    /// Nothing set: every default.
+    pub fn is_default(&self) -> bool {
+        *self == HubSettings::default()
+    }
 }
 
 impl DeviceSpec {
@@ -125,29 +144,29 @@ impl DeviceSpec {
 }
 
 /// A device named in a timeline step.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceRef {
     pub device: String,
 }
 
 /// A cloud-to-device message sent by the service side.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct C2dStep {
     pub device: String,
     /// The body (text).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub body: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_id: Option<String>,
     /// Application properties.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub properties: std::collections::BTreeMap<String, String>,
 }
 
 /// A desired-properties patch sent by the service side.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DesiredStep {
     pub device: String,
@@ -156,21 +175,25 @@ pub struct DesiredStep {
 }
 
 /// A direct method invoked by the service side; the runner waits for the answer (or the timeout).
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MethodStep {
     pub device: String,
     pub name: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub payload: serde_json::Value,
     /// How long to wait for the device (virtual elapsed time; default 30s).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(with = "Option<String>")]
     pub timeout: Option<Duration>,
 }
 
 /// One step of the timeline, in order.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Step {
     /// Let this much virtual time pass, as fast as the run can: every party's deadlines inside it

@@ -237,8 +237,15 @@ pub fn no_message_loss(log: &Log, device: &str, rule: LossRule) -> Verdict {
 }
 
 /// After every reconnect that found no session (`sessionPresent=0`), the device subscribes again
-/// to everything it had subscribed to, within `within`.
+/// to everything it had subscribed to, within `within`. A connection on which the hub never
+/// answered anything (inside a blackhole or half-open fault, which swallow the device's
+/// SUBSCRIBE, or closed before any exchange) is not judged: no device could show it resubscribed.
 pub fn resubscribes(log: &Log, device: &str, within: Duration) -> Verdict {
+    let exchanged: BTreeSet<u64> = super::connections(log, device)
+        .into_iter()
+        .filter(|c| c.first_exchange.is_some())
+        .map(|c| c.conn)
+        .collect();
     let mut known: BTreeSet<String> = BTreeSet::new();
     let mut checked = 0;
     let events: Vec<&std::sync::Arc<Event>> = log.of_device(device).collect();
@@ -251,7 +258,7 @@ pub fn resubscribes(log: &Log, device: &str, within: Duration) -> Verdict {
                 code: 0,
                 session_present: false,
                 ..
-            } if !known.is_empty() => {
+            } if !known.is_empty() && e.conn.is_some_and(|c| exchanged.contains(&c)) => {
                 checked += 1;
                 let conn = e.conn;
                 let mut again: BTreeSet<String> = BTreeSet::new();

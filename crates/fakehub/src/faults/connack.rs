@@ -24,7 +24,7 @@ pub enum Connack {
     /// Answer with this return code (1–5): 3 → record 500001, 4/5 → 401003, unless `result` says.
     Refuse {
         code: u8,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         #[schemars(with = "Option<u32>")]
         result: Option<ResultCode>,
     },

@@ -142,7 +142,11 @@ pub struct Fault {
     pub devices: Selector,
     /// Ends by itself after this long (virtual wall time).
     #[schemars(with = "Option<String>")]
-    #[serde(default, with = "humantime_serde")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub duration: Option<Duration>,
 }
 

@@ -43,13 +43,13 @@ impl FaultUnit for DropPingresp {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DropPuback {
     /// Only the nth PUBACK (1-based) of each selected device after the fault starts.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nth: Option<u32>,
     /// Only PUBACKs for publishes whose topic contains this text.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic: Option<String>,
     /// At most this many per device.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u32>,
 }
 
