@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 
-use super::records;
+use super::{dps_records, records};
 use super::{Event, EventKind, Stamp, Subject};
 use crate::clock::VirtualClock;
 
@@ -15,6 +15,7 @@ use crate::clock::VirtualClock;
 struct Sinks {
     events: Option<Box<dyn Write + Send>>,
     records: Option<(Box<dyn Write + Send>, records::RecordDeriver)>,
+    dps: Option<(Box<dyn Write + Send>, dps_records::DpsRecordDeriver)>,
 }
 
 struct LogState {
@@ -24,16 +25,21 @@ struct LogState {
     write_error: Option<(std::io::ErrorKind, String)>,
 }
 
-/// The event log of one hub. Cheap to clone.
+/// The event log of one hub (or of several hubs of one run, each writing through a handle tagged
+/// with its name). Cheap to clone.
 #[derive(Clone)]
 pub struct EventLog {
     inner: Arc<LogInner>,
+    /// Stamped on every event written through this handle.
+    hub: Option<Arc<str>>,
 }
 
 struct LogInner {
     clock: VirtualClock,
     state: Mutex<LogState>,
     appended: Notify,
+    /// Connection ids, unique across every hub writing this log.
+    next_conn: std::sync::atomic::AtomicU64,
 }
 
 impl EventLog {
@@ -46,12 +52,36 @@ impl EventLog {
                     sinks: Sinks {
                         events: None,
                         records: None,
+                        dps: None,
                     },
                     write_error: None,
                 }),
                 appended: Notify::new(),
+                next_conn: std::sync::atomic::AtomicU64::new(1),
             }),
+            hub: None,
         }
+    }
+
+    /// The same log, written through a handle that stamps `hub` on every event (several hubs of
+    /// one run share a log this way).
+    pub fn tagged(&self, hub: &str) -> EventLog {
+        EventLog {
+            inner: self.inner.clone(),
+            hub: Some(Arc::from(hub)),
+        }
+    }
+
+    /// The clock the log stamps events with.
+    pub fn clock(&self) -> &VirtualClock {
+        &self.inner.clock
+    }
+
+    /// A new connection id (unique in this log, whichever hub asks).
+    pub fn next_conn(&self) -> u64 {
+        self.inner
+            .next_conn
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, LogState> {
@@ -68,6 +98,11 @@ impl EventLog {
         let mut s = self.lock();
         s.sinks.events = Some(events);
         s.sinks.records = Some((records, records::RecordDeriver::new(context)));
+    }
+
+    /// Also write the Device Provisioning Service's diagnostic records derived from the events.
+    pub fn write_dps_to(&self, records: Box<dyn Write + Send>, context: dps_records::DpsContext) {
+        self.lock().sinks.dps = Some((records, dps_records::DpsRecordDeriver::new(context)));
     }
 
     /// Append an event stamped with the clock's current readings.
@@ -104,6 +139,7 @@ impl EventLog {
             conn: subject.conn,
             device: subject.device.clone(),
             module: subject.module.clone(),
+            hub: self.hub.as_deref().map(str::to_owned),
             kind,
         });
         s.events.push(event.clone());
@@ -142,14 +178,15 @@ impl EventLog {
     /// Flush the output files. Returns the first write error seen, if any.
     pub fn flush(&self) -> std::io::Result<()> {
         let mut s = self.lock();
-        if let Some(w) = s.sinks.events.as_mut() {
+        let state = &mut *s;
+        let writers = [
+            state.sinks.events.as_mut(),
+            state.sinks.records.as_mut().map(|(w, _)| w),
+            state.sinks.dps.as_mut().map(|(w, _)| w),
+        ];
+        for w in writers.into_iter().flatten() {
             if let Err(e) = w.flush() {
-                s.write_error.get_or_insert((e.kind(), e.to_string()));
-            }
-        }
-        if let Some((w, _)) = s.sinks.records.as_mut() {
-            if let Err(e) = w.flush() {
-                s.write_error.get_or_insert((e.kind(), e.to_string()));
+                state.write_error.get_or_insert((e.kind(), e.to_string()));
             }
         }
         match &s.write_error {
@@ -168,14 +205,25 @@ fn write_sinks(sinks: &mut Sinks, event: &Event) -> std::io::Result<()> {
         w.flush()?;
     }
     if let Some((w, deriver)) = sinks.records.as_mut() {
-        let records = deriver.push(event);
-        for record in &records {
-            serde_json::to_writer(&mut *w, record)?;
-            w.write_all(b"\n")?;
-        }
-        if !records.is_empty() {
-            w.flush()?;
-        }
+        write_lines(w, &deriver.push(event))?;
+    }
+    if let Some((w, deriver)) = sinks.dps.as_mut() {
+        write_lines(w, &deriver.push(event))?;
+    }
+    Ok(())
+}
+
+/// Write derived records, one JSON object a line, flushed when there were any.
+fn write_lines<T: serde::Serialize>(
+    w: &mut Box<dyn Write + Send>,
+    items: &[T],
+) -> std::io::Result<()> {
+    for item in items {
+        serde_json::to_writer(&mut **w, item)?;
+        w.write_all(b"\n")?;
+    }
+    if !items.is_empty() {
+        w.flush()?;
     }
     Ok(())
 }

@@ -14,6 +14,8 @@ use tokio_rustls::TlsAcceptor;
 use fakehub_protocol::transport::{memory_network, MemoryConnector};
 
 use crate::clock::VirtualClock;
+use crate::dps::{Dps, LinkedHub};
+use crate::events::dps_records::{self, DpsContext, DpsRecord};
 use crate::events::records::{self, ConnectionRecord, RecordContext};
 use crate::events::{CloseCause, EventKind, EventLog, EventStream, Subject};
 use crate::frontdoor;
@@ -66,6 +68,8 @@ pub struct HubBuilder {
     memory_tls: bool,
     memory_rtt: Duration,
     seed: u64,
+    dps: Option<Dps>,
+    events: Option<EventLog>,
 }
 
 impl Default for HubBuilder {
@@ -92,7 +96,25 @@ impl HubBuilder {
             memory_tls: true,
             memory_rtt: Duration::from_millis(20),
             seed: 0,
+            dps: None,
+            events: None,
         }
+    }
+
+    /// Serve this provisioning service on the hub's listener (a CONNECT with a DPS username is a
+    /// provisioning connection), and link the hub to it: DPS may assign devices here, under the
+    /// name [`HubHandle::device_host`] (which the hub then also answers to).
+    pub fn dps(mut self, dps: Dps) -> Self {
+        self.dps = Some(dps);
+        self
+    }
+
+    /// Write into this event log (and keep its clock) instead of a log of the hub's own, every
+    /// event tagged with the hub's host name: how the hubs of one run share one log. The hub
+    /// given [`Self::out_dir`] writes the log's files.
+    pub fn event_log(mut self, log: EventLog) -> Self {
+        self.events = Some(log);
+        self
     }
 
     /// The run's seed: faults that pick a percentage of devices draw them with it.
@@ -341,8 +363,13 @@ impl Hub {
             builder: b,
             mut certificates,
         } = self;
-        let clock = b.clock.unwrap_or_default();
-        let events = EventLog::new(clock.clone());
+        let (clock, events) = match &b.events {
+            Some(log) => (log.clock().clone(), log.tagged(&b.host_name)),
+            None => {
+                let clock = b.clock.clone().unwrap_or_default();
+                (clock.clone(), EventLog::new(clock))
+            }
+        };
         let context = RecordContext::for_host(&b.host_name);
         if let Some(dir) = &b.out_dir {
             std::fs::create_dir_all(dir).map_err(|source| HubError::Output {
@@ -359,6 +386,12 @@ impl Hub {
                 Box::new(output_file(dir, "connections.jsonl")?),
                 context.clone(),
             );
+            if let Some(dps) = &b.dps {
+                events.write_dps_to(
+                    Box::new(output_file(dir, "dps.jsonl")?),
+                    DpsContext::for_service(dps.name()),
+                );
+            }
         }
         let listener = bind(&b.listen)?;
         let local_addr = listener.local_addr().map_err(|source| HubError::Bind {
@@ -371,8 +404,15 @@ impl Hub {
             certificates.reissue_server(&b.host_name, &[ip.to_string()])?;
         }
         let tls = TlsAcceptor::from(certificates.server_config()?);
+        let device_host = device_host(local_addr, &b.host_name);
+        let aliases = if b.dps.is_some() && !device_host.eq_ignore_ascii_case(&b.host_name) {
+            vec![device_host.clone()]
+        } else {
+            Vec::new()
+        };
         let config = FrontDoorConfig {
             host_name: b.host_name.clone(),
+            aliases,
             token_grace: b.token_grace,
             keepalive_cap: b.keepalive_cap,
             tls_handshake_timeout: b.tls_handshake_timeout,
@@ -390,7 +430,21 @@ impl Hub {
             events.clone(),
             tls,
             b.seed,
+            b.dps.clone(),
         ));
+        if let Some(dps) = &b.dps {
+            dps.link(
+                LinkedHub {
+                    name: b.host_name.clone(),
+                    address: device_host.clone(),
+                    registry: shared.registry.clone(),
+                    faults: shared.faults.clone(),
+                    sessions: shared.sessions.clone(),
+                    services: shared.services.clone(),
+                },
+                certificates.ca_der(),
+            );
+        }
         events.emit(
             &Subject::default(),
             EventKind::HubStarted {
@@ -409,8 +463,30 @@ impl Hub {
             local_addr,
             certificates: Arc::new(certificates),
             context,
+            device_host,
             accept: Some(accept),
         })
+    }
+}
+
+/// The host name a device reaches a hub by, on port 8883, without a gateway: `localhost` when it
+/// listens on 127.0.0.1:8883 (or every address), its address when it listens on 8883 of another
+/// (`127.x.y.z`, in its certificate), and its host name otherwise (in-memory devices route by name;
+/// anything else needs DNS).
+fn device_host(local_addr: SocketAddr, host_name: &str) -> String {
+    match local_addr.port() {
+        8883 => address_name(local_addr.ip()),
+        _ => host_name.to_owned(),
+    }
+}
+
+/// How devices name the address a hub listens on: `localhost` where that reaches it (it resolves
+/// to 127.0.0.1), the address itself elsewhere (it is in the server certificate).
+fn address_name(ip: std::net::IpAddr) -> String {
+    if ip.is_unspecified() || ip == std::net::IpAddr::from([127, 0, 0, 1]) {
+        "localhost".to_owned()
+    } else {
+        ip.to_string()
     }
 }
 
@@ -421,6 +497,7 @@ pub struct HubHandle {
     local_addr: SocketAddr,
     certificates: Arc<HubCertificates>,
     context: RecordContext,
+    device_host: String,
     accept: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -450,6 +527,30 @@ impl HubHandle {
         &self.shared.clock
     }
 
+    /// The host name a device reaches this hub by on port 8883 without a gateway, and the
+    /// `assignedHub` the provisioning service gives out for it: `localhost` or the hub's own
+    /// loopback address when it listens on 8883, else its host name.
+    pub fn device_host(&self) -> &str {
+        &self.device_host
+    }
+
+    /// The provisioning service this hub serves and is linked to, if any.
+    pub fn dps(&self) -> Option<&Dps> {
+        self.shared.dps.as_ref()
+    }
+
+    /// The provisioning service's diagnostic records so far (`DeviceOperations`), when it has one.
+    pub fn dps_records(&self) -> Vec<DpsRecord> {
+        let Some(dps) = self.dps() else {
+            return Vec::new();
+        };
+        let events = self.shared.events.snapshot();
+        dps_records::derive_all(
+            DpsContext::for_service(dps.name()),
+            events.iter().map(|e| e.as_ref()),
+        )
+    }
+
     /// The identity registry (shared with the running hub).
     pub fn registry(&self) -> &Registry {
         &self.shared.registry
@@ -458,14 +559,7 @@ impl HubHandle {
     /// `GatewayHostName` for connection strings: `localhost` on loopback, with `:port` unless the hub
     /// listens on 8883 (the port every Azure SDK hard-codes).
     pub fn gateway_host(&self) -> String {
-        let ip = self.local_addr.ip();
-        // `localhost` where it reaches the hub (it resolves to 127.0.0.1); the address itself
-        // elsewhere (it is in the server certificate).
-        let host = if ip.is_unspecified() || ip == std::net::IpAddr::from([127, 0, 0, 1]) {
-            "localhost".to_owned()
-        } else {
-            ip.to_string()
-        };
+        let host = address_name(self.local_addr.ip());
         match self.local_addr.port() {
             8883 => host,
             port => format!("{host}:{port}"),
@@ -581,6 +675,9 @@ impl HubHandle {
     }
 
     async fn stop(&mut self) -> Result<(), HubError> {
+        if let Some(dps) = &self.shared.dps {
+            dps.unlink(&self.shared.config.host_name);
+        }
         self.shared.shutdown.cancel();
         if let Some(accept) = self.accept.take() {
             let _ = accept.await;
@@ -597,6 +694,9 @@ impl HubHandle {
 
 impl Drop for HubHandle {
     fn drop(&mut self) {
+        if let Some(dps) = &self.shared.dps {
+            dps.unlink(&self.shared.config.host_name);
+        }
         self.shared.shutdown.cancel();
         if let Some(accept) = self.accept.take() {
             accept.abort();
