@@ -482,18 +482,28 @@ mod tests {
         let cas = [hub.ca_der()];
         let cert = hub.issue_device_certificate("cam-1").unwrap();
         let a = e
-            .attest_x509("cam-1", &[cert.cert_der.clone()], &cas, SystemTime::now())
+            .attest_x509(
+                "cam-1",
+                std::slice::from_ref(&cert.cert_der),
+                &cas,
+                SystemTime::now(),
+            )
             .unwrap();
         assert_eq!(a.enrollment, EnrollmentRef::Group("certs".into()));
         assert!(a.keys.is_none());
         assert!(e
-            .attest_x509("cam-2", &[cert.cert_der.clone()], &cas, SystemTime::now())
+            .attest_x509(
+                "cam-2",
+                std::slice::from_ref(&cert.cert_der),
+                &cas,
+                SystemTime::now()
+            )
             .is_err());
         let stranger = crate::tls::DeviceCertificate::self_signed("cam-1").unwrap();
         assert!(e
             .attest_x509(
                 "cam-1",
-                &[stranger.cert_der.clone()],
+                std::slice::from_ref(&stranger.cert_der),
                 &cas,
                 SystemTime::now()
             )

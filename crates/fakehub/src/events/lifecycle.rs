@@ -38,6 +38,8 @@ pub struct Connect {
     pub auth: AuthKind,
     pub sdk: Option<String>,
     pub token_expiry: Option<SystemTime>,
+    /// The hub it came to, when several hubs write the log.
+    pub hub: Option<String>,
 }
 
 /// How the hub answered it.
@@ -206,6 +208,7 @@ impl Lifecycle {
                     auth: *auth,
                     sdk: sdk.clone(),
                     token_expiry: *token_expiry,
+                    hub: e.hub.clone(),
                 });
             }
             EventKind::Connack {
