@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fakehub::{Hub, HubBuilder, SymmetricKeys};
+use fakehub::{Dps, DpsConfig, Hub, HubBuilder, HubHandle, SymmetricKeys};
 use serde::Deserialize;
 
 use crate::input::{self, InputError};
@@ -36,6 +36,10 @@ pub struct ServeConfig {
     pub devices: Vec<DeviceConfig>,
     #[serde(default)]
     pub policies: Vec<PolicyConfig>,
+    /// A Device Provisioning Service served on the hub's listener (devices then need no
+    /// connection string: `OUT/dps.json` says where to register, with which scope and keys).
+    #[serde(default)]
+    pub dps: Option<DpsConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,6 +83,14 @@ impl ServeConfig {
     /// Read and check a config file; errors name the file, line and column.
     pub fn load(path: &Path) -> Result<ServeConfig, InputError> {
         let config: ServeConfig = input::read_yaml(path)?;
+        if let Some(dps) = &config.dps {
+            fakehub::dps::Enrollments::new(&dps.individual, &dps.groups).map_err(|e| {
+                InputError::Invalid {
+                    path: path.to_owned(),
+                    message: format!("dps: {e}"),
+                }
+            })?;
+        }
         for d in &config.devices {
             for key in d.primary_key.iter().chain(d.secondary_key.iter()) {
                 if fakehub::sas::mint("check", key, None, std::time::UNIX_EPOCH).is_err() {
@@ -92,11 +104,14 @@ impl ServeConfig {
         Ok(config)
     }
 
-    fn builder(&self) -> Result<HubBuilder, InputError> {
+    fn builder(&self, dps: Option<&Dps>) -> Result<HubBuilder, InputError> {
         let mut b = Hub::builder()
             .host_name(self.host_name.clone())
             .listen(self.listen)
             .out_dir(self.out.clone());
+        if let Some(dps) = dps {
+            b = b.dps(dps.clone());
+        }
         if let Some(g) = self.token_grace {
             b = b.token_grace(g);
         }
@@ -145,7 +160,12 @@ impl ServeConfig {
 
 /// Run the hub until a signal arrives.
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
-    let hub = config.builder()?.build()?.start().await?;
+    let dps = config
+        .dps
+        .as_ref()
+        .map(|c| Dps::new(c, 0))
+        .transpose()?;
+    let hub = config.builder(dps.as_ref())?.build()?.start().await?;
     // Connection strings carry keys: they go to a file in the output directory, never to the terminal.
     let mut strings = String::new();
     for d in &config.devices {
@@ -162,6 +182,16 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     }
     let strings_path = config.out.join("connection-strings.txt");
     write_private(&strings_path, &strings)?;
+    if let Some(dps) = &dps {
+        let path = config.out.join("dps.json");
+        write_private(&path, &provisioning_sheet(&hub, dps))?;
+        eprintln!(
+            "fakehub: provisioning service (ID scope {}) on the same listener: register at {}; scope and keys in {}",
+            dps.id_scope(),
+            hub.gateway_host(),
+            path.display()
+        );
+    }
     eprintln!(
         "fakehub: hub '{}' listening on {} ({} devices); CA in {}; connection strings in {}; Ctrl-C stops",
         hub.host_name(),
@@ -174,6 +204,33 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     eprintln!("fakehub: stopping; writing {}", config.out.display());
     hub.shutdown().await?;
     Ok(())
+}
+
+/// What a device needs to provision (`OUT/dps.json`; it holds keys: written 0600, never printed):
+/// where to register (the hub's listener stands in for `global.azure-devices-provisioning.net`),
+/// the ID scope, and the keys of the enrollments (a group device derives its own).
+fn provisioning_sheet(hub: &HubHandle, dps: &Dps) -> String {
+    let e = dps.enrollments();
+    let sheet = serde_json::json!({
+        "provisioning_host": hub.gateway_host(),
+        "global_endpoint": fakehub::dps::wire::GLOBAL_HOST,
+        "id_scope": dps.id_scope(),
+        "assigned_hub": hub.device_host(),
+        "individual": e.individual.iter().map(|i| serde_json::json!({
+            "registration_id": i.registration_id,
+            "primary_key": i.primary_key,
+            "secondary_key": i.secondary_key,
+            "x509": i.x509,
+        })).collect::<Vec<_>>(),
+        "groups": e.groups.iter().map(|g| serde_json::json!({
+            "name": g.name,
+            "primary_key": g.primary_key,
+            "secondary_key": g.secondary_key,
+            "x509": g.x509,
+        })).collect::<Vec<_>>(),
+        "group_device_key": "base64(HMAC-SHA256(key = base64-decoded group key, message = registration id))",
+    });
+    serde_json::to_string_pretty(&sheet).unwrap_or_default()
 }
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {

@@ -61,7 +61,7 @@ fn steps(log: &Log, device: &str) -> Vec<Step> {
                 status,
                 retry_after,
                 registration,
-                hub,
+                hub_name: hub,
                 message,
                 ..
             } => out.push((

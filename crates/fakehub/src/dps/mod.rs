@@ -32,6 +32,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio_rustls::rustls::pki_types::CertificateDer;
 
+/// The service's MQTT dialect (topics, bodies, group key derivation), from the protocol crate.
+pub use fakehub_protocol::dps as wire;
+
 pub use allocation::Allocation;
 pub use enrollment::{
     Attested, EnrollmentError, EnrollmentRef, Enrollments, GroupEnrollment, IndividualEnrollment,

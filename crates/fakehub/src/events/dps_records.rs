@@ -249,7 +249,7 @@ mod tests {
             operation_id: None,
             registration: registration.map(str::to_owned),
             assigned_hub: None,
-            hub: None,
+            hub_name: None,
             device_id: None,
             substatus: None,
             error_code: (status >= 400).then_some(u32::from(status) * 1000 + 1),

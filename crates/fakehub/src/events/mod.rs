@@ -356,7 +356,7 @@ pub enum EventKind {
     },
     /// DPS's answer to a request: the status of the answer topic, its `retry-after`, and what the
     /// body says (the registration's `registration` status, the hub it was assigned — `assigned_hub`
-    /// as the device was told, `hub` the hub's name — or the error).
+    /// as the device was told, `hub_name` the hub's name — or the error).
     DpsResponse {
         op: DpsOp,
         rid: String,
@@ -370,7 +370,7 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         assigned_hub: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        hub: Option<String>,
+        hub_name: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         device_id: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -266,7 +266,7 @@ impl Session {
             operation_id: answer.operation_id.clone(),
             registration: answer.registration.clone(),
             assigned_hub: answer.assigned_hub.clone(),
-            hub: answer.hub.clone(),
+            hub_name: answer.hub.clone(),
             device_id: answer.device_id.clone(),
             substatus: answer.substatus.clone(),
             error_code: answer.error_code,
