@@ -15,6 +15,8 @@ Environment:
                                  here, as the group sample does
     FAKEHUB_CERT_FILE, FAKEHUB_KEY_FILE   with --x509: the device certificate and key
     FAKEHUB_CA_FILE              the CA to trust (for DPS and the hub alike)
+    FAKEHUB_DPS_PAYLOAD          optional JSON: the registration's provisioning_payload (e.g. an
+                                 in-band fault trigger)
 
 One JSON line per step on stdout (`registered` with the registration result, `connected`,
 `sent`, `done`); exit 0 when provisioning, connecting and sending all worked. Keys never appear
@@ -25,6 +27,7 @@ import argparse
 import base64
 import hashlib
 import hmac
+import json
 import os
 import sys
 
@@ -90,6 +93,8 @@ def main():
             provisioning = ProvisioningDeviceClient.create_from_symmetric_key(
                 provisioning_host=host, registration_id=registration_id, id_scope=scope,
                 symmetric_key=key, server_verification_cert=ca)
+        if os.environ.get("FAKEHUB_DPS_PAYLOAD"):
+            provisioning.provisioning_payload = json.loads(os.environ["FAKEHUB_DPS_PAYLOAD"])
         result = call_with_timeout(60, provisioning.register)
     except CallTimeout as exc:
         fail(EXIT_TIMEOUT, type="Timeout", during="register", message=str(exc))

@@ -264,6 +264,35 @@ async fn the_python_sdk_provisions_individually_by_group_and_with_x509() {
     println!("{verdict}");
     assert!(verdict.judged && verdict.passed, "{verdict}");
     fakehub_assert::provisions(&log, "py-dev-01", Duration::from_secs(30)).assert();
+    // A finding the rule shows: Python ignores the `retry-after` of the register's 202 (it polls
+    // after 2 s, asked for 3 s); judged with `polling: true`, the SDK fails.
+    let polling =
+        fakehub_assert::honours_retry_after(&log, "py-solo", true, Duration::from_millis(100));
+    println!("{polling}");
+    assert!(polling.judged && !polling.passed, "{polling}");
+    // The in-band dialect from the SDK's own provisioning payload: throttled for 2 s, once.
+    let payload = r#"{"AzIoTHub_FaultOperationType": "InvokeThrottling", "AzIoTHub_FaultOperationDurationInSecs": 2}"#;
+    let inband = tokio::task::block_in_place(|| {
+        python(
+            &rig,
+            "py-dev-02",
+            &[
+                ("FAKEHUB_DPS_GROUP_KEY", GROUP_KEY),
+                ("FAKEHUB_DPS_PAYLOAD", payload),
+            ],
+            &[],
+        )
+    });
+    assert_provisioned(&rig, &inband, "py-dev-02");
+    let (answers, _, _) = rig.outcome("py-dev-02");
+    assert!(answers.iter().any(|(op, status, _)| *op == DpsOp::Register && *status == 429), "{answers:?}");
+    let triggered = rig.hubs[0]
+        .events()
+        .snapshot()
+        .iter()
+        .filter(|e| matches!(&e.kind, EventKind::Fault { fault, action: fakehub::events::FaultAction::Started, .. } if fault == "inband:dps:InvokeThrottling"))
+        .count();
+    assert_eq!(triggered, 1, "the trigger acts once");
     // X.509: a certificate issued by the hubs' CA, CN = the registration id, an X.509 group.
     let cert = rig.hubs[0]
         .certificates()

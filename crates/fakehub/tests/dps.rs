@@ -557,3 +557,30 @@ async fn bad_provisioning_input_closes_or_refuses_that_request_only() {
     plain.shutdown().await.unwrap();
     hub.shutdown().await.unwrap();
 }
+
+/// The in-band dialect on the provisioning service: a register whose payload asks for
+/// `InvokeThrottling` is throttled (the trigger too) for its duration, acted on once.
+#[tokio::test(start_paused = true)]
+async fn an_in_band_trigger_in_the_register_payload_throttles_the_registration() {
+    let dps = Dps::new(&config(), 7).unwrap();
+    let hub = hub_with(&dps, "hub-a.azure-devices.net").await;
+    let key = dps.device_key("solo", None).unwrap();
+    let (mut client, _) = RawClient::connect_dps_memory(&hub, "solo", &key).await.unwrap();
+    let body = br#"{"registrationId":"solo","payload":{"AzIoTHub_FaultOperationType":"InvokeThrottling","AzIoTHub_FaultOperationDurationInSecs":"3"}}"#;
+    let (a, e) = client.dps_request(&register("i1"), body, WAIT).await.unwrap();
+    assert_eq!((a.status, a.retry_after), (429, Some(3)), "{e}");
+    // The same register again, while the fault lasts: still throttled, not a new trigger.
+    let (a, _) = client.dps_request(&register("i2"), body, WAIT).await.unwrap();
+    assert_eq!(a.status, 429);
+    hub.clock().sleep(Duration::from_secs(4)).await;
+    let (a, _) = client.dps_request(&register("i3"), body, WAIT).await.unwrap();
+    assert_eq!(a.status, 202, "the fault is over and the trigger acts once");
+    let started = hub
+        .events()
+        .snapshot()
+        .iter()
+        .filter(|e| matches!(&e.kind, EventKind::Fault { fault, action: fakehub::events::FaultAction::Started, .. } if fault == "inband:dps:InvokeThrottling"))
+        .count();
+    assert_eq!(started, 1);
+    hub.shutdown().await.unwrap();
+}

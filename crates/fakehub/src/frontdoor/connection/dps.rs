@@ -235,6 +235,18 @@ impl Session {
             operation_id,
             size: p.payload.len(),
         });
+        // An in-band fault trigger in the register's payload starts its fault at once.
+        if op == DpsOp::Register {
+            let body: Option<dps::RegisterBody> = serde_json::from_slice(&p.payload).ok();
+            if let Some(payload) = body.and_then(|b| b.payload) {
+                crate::faults::inband::trigger_dps(
+                    &shared.fault_ctx(),
+                    &shared.triggers,
+                    &self.attested.registration_id,
+                    &payload,
+                );
+            }
+        }
         let verdict = shared.faults.on_dps(&DpsAttempt {
             registration_id: &self.attested.registration_id,
             op,
