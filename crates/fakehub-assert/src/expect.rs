@@ -219,6 +219,38 @@ pub enum Expectation {
         )]
         within: Option<Duration>,
     },
+    /// Every provisioning — a registration with the Device Provisioning Service — ends with the
+    /// device assigned a hub and connected to it within `within`.
+    Provisions {
+        #[serde(default)]
+        device: Option<String>,
+        #[schemars(with = "String")]
+        #[serde(with = "humantime_serde")]
+        within: Duration,
+    },
+    /// After a DPS answer that asks it to wait (429 or 5xx with `retry-after`; with `polling: true`
+    /// also a 202's), the device's next request comes no sooner (give or take `tolerance`, default
+    /// 100ms).
+    HonoursRetryAfter {
+        #[serde(default)]
+        device: Option<String>,
+        #[serde(default)]
+        polling: bool,
+        #[schemars(with = "Option<String>")]
+        #[serde(default, with = "humantime_serde")]
+        tolerance: Option<Duration>,
+    },
+    /// After `failures` (default 3) refused or unanswered connects to its hub in a row, the device
+    /// registers with DPS again, and is connected to a hub within `within` (default 2m) of that.
+    ReprovisionsAfter {
+        #[serde(default)]
+        device: Option<String>,
+        #[serde(default)]
+        failures: Option<u32>,
+        #[schemars(with = "Option<String>")]
+        #[serde(default, with = "humantime_serde")]
+        within: Option<Duration>,
+    },
 }
 
 impl Expectation {
@@ -239,6 +271,9 @@ impl Expectation {
             Expectation::Method { .. } => "method",
             Expectation::C2dDelivered { .. } => "c2d_delivered",
             Expectation::DesiredApplied { .. } => "desired_applied",
+            Expectation::Provisions { .. } => "provisions",
+            Expectation::HonoursRetryAfter { .. } => "honours_retry_after",
+            Expectation::ReprovisionsAfter { .. } => "reprovisions_after",
         }
     }
 
@@ -257,7 +292,10 @@ impl Expectation {
             | Expectation::Records { device, .. }
             | Expectation::Method { device, .. }
             | Expectation::C2dDelivered { device, .. }
-            | Expectation::DesiredApplied { device, .. } => device.as_deref(),
+            | Expectation::DesiredApplied { device, .. }
+            | Expectation::Provisions { device, .. }
+            | Expectation::HonoursRetryAfter { device, .. }
+            | Expectation::ReprovisionsAfter { device, .. } => device.as_deref(),
             Expectation::FleetSpread { .. } => None,
         }
     }
@@ -379,6 +417,32 @@ impl Expectation {
             Expectation::DesiredApplied { device, within } => {
                 let within = within.unwrap_or(Duration::from_secs(60));
                 for_devices(device, &|d| rules::desired_applied(log, d, within))
+            }
+            Expectation::Provisions { device, within } => {
+                for_devices(device, &|d| rules::provisions(log, d, *within))
+            }
+            Expectation::HonoursRetryAfter {
+                device,
+                polling,
+                tolerance,
+            } => {
+                let tolerance = tolerance.unwrap_or(Duration::from_millis(100));
+                for_devices(device, &|d| {
+                    rules::honours_retry_after(log, d, *polling, tolerance)
+                })
+            }
+            Expectation::ReprovisionsAfter {
+                device,
+                failures,
+                within,
+            } => {
+                let (failures, within) = (
+                    failures.unwrap_or(3),
+                    within.unwrap_or(Duration::from_secs(120)),
+                );
+                for_devices(device, &|d| {
+                    rules::reprovisions_after(log, d, failures, within)
+                })
             }
         }
     }

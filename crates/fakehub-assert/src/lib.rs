@@ -22,6 +22,7 @@ pub use rules::connections::{
 };
 pub use rules::fleet::fleet_spread;
 pub use rules::messages::{no_message_loss, resubscribes, Ledger, LossRule};
+pub use rules::provisioning::{honours_retry_after, provisions, reprovisions_after};
 pub use rules::records::{records, RecordRule};
 pub use rules::service::{c2d_delivered, desired_applied, method};
 pub use rules::Verdict;

@@ -55,6 +55,7 @@ impl Log {
             conn: None,
             device: None,
             module: None,
+            hub: None,
             kind: EventKind::TimelineEnded,
         }));
         Log::new(events)
@@ -260,6 +261,38 @@ pub fn describe(e: &Event) -> String {
             (Some(s), None) => format!("method {name}: status {s}"),
             (None, None) => format!("method {name}"),
         },
+        EventKind::DpsConnect { id_scope, .. } => format!("DPS CONNECT (scope {id_scope})"),
+        EventKind::DpsConnack { code, reason, .. } => match reason {
+            Some(r) => format!("DPS CONNACK {code} ({r})"),
+            None => format!("DPS CONNACK {code}"),
+        },
+        EventKind::DpsRequest { op, .. } => match op {
+            fakehub::events::DpsOp::Register => "DPS register".to_owned(),
+            fakehub::events::DpsOp::Poll => "DPS poll".to_owned(),
+        },
+        EventKind::DpsResponse {
+            status,
+            retry_after,
+            registration,
+            assigned_hub,
+            message,
+            ..
+        } => {
+            let mut s = format!("DPS answer {status}");
+            if let Some(r) = registration {
+                s.push_str(&format!(" {r}"));
+            }
+            if let Some(h) = assigned_hub {
+                s.push_str(&format!(" to {h}"));
+            }
+            if let Some(m) = message {
+                s.push_str(&format!(": {m}"));
+            }
+            if let Some(ra) = retry_after {
+                s.push_str(&format!(" (retry-after {ra}s)"));
+            }
+            s
+        }
         other => {
             let v = serde_json::to_value(other).unwrap_or_default();
             v.get("event")

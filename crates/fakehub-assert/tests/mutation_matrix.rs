@@ -7,10 +7,14 @@
 
 use std::time::Duration;
 
-use fakehub::faults::{DropPuback, Fault, FaultKind, OutageMode, Selector};
-use fakehub::{Hub, HubHandle};
+use fakehub::dps::GroupEnrollment;
+use fakehub::faults::{
+    DpsAssigning, DpsThrottle, DropPuback, Fault, FaultKind, HubDown, OutageMode, Selector,
+};
+use fakehub::transport::MemoryRoutes;
+use fakehub::{Dps, DpsConfig, EventLog, Hub, HubHandle, VirtualClock};
 use fakehub_assert::{Expectation, Log, Verdict};
-use sample_device::{Bug, DeviceOptions, InProcess};
+use sample_device::{Bug, DeviceOptions, InProcess, Provisioning};
 
 const SEC: Duration = Duration::from_secs(1);
 const MIN: Duration = Duration::from_secs(60);
@@ -65,6 +69,102 @@ impl Rig {
     }
 }
 
+/// Two hubs behind one provisioning service (one log), and a device `d0` that provisions through
+/// the enrollment group `fleet`.
+struct DpsRig {
+    hubs: Vec<HubHandle>,
+    device: InProcess,
+}
+
+impl DpsRig {
+    /// `before` acts on the hub that serves DPS before the device starts.
+    async fn start(bugs: &[Bug], before: impl FnOnce(&HubHandle)) -> DpsRig {
+        let config = DpsConfig {
+            groups: vec![GroupEnrollment {
+                name: "fleet".into(),
+                primary_key: None,
+                secondary_key: None,
+                x509: false,
+                enabled: true,
+            }],
+            ..Default::default()
+        };
+        let dps = Dps::new(&config, 7).unwrap();
+        let log = EventLog::new(VirtualClock::new());
+        let a = Hub::builder()
+            .seed(7)
+            .host_name("hub-a.azure-devices.net")
+            .dps(dps.clone())
+            .event_log(log.clone())
+            .build()
+            .unwrap()
+            .start()
+            .await
+            .unwrap();
+        let ca = fakehub::tls::HubCertificates::from_ca_pem(
+            &a.ca_pem(),
+            a.certificates().ca_key_pem(),
+            "hub-b.azure-devices.net",
+        )
+        .unwrap();
+        let b = Hub::builder()
+            .seed(7)
+            .host_name("hub-b.azure-devices.net")
+            .certificates(ca)
+            .dps(dps.clone())
+            .event_log(log)
+            .build()
+            .unwrap()
+            .start()
+            .await
+            .unwrap();
+        let routes = MemoryRoutes::default();
+        for hub in [&a, &b] {
+            routes.insert(hub.device_host(), hub.memory_connector());
+        }
+        before(&a);
+        let provisioning = Provisioning {
+            host: a.device_host().to_owned(),
+            port: 8883,
+            id_scope: dps.id_scope().to_owned(),
+            registration_id: "d0".into(),
+            key: dps.device_key("d0", Some("fleet")).unwrap(),
+        };
+        let opts = DeviceOptions {
+            bugs: bugs.iter().copied().collect(),
+            seed: 1000,
+            ..Default::default()
+        };
+        let device = InProcess::provisioned(&a, routes, provisioning, opts).unwrap();
+        DpsRig {
+            hubs: vec![a, b],
+            device,
+        }
+    }
+
+    async fn pass(&self, d: Duration) {
+        self.hubs[0].clock().sleep(d).await;
+    }
+
+    /// The hub the device is connected to now.
+    fn home(&self) -> &HubHandle {
+        self.hubs
+            .iter()
+            .find(|h| h.connected_clients().iter().any(|c| c == "d0"))
+            .expect("d0 is connected to a hub")
+    }
+
+    async fn finish(self) -> Log {
+        self.device.stop().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let log = Log::of(&self.hubs[0]);
+        for hub in self.hubs.into_iter().rev() {
+            hub.shutdown().await.unwrap();
+        }
+        log
+    }
+}
+
 /// The scenarios: each reproduces one field failure and is judged by the assertions that target it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scenario {
@@ -83,6 +183,12 @@ enum Scenario {
     /// The service side calls a method, sends a C2D message and patches desired properties; the
     /// connection is reset and the desired properties change while the device is away.
     Service,
+    /// The device provisions while DPS throttles every request for 30 s (429, retry-after 5 s).
+    DpsThrottle,
+    /// The device provisions while DPS keeps every registration `assigning` for 40 s.
+    DpsSlow,
+    /// Provisioned behind two hubs, the device's hub goes down: it must register again and move.
+    Reassignment,
 }
 
 async fn run(scenario: Scenario, bugs: &[Bug]) -> Log {
@@ -183,6 +289,38 @@ async fn run(scenario: Scenario, bugs: &[Bug]) -> Log {
             rig.pass(2 * MIN).await;
             rig.finish().await
         }
+        Scenario::DpsThrottle => {
+            let rig = DpsRig::start(bugs, |hub| {
+                hub.inject(
+                    Fault::new(DpsThrottle {
+                        retry_after: 5 * SEC,
+                        per_minute: None,
+                    })
+                    .lasting(30 * SEC),
+                );
+            })
+            .await;
+            rig.pass(2 * MIN).await;
+            rig.finish().await
+        }
+        Scenario::DpsSlow => {
+            let rig = DpsRig::start(bugs, |hub| {
+                hub.inject(Fault::new(DpsAssigning {
+                    hold: 40 * SEC,
+                    retry_after: 3 * SEC,
+                }));
+            })
+            .await;
+            rig.pass(3 * MIN).await;
+            rig.finish().await
+        }
+        Scenario::Reassignment => {
+            let rig = DpsRig::start(bugs, |_| {}).await;
+            rig.pass(MIN).await;
+            rig.home().inject(Fault::new(HubDown::default()));
+            rig.pass(3 * MIN).await;
+            rig.finish().await
+        }
     }
 }
 
@@ -196,6 +334,9 @@ fn expectations(scenario: Scenario) -> Vec<Expectation> {
         Scenario::Quiet => "- keepalive: { device: d0 }\n- recovers: { device: d0, within: 60s }",
         Scenario::Fleet => "- fleet_spread: { max_per_second: 20, min_spread: 10s }",
         Scenario::Service => "- method: { device: d0, status: 200, within: 5s }\n- c2d_delivered: { device: d0, count: 1, within: 10s }\n- desired_applied: { device: d0, within: 30s }\n- recovers: { device: d0, within: 30s }",
+        Scenario::DpsThrottle => "- honours_retry_after: { device: d0 }\n- provisions: { device: d0, within: 60s }",
+        Scenario::DpsSlow => "- provisions: { device: d0, within: 2m }",
+        Scenario::Reassignment => "- reprovisions_after: { device: d0, failures: 3, within: 1m }\n- recovers: { device: d0, within: 1m }\n- provisions: { device: d0, within: 1m }",
     };
     // `- rule: {…}` maps, as scenario files write them.
     serde_norway::with::singleton_map_recursive::deserialize(serde_norway::Deserializer::from_str(
@@ -204,7 +345,7 @@ fn expectations(scenario: Scenario) -> Vec<Expectation> {
     .unwrap()
 }
 
-const BUGS: [(&str, Option<Bug>, Scenario, &str); 12] = [
+const BUGS: [(&str, Option<Bug>, Scenario, &str); 15] = [
     ("well-behaved (token)", None, Scenario::TokenLife, ""),
     (
         "no-token-renewal",
@@ -272,6 +413,24 @@ const BUGS: [(&str, Option<Bug>, Scenario, &str); 12] = [
         Scenario::Service,
         "desired_applied",
     ),
+    (
+        "ignore-retry-after",
+        Some(Bug::IgnoreRetryAfter),
+        Scenario::DpsThrottle,
+        "honours_retry_after",
+    ),
+    (
+        "short-dps-timeout",
+        Some(Bug::ShortDpsTimeout),
+        Scenario::DpsSlow,
+        "provisions",
+    ),
+    (
+        "no-reprovision",
+        Some(Bug::NoReprovision),
+        Scenario::Reassignment,
+        "reprovisions_after",
+    ),
 ];
 
 fn verdicts(scenario: Scenario, log: &Log) -> Vec<Verdict> {
@@ -292,6 +451,9 @@ async fn every_bug_is_caught_and_the_well_behaved_device_passes_everything() {
         Scenario::SessionLoss,
         Scenario::Quiet,
         Scenario::Service,
+        Scenario::DpsThrottle,
+        Scenario::DpsSlow,
+        Scenario::Reassignment,
     ];
     // The well-behaved device passes every scenario's assertions (judged: a rule that cannot be
     // judged is not a pass).

@@ -4,6 +4,7 @@
 //! * [`identity`], [`username`], [`topics`], [`properties`]: the IoT Hub dialect of MQTT — who a
 //!   client is, what its CONNECT username says, which topics it may use, and property bags.
 //! * [`sas`]: SAS tokens (parse, verify over the raw `sr`, mint).
+//! * [`dps`]: the Device Provisioning Service's dialect (topics, bodies, group key derivation).
 //! * [`tls`]: certificates (CA, server, device) and TLS configurations.
 //! * [`connection_string`]: device connection strings.
 //! * [`result_code`]: IoT Hub result codes.
@@ -14,6 +15,7 @@
 pub mod clock;
 pub mod codec;
 pub mod connection_string;
+pub mod dps;
 pub mod host;
 pub mod identity;
 pub mod properties;

@@ -299,6 +299,33 @@ impl MemoryConnector {
     }
 }
 
+/// In-memory routes by host name, for in-process devices that reach more than one endpoint (the
+/// provisioning service, then the hub it assigned): each name leads to one hub's connector. Names
+/// compare case-insensitively, as host names do. Cheap to clone (the routes are shared).
+#[derive(Clone, Default)]
+pub struct MemoryRoutes {
+    routes: Arc<std::sync::RwLock<std::collections::BTreeMap<String, MemoryConnector>>>,
+}
+
+impl MemoryRoutes {
+    /// Let `host` lead to `connector`.
+    pub fn insert(&self, host: &str, connector: MemoryConnector) {
+        self.routes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(host.to_ascii_lowercase(), connector);
+    }
+
+    /// Where `host` leads, if anywhere.
+    pub fn get(&self, host: &str) -> Option<MemoryConnector> {
+        self.routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&host.to_ascii_lowercase())
+            .cloned()
+    }
+}
+
 impl MemoryListener {
     /// The next connection, or `None` once every connector is gone.
     pub async fn accept(&mut self) -> Option<(MemoryStream, SocketAddr)> {

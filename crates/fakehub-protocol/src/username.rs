@@ -1,4 +1,7 @@
-//! The CONNECT username as IoT Hub parses it: `{host}/{device}[/{module}]/?{query}`, leniently.
+//! The CONNECT username as IoT Hub parses it: `{host}/{device}[/{module}]/?{query}`, leniently;
+//! and the Device Provisioning Service's, `{idScope}/registrations/{registrationId}/api-version=…`
+//! ([`DpsUsername`]), which tells a provisioning connection apart from a hub connection on the same
+//! listener.
 //!
 //! SDKs differ (research §1.2): Python and Node put `?` after a trailing `/`, old docs show
 //! `{host}/{device}/api-version=…` with no `?`, and query keys come in any order. Unknown keys are
@@ -83,6 +86,51 @@ impl Username {
     }
 }
 
+/// What a Device Provisioning Service username says:
+/// `{idScope}/registrations/{registrationId}/api-version=…[&ClientVersion=…]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DpsUsername {
+    pub id_scope: String,
+    pub registration_id: String,
+    pub api_version: Option<String>,
+    /// `ClientVersion`: the SDK's user agent.
+    pub client_version: Option<String>,
+}
+
+impl DpsUsername {
+    /// Read a DPS username. Hub usernames never read as one: after `{scope}/registrations/{id}/`
+    /// DPS puts its query with no `?` (a hub module username has `/?` there).
+    pub fn parse(raw: &str) -> Result<DpsUsername, UsernameError> {
+        if raw.is_empty() {
+            return Err(UsernameError::Missing);
+        }
+        let mut parts = raw.splitn(4, '/');
+        let (Some(scope), Some("registrations"), Some(registration), Some(query)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(UsernameError::Shape);
+        };
+        if scope.is_empty() || registration.is_empty() || !query.starts_with("api-version=") {
+            return Err(UsernameError::Shape);
+        }
+        let mut name = DpsUsername {
+            id_scope: decode(scope),
+            registration_id: decode(registration),
+            api_version: None,
+            client_version: None,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match decode(k).as_str() {
+                "api-version" => name.api_version = Some(decode(v)),
+                "ClientVersion" => name.client_version = Some(decode(v)),
+                _ => {}
+            }
+        }
+        Ok(name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +168,29 @@ mod tests {
         assert_eq!(u.identity.device_id, "dev");
         assert_eq!(u.identity.module_id, None);
         assert_eq!(u.api_version.as_deref(), Some("2016-11-14"));
+    }
+
+    #[test]
+    fn dps_usernames_of_both_sdks_and_never_a_hub_one() {
+        let py = DpsUsername::parse("0ne00000001/registrations/py-dev-01/api-version=2019-03-31&ClientVersion=azure-iot-device-provisioning-py%2F2.14.0%283.11.7%29").unwrap();
+        assert_eq!(py.id_scope, "0ne00000001");
+        assert_eq!(py.registration_id, "py-dev-01");
+        assert_eq!(py.api_version.as_deref(), Some("2019-03-31"));
+        assert_eq!(
+            py.client_version.as_deref(),
+            Some("azure-iot-device-provisioning-py/2.14.0(3.11.7)")
+        );
+        let node = DpsUsername::parse("0ne00000001/registrations/node-dev-01/api-version=2019-03-31&ClientVersion=azure-iot-provisioning-device%2F1.9.1").unwrap();
+        assert_eq!(node.registration_id, "node-dev-01");
+        for hub in [
+            "myhub.azure-devices.net/registrations/mod/?api-version=2021-04-12",
+            "myhub.azure-devices.net/registrations/api-version=2016-11-14",
+            "myhub.azure-devices.net/sensor-1/?api-version=2021-04-12",
+            "scope/registrations//api-version=2019-03-31",
+            "",
+        ] {
+            assert!(DpsUsername::parse(hub).is_err(), "{hub}");
+        }
     }
 
     #[test]

@@ -20,16 +20,18 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fakehub::dps::IndividualEnrollment;
 use fakehub::events::{ClockMode, Subject};
 use fakehub::process_time::{ProcessTime, ThreadSet};
-use fakehub::{EventKind, Hub, HubHandle};
+use fakehub::transport::MemoryRoutes;
+use fakehub::{Dps, EventKind, EventLog, Hub, HubHandle, VirtualClock};
 use fakehub_assert::{Log, Verdict};
-use sample_device::{DeviceOptions, InProcess};
+use sample_device::{DeviceOptions, InProcess, Provisioning};
 use tokio::process::Command;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::scenario::{ClockAdapter, DeviceSpec, Scenario, Step};
+use crate::scenario::{ClockAdapter, DeviceSpec, HubSettings, Provision, Scenario, Step};
 use crate::service_steps::Applied;
 
 /// How a run went.
@@ -223,32 +225,9 @@ async fn run_in(
         }
     };
     let seed = opts.seed.or(scenario.seed).unwrap_or(0);
-    let mut builder = Hub::builder().seed(seed);
-    if let Some(out) = how.out {
-        std::fs::create_dir_all(out.join("devices"))?;
-        builder = builder.out_dir(out);
-    }
-    if let Some(h) = &scenario.hub.host_name {
-        builder = builder.host_name(h.clone());
-    }
-    builder = match (scenario.hub.listen, regime) {
-        (Some(l), _) => builder.listen(l),
-        // Real SDKs only connect to port 8883: each run gets a loopback address of its own.
-        (None, Regime::Processes | Regime::RealTime) => builder.listen_loopback(8883),
-        (None, Regime::Simulated) => builder,
-    };
-    if let Some(g) = scenario.hub.token_grace {
-        builder = builder.token_grace(g);
-    }
-    if let Some(c) = scenario.hub.keepalive_cap {
-        builder = builder.keepalive_cap(c);
-    }
-    for d in &scenario.devices {
-        for id in d.ids() {
-            builder = builder.device(id);
-        }
-    }
-    let hub = Arc::new(builder.build()?.start().await?);
+    let dps = start_dps(scenario, seed)?;
+    let hubs = start_hubs(scenario, regime, seed, how.out, dps.as_ref()).await?;
+    let hub = hubs[0].clone();
     // Only device processes need the directory (checked in `execute`).
     let out = how.out.map(Path::to_owned).unwrap_or_default();
     let time = match regime {
@@ -271,8 +250,15 @@ async fn run_in(
             tell!("  {}", d.trim());
         }
     }
+    let routes = MemoryRoutes::default();
+    for h in &hubs {
+        routes.insert(h.device_host(), h.memory_connector());
+    }
     let mut rig = Rig {
         hub: hub.clone(),
+        hubs: hubs.clone(),
+        dps,
+        routes,
         out,
         devices: BTreeMap::new(),
         regime,
@@ -351,9 +337,13 @@ async fn run_in(
     }
     let virtual_time = hub.clock().elapsed();
     drop(rig);
-    match Arc::try_unwrap(hub) {
-        Ok(h) => h.shutdown().await?,
-        Err(_) => anyhow::bail!("the hub is still in use at the end of the run"),
+    drop(hub);
+    // The others first: the first hub writes the log's files.
+    for h in hubs.into_iter().rev() {
+        match Arc::try_unwrap(h) {
+            Ok(h) => h.shutdown().await?,
+            Err(_) => anyhow::bail!("a hub is still in use at the end of the run"),
+        }
     }
     Ok(Outcome {
         verdicts,
@@ -361,6 +351,105 @@ async fn run_in(
         regime,
         virtual_time,
     })
+}
+
+/// The provisioning service of the run, with an individual enrollment (generated key) for each
+/// device that provisions individually and is not enrolled already.
+fn start_dps(scenario: &Scenario, seed: u64) -> anyhow::Result<Option<Dps>> {
+    let Some(config) = &scenario.dps else {
+        return Ok(None);
+    };
+    let mut config = config.clone();
+    for d in &scenario.devices {
+        if d.provision != Some(Provision::Individual) {
+            continue;
+        }
+        for id in d.ids() {
+            if !config.individual.iter().any(|e| e.registration_id == id) {
+                config.individual.push(IndividualEnrollment {
+                    registration_id: id,
+                    primary_key: None,
+                    secondary_key: None,
+                    x509: false,
+                    enabled: true,
+                });
+            }
+        }
+    }
+    Ok(Some(Dps::new(&config, seed)?))
+}
+
+/// Start the run's hubs: the first writes the outputs; with `hubs:`, all share one event log
+/// (each event tagged with its hub), one clock and one CA; with a provisioning service, each
+/// serves it and is linked to it. Devices that do not provision are registered in the first.
+async fn start_hubs(
+    scenario: &Scenario,
+    regime: Regime,
+    seed: u64,
+    out: Option<&Path>,
+    dps: Option<&Dps>,
+) -> anyhow::Result<Vec<Arc<HubHandle>>> {
+    let settings = scenario.hub_settings();
+    let shared_log = (!scenario.hubs.is_empty()).then(|| EventLog::new(VirtualClock::new()));
+    let mut hubs: Vec<Arc<HubHandle>> = Vec::new();
+    for (i, spec) in settings.iter().enumerate() {
+        let mut builder = hub_builder(spec, regime).seed(seed);
+        if let Some(log) = &shared_log {
+            builder = builder.event_log(log.clone());
+        }
+        if let Some(dps) = dps {
+            builder = builder.dps(dps.clone());
+        }
+        match hubs.first() {
+            None => {
+                if let Some(out) = out {
+                    std::fs::create_dir_all(out.join("devices"))?;
+                    builder = builder.out_dir(out);
+                }
+                for d in scenario.devices.iter().filter(|d| d.provision.is_none()) {
+                    for id in d.ids() {
+                        builder = builder.device(id);
+                    }
+                }
+            }
+            Some(first) => {
+                let host = spec.host_name.clone().unwrap_or_default();
+                let certs = fakehub::tls::HubCertificates::from_ca_pem(
+                    &first.ca_pem(),
+                    first.certificates().ca_key_pem(),
+                    &host,
+                )?;
+                builder = builder.certificates(certs);
+            }
+        }
+        let hub = builder
+            .build()?
+            .start()
+            .await
+            .map_err(|e| anyhow::anyhow!("hub {}: {e}", i + 1))?;
+        hubs.push(Arc::new(hub));
+    }
+    Ok(hubs)
+}
+
+fn hub_builder(spec: &HubSettings, regime: Regime) -> fakehub::HubBuilder {
+    let mut builder = Hub::builder();
+    if let Some(h) = &spec.host_name {
+        builder = builder.host_name(h.clone());
+    }
+    builder = match (spec.listen, regime) {
+        (Some(l), _) => builder.listen(l),
+        // Real SDKs only connect to port 8883: each hub gets a loopback address of its own.
+        (None, Regime::Processes | Regime::RealTime) => builder.listen_loopback(8883),
+        (None, Regime::Simulated) => builder,
+    };
+    if let Some(g) = spec.token_grace {
+        builder = builder.token_grace(g);
+    }
+    if let Some(c) = spec.keepalive_cap {
+        builder = builder.keepalive_cap(c);
+    }
+    builder
 }
 
 /// An expectation as its YAML entry.
@@ -413,7 +502,12 @@ enum Device {
 }
 
 struct Rig {
+    /// The first hub (it serves the provisioning service devices are given, and writes the files).
     hub: Arc<HubHandle>,
+    hubs: Vec<Arc<HubHandle>>,
+    dps: Option<Dps>,
+    /// Each hub's device host to its in-memory connector (in-process devices that provision).
+    routes: MemoryRoutes,
     out: PathBuf,
     devices: BTreeMap<String, Device>,
     regime: Regime,
@@ -480,10 +574,35 @@ impl Rig {
         if let Some(k) = spec.keep_alive {
             dopts.keep_alive = k;
         }
-        let device = InProcess::spawn(self.hub.as_ref(), id, dopts)?;
+        let device = match self.provisioning(spec, id)? {
+            Some(p) => InProcess::provisioned(self.hub.as_ref(), self.routes.clone(), p, dopts)?,
+            None => InProcess::spawn(self.hub.as_ref(), id, dopts)?,
+        };
         self.devices
             .insert(id.to_owned(), Device::InProcess(device));
         Ok(())
+    }
+
+    /// Where and as whom a device that provisions registers: the first hub's listener, the
+    /// service's scope, and its key (individual, or derived from its group's).
+    fn provisioning(&self, spec: &DeviceSpec, id: &str) -> anyhow::Result<Option<Provisioning>> {
+        let (Some(how), Some(dps)) = (&spec.provision, &self.dps) else {
+            return Ok(None);
+        };
+        let group = match how {
+            Provision::Individual => None,
+            Provision::Group(g) => Some(g.as_str()),
+        };
+        let key = dps
+            .device_key(id, group)
+            .ok_or_else(|| anyhow::anyhow!("device `{id}`: no enrollment key to provision with"))?;
+        Ok(Some(Provisioning {
+            host: self.hub.device_host().to_owned(),
+            port: self.hub.local_addr().port(),
+            id_scope: dps.id_scope().to_owned(),
+            registration_id: id.to_owned(),
+            key,
+        }))
     }
 
     /// Start a device process in a process group of its own (so the whole group can be stopped),
@@ -510,12 +629,26 @@ impl Rig {
             .append(true)
             .open(self.out.join("devices").join(format!("{id}.log")))?;
         let mut cmd = Command::new(&program);
+        match self.provisioning(spec, id)? {
+            Some(p) => {
+                let host = match p.port {
+                    8883 => p.host,
+                    port => format!("{}:{port}", p.host),
+                };
+                cmd.env("FAKEHUB_DPS_HOST", host)
+                    .env("FAKEHUB_DPS_ID_SCOPE", p.id_scope)
+                    .env("FAKEHUB_DPS_REGISTRATION_ID", p.registration_id)
+                    .env("FAKEHUB_DPS_KEY", p.key);
+            }
+            None => {
+                cmd.env(
+                    "FAKEHUB_CONNECTION_STRING",
+                    self.hub.connection_string(id).unwrap_or_default(),
+                );
+            }
+        }
         cmd.args(&args)
             .envs(&spec.env)
-            .env(
-                "FAKEHUB_CONNECTION_STRING",
-                self.hub.connection_string(id).unwrap_or_default(),
-            )
             .env("FAKEHUB_CA_FILE", &ca)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -637,6 +770,10 @@ impl Rig {
                     self.out.join("devices").join(format!("{id}.log")).display()
                 )
             }
+            Some(Device::InProcess(_)) if self.dps.is_some() => format!(
+                "`{id}`: the in-process sample device (in memory, on the hub's clock; it provisions through {} when the scenario says `provision`)",
+                self.hub.device_host()
+            ),
             Some(Device::InProcess(_)) => {
                 format!("`{id}`: the in-process sample device (in memory, on the hub's clock)")
             }
@@ -653,7 +790,7 @@ impl Rig {
             // Service-side failures (device offline, queue full, method timeout) are the device's
             // weather: the hub's event log records them, and the run goes on.
             Step::Fault(_) | Step::C2d(_) | Step::Desired(_) | Step::Method(_) => {
-                if let Some(applied) = crate::service_steps::apply(&self.hub, step).await {
+                if let Some(applied) = crate::service_steps::apply(&self.hubs, step).await {
                     if matches!(applied, Applied::Method { .. } | Applied::Refused { .. }) {
                         self.say(&format!("  {}: {applied}", step.describe()));
                     }

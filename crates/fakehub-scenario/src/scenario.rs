@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fakehub::faults::{Fault, Selector};
+use fakehub::faults::{Fault, FaultKind, Selector};
+use fakehub::DpsConfig;
 use fakehub_assert::Expectation;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,13 @@ pub struct Scenario {
     pub description: Option<String>,
     #[serde(default, skip_serializing_if = "HubSettings::is_default")]
     pub hub: HubSettings,
+    /// Several hubs instead of one (each with its `host_name`), behind the provisioning service:
+    /// devices that `provision` are assigned among them; the others are registered in the first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hubs: Vec<HubSettings>,
+    /// A Device Provisioning Service, served on every hub's listener and linked to every hub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dps: Option<DpsConfig>,
     /// Seed for fault selection by percentage and the sample devices' jitter (`--seed` overrides).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
@@ -65,6 +73,27 @@ pub struct HubSettings {
     #[serde(default, skip_serializing)]
     #[schemars(skip)]
     pub speed: Option<f64>,
+}
+
+impl Scenario {
+    /// The hubs of the run: `hubs`, or the one `hub`.
+    pub fn hub_settings(&self) -> Vec<HubSettings> {
+        if self.hubs.is_empty() {
+            vec![self.hub.clone()]
+        } else {
+            self.hubs.clone()
+        }
+    }
+}
+
+/// How a device provisions: with an individual enrollment of its own (added to the service's
+/// enrollments with a generated key when not listed there), or through an enrollment group
+/// (symmetric keys: its key is derived from the group's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Provision {
+    Individual,
+    Group(String),
 }
 
 /// How a device process sees time.
@@ -124,6 +153,10 @@ pub struct DeviceSpec {
     /// For in-process sample devices: the MQTT keep-alive in seconds (default 60).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_alive: Option<u16>,
+    /// Register with the provisioning service (`dps:`) to learn the hub, instead of being
+    /// registered in the first hub: `individual`, or `{ group: NAME }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provision: Option<Provision>,
 }
 
 impl HubSettings {
@@ -192,6 +225,22 @@ pub struct MethodStep {
     pub timeout: Option<Duration>,
 }
 
+/// A fault of the timeline: the fault, and which hub (by host name; left out: every hub).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FaultStep {
+    #[serde(flatten)]
+    pub fault: Fault,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<String>,
+}
+
+impl From<Fault> for FaultStep {
+    /// A fault on every hub of the run.
+    fn from(fault: Fault) -> FaultStep {
+        FaultStep { fault, hub: None }
+    }
+}
+
 /// One step of the timeline, in order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -209,8 +258,9 @@ pub enum Step {
         #[schemars(with = "String")]
         Duration,
     ),
-    /// Start a fault now (see the catalogue; `duration` ends it by itself).
-    Fault(Fault),
+    /// Start a fault now (see the catalogue; `duration` ends it by itself), on every hub or on
+    /// the one `hub` names.
+    Fault(FaultStep),
     /// Kill a device process (SIGKILL): no DISCONNECT, no FIN from the app.
     Crash(DeviceRef),
     /// Start a crashed or stopped device process again.
@@ -230,7 +280,10 @@ impl Step {
         match self {
             Step::Advance(d) => format!("advance {}", humantime::format_duration(*d)),
             Step::Wait(d) => format!("wait {}", humantime::format_duration(*d)),
-            Step::Fault(f) => format!("fault {}", f.kind.name()),
+            Step::Fault(f) => match &f.hub {
+                Some(h) => format!("fault {} on {h}", f.fault.kind.name()),
+                None => format!("fault {}", f.fault.kind.name()),
+            },
             Step::Crash(d) => format!("crash {}", d.device),
             Step::Restart(d) => format!("restart {}", d.device),
             Step::Stop(d) => format!("stop {}", d.device),
@@ -288,12 +341,108 @@ fn locate(text: &str, needle: &str) -> (usize, usize) {
     (1, 1)
 }
 
+/// Whether a fault acts on the provisioning service.
+fn is_dps_fault(kind: &FaultKind) -> bool {
+    matches!(
+        kind,
+        FaultKind::DpsThrottle(_)
+            | FaultKind::DpsError(_)
+            | FaultKind::DpsAssigning(_)
+            | FaultKind::DpsDrop(_)
+            | FaultKind::DpsDisabled(_)
+            | FaultKind::HubDown(_)
+    )
+}
+
+/// Checks of `hubs` and `dps`: the hub names.
+fn check_hubs(s: &Scenario) -> Result<Vec<String>, (String, String)> {
+    if s.hubs.is_empty() {
+        let name = s
+            .hub
+            .host_name
+            .clone()
+            .unwrap_or_else(|| "fakehub.azure-devices.net".to_owned());
+        return Ok(vec![name]);
+    }
+    if !s.hub.is_default() {
+        return Err((
+            "hubs".into(),
+            "give either `hub` or `hubs`, not both".into(),
+        ));
+    }
+    let mut names: Vec<String> = Vec::new();
+    for h in &s.hubs {
+        let Some(name) = &h.host_name else {
+            return Err((
+                "hubs".into(),
+                "every hub of `hubs` needs its `host_name`".into(),
+            ));
+        };
+        if names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            return Err((name.clone(), format!("hub `{name}` is defined twice")));
+        }
+        if h.speed.is_some() {
+            return Err(("speed".into(), "`speed` is no longer needed (remove the line)".into()));
+        }
+        names.push(name.clone());
+    }
+    Ok(names)
+}
+
+/// Checks of the provisioning service and of the devices that provision.
+fn check_dps(s: &Scenario, hub_names: &[String]) -> Result<(), (String, String)> {
+    let Some(dps) = &s.dps else {
+        if let Some(d) = s.devices.iter().find(|d| d.provision.is_some()) {
+            return Err((
+                "provision".into(),
+                format!("device `{}` provisions, but the scenario has no `dps:`", d.id),
+            ));
+        }
+        return Ok(());
+    };
+    if let fakehub::dps::Allocation::Static { hub } = &dps.allocation {
+        if !hub_names.iter().any(|n| n.eq_ignore_ascii_case(hub)) {
+            return Err((hub.clone(), format!("static allocation to an unknown hub `{hub}` (hubs: {hub_names:?})")));
+        }
+    }
+    if let Err(e) = fakehub::dps::Enrollments::new(&dps.individual, &dps.groups) {
+        return Err(("dps".into(), e.to_string()));
+    }
+    for d in &s.devices {
+        match &d.provision {
+            Some(Provision::Group(g)) => {
+                let group = dps.groups.iter().find(|x| &x.name == g);
+                match group {
+                    None => {
+                        return Err((g.clone(), format!("device `{}`: no enrollment group `{g}`", d.id)))
+                    }
+                    Some(x) if x.x509 => {
+                        return Err((g.clone(), format!("device `{}`: `{g}` is an X.509 group; the sample device provisions with symmetric keys", d.id)))
+                    }
+                    Some(_) => {}
+                }
+            }
+            Some(Provision::Individual) => {
+                for id in d.ids() {
+                    if dps.individual.iter().any(|e| e.registration_id == id && e.x509) {
+                        return Err((id.clone(), format!("device `{id}`: its individual enrollment is X.509; the sample device provisions with symmetric keys")));
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
 /// Semantic checks: on failure, the text to locate and the message.
 fn check(s: &Scenario) -> Result<(), (String, String)> {
     if s.devices.is_empty() {
         return Err(("devices".into(), "the scenario has no devices".into()));
     }
     limits::check(s)?;
+    let hub_names = check_hubs(s)?;
+    check_dps(s, &hub_names)?;
     let mut ids = BTreeSet::new();
     let mut processes = BTreeSet::new();
     for d in &s.devices {
@@ -377,7 +526,22 @@ fn check(s: &Scenario) -> Result<(), (String, String)> {
                 }
             }
             Step::Method(m) => known(&m.device)?,
-            Step::Fault(f) => {
+            Step::Fault(step) => {
+                let f = &step.fault;
+                if let Some(h) = &step.hub {
+                    if !hub_names.iter().any(|n| n.eq_ignore_ascii_case(h)) {
+                        return Err((
+                            h.clone(),
+                            format!("no hub `{h}` (hubs: {hub_names:?})"),
+                        ));
+                    }
+                }
+                if is_dps_fault(&f.kind) && s.dps.is_none() {
+                    return Err((
+                        f.kind.name().to_owned(),
+                        format!("`{}` needs a provisioning service (`dps:`)", f.kind.name()),
+                    ));
+                }
                 if let Selector::Ids(list) = &f.devices {
                     for d in list {
                         known(d.split('/').next().unwrap_or(d))?;

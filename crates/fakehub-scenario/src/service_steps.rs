@@ -7,6 +7,7 @@
 //! error. What the hub refuses (a full queue, an offline device, a timeout) is the step's outcome,
 //! not a failure of the caller: the event log has it too.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use fakehub::iothub::c2d::CloudMessage;
@@ -57,20 +58,54 @@ impl std::fmt::Display for Applied {
     }
 }
 
-/// Carry out a service-side step on `hub`; `None` for steps that are not service-side (time and
+/// The hub a device belongs to: the one it is connected to, else the one that registers it, else
+/// the first.
+fn hub_of<'a>(hubs: &'a [Arc<HubHandle>], device: &str) -> Option<&'a Arc<HubHandle>> {
+    let who = IdentityRef::from_client_id(device);
+    hubs.iter()
+        .find(|h| h.connected_clients().iter().any(|c| c == device))
+        .or_else(|| hubs.iter().find(|h| h.registry().identity(&who).is_some()))
+        .or_else(|| hubs.first())
+}
+
+/// Carry out a service-side step on the run's hubs (a fault on every hub its `hub:` names, or all;
+/// the other steps on the device's hub); `None` for steps that are not service-side (time and
 /// device processes, which each caller handles in its own way).
-pub async fn apply(hub: &HubHandle, step: &Step) -> Option<Applied> {
+pub async fn apply(hubs: &[Arc<HubHandle>], step: &Step) -> Option<Applied> {
     let refused = |code: Option<u32>, e: &dyn std::fmt::Display| Applied::Refused {
         code,
         error: e.to_string(),
     };
+    let device = match step {
+        Step::C2d(c) => c.device.as_str(),
+        Step::Desired(d) => d.device.as_str(),
+        Step::Method(m) => m.device.as_str(),
+        _ => "",
+    };
+    let Some(hub) = hub_of(hubs, device) else {
+        return Some(refused(None, &"no hub"));
+    };
     Some(match step {
         Step::Fault(f) => {
-            let handle = hub.inject(f.clone());
-            Applied::Fault {
-                id: handle.id(),
-                name: f.kind.name().to_owned(),
-                active: handle.is_active(),
+            let mut first = None;
+            for h in hubs.iter().filter(|h| {
+                f.hub
+                    .as_deref()
+                    .is_none_or(|name| name.eq_ignore_ascii_case(h.host_name()))
+            }) {
+                let handle = h.inject(f.fault.clone());
+                first.get_or_insert(handle);
+            }
+            match first {
+                Some(handle) => Applied::Fault {
+                    id: handle.id(),
+                    name: f.fault.kind.name().to_owned(),
+                    active: handle.is_active(),
+                },
+                None => refused(
+                    None,
+                    &format!("no hub named `{}`", f.hub.as_deref().unwrap_or_default()),
+                ),
             }
         }
         Step::C2d(c) => {

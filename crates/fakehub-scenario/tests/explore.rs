@@ -239,15 +239,15 @@ fn generated_schedules_cover_the_catalogue_and_stay_runnable() {
         for step in &s.timeline {
             steps.insert(step.describe().split(' ').next().unwrap_or("").to_owned());
             if let Step::Fault(f) = step {
-                kinds.insert(f.kind.name());
+                kinds.insert(f.fault.kind.name());
                 selectors.insert(
-                    format!("{:?}", f.devices)
+                    format!("{:?}", f.fault.devices)
                         .split('(')
                         .next()
                         .unwrap_or("")
                         .to_owned(),
                 );
-                match f.duration {
+                match f.fault.duration {
                     Some(d) => {
                         lasting += 1;
                         assert!(d <= std::time::Duration::from_secs(30 * 60), "{s:?}");

@@ -47,6 +47,7 @@ impl LogBuilder {
             conn,
             device: device.map(str::to_owned),
             module: None,
+            hub: None,
             kind,
         }));
     }

@@ -121,6 +121,83 @@ fn service_calls() {
     );
 }
 
+#[test]
+fn dps_provisioning() {
+    matrix("dps-provisioning", "short-dps-timeout", "provisions");
+}
+
+#[test]
+fn dps_hub_failover() {
+    matrix_of(
+        "dps-hub-failover",
+        &[
+            ("no-reprovision", "reprovisions_after"),
+            ("ignore-retry-after", "honours_retry_after"),
+        ],
+    );
+    // The DPS diagnostic records are written beside the Connections records.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (code, _, err) = fakehub(&[
+        "run",
+        "scenarios/dps-hub-failover.yaml",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let records = std::fs::read_to_string(out.join("dps.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = records
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(records.iter().all(|r| r["category"] == "DeviceOperations"));
+    assert!(records
+        .iter()
+        .any(|r| r["operationName"] == "RegisterDevice" && r["resultSignature"] == "429"));
+    // Both hubs' Connections records, each with its own resource id.
+    let connections = std::fs::read_to_string(out.join("connections.jsonl")).unwrap();
+    assert!(connections.contains("/IOTHUBS/HUB-A\""), "{connections}");
+    assert!(connections.contains("/IOTHUBS/HUB-B\""));
+}
+
+#[test]
+fn dps_scenarios_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "name: x\ndevices:\n  - id: d\n    provision: individual\n",
+            "no `dps:`",
+        ),
+        (
+            "name: x\ndps: {}\ndevices:\n  - id: d\n    provision: { group: nope }\n",
+            "no enrollment group `nope`",
+        ),
+        (
+            "name: x\nhub: { token_grace: 1m }\nhubs:\n  - host_name: a\ndevices:\n  - id: d\n",
+            "either `hub` or `hubs`",
+        ),
+        (
+            "name: x\nhubs:\n  - host_name: a\n  - host_name: a\ndevices:\n  - id: d\n",
+            "defined twice",
+        ),
+        (
+            "name: x\ndevices:\n  - id: d\ntimeline:\n  - fault: { type: dps_throttle }\n",
+            "needs a provisioning service",
+        ),
+        (
+            "name: x\ndps: {}\ndevices:\n  - id: d\ntimeline:\n  - fault: { type: hub_down, hub: nowhere }\n",
+            "no hub `nowhere`",
+        ),
+    ];
+    for (i, (yaml, says)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("bad-{i}.yaml"));
+        std::fs::write(&path, yaml).unwrap();
+        let (code, out, err) = fakehub(&["validate", path.to_str().unwrap()]);
+        assert_eq!(code, 2, "{yaml}\n{out}{err}");
+        assert!(err.contains(says), "{yaml}: {err}");
+    }
+}
+
 /// Write `yaml` as a scenario, run it; (exit status, stdout, stderr, output directory).
 fn run_yaml(dir: &Path, yaml: &str) -> (i32, String, String, std::path::PathBuf) {
     let file = dir.join("s.yaml");

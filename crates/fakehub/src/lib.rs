@@ -11,7 +11,8 @@
 //! ```
 //!
 //! The API: [`Hub`] / [`HubBuilder`] / [`HubHandle`] (building, running and driving a hub, its
-//! service side included), [`faults`] (the fault catalogue), [`events`] (the event log, the
+//! service side included), [`dps`] (the Device Provisioning Service a hub can serve, shared by
+//! several hubs), [`faults`] (the fault catalogue), [`events`] (the event log, the
 //! connection lifecycle, Connections records, the connected-devices series), [`registry`]
 //! (identities), [`descriptors`] (the file-descriptor limit), [`process_time`] (device processes on the hub's clock), and from the shared
 //! protocol crate [`clock`], [`sas`], [`tls`].
@@ -23,6 +24,7 @@
 pub use fakehub_protocol::{clock, sas, tls, transport, ResultCode};
 
 pub mod descriptors;
+pub mod dps;
 pub mod events;
 pub mod faults;
 mod frontdoor;
@@ -44,6 +46,7 @@ pub mod iothub {
 }
 
 pub use clock::{DeviceClock, VirtualClock};
+pub use dps::{Dps, DpsConfig};
 pub use events::records::ConnectionRecord;
 pub use events::{
     CloseCause, CloseHow, Closer, Event, EventKind, EventLog, EventStream, TwinSection,

@@ -357,6 +357,11 @@ impl Registry {
         }
     }
 
+    /// Remove a device (and its modules); what was removed.
+    pub fn remove_device(&self, id: &str) -> Option<Device> {
+        self.write().devices.remove(id)
+    }
+
     /// Change one identity in place (its version moves on); returns false when it does not exist.
     pub fn update(&self, who: &IdentityRef, f: impl FnOnce(&mut Identity)) -> bool {
         let mut data = self.write();

@@ -1,7 +1,6 @@
 //! What every part of a running hub shares: its settings, registry, clock, event log, sessions,
 //! services and active faults.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::VirtualClock;
+use crate::dps::Dps;
 use crate::events::EventLog;
 use crate::faults::{self, inband::Triggers, ActiveFaults};
 use crate::registry::Registry;
@@ -20,6 +20,9 @@ use crate::sessions::Sessions;
 #[derive(Debug, Clone)]
 pub struct FrontDoorConfig {
     pub host_name: String,
+    /// Other names devices may call the hub by in usernames and SAS audiences: the address the
+    /// provisioning service assigns, when it is not the host name.
+    pub aliases: Vec<String>,
     /// Extra time after a token's `se` before the hub closes the connection.
     pub token_grace: Duration,
     /// The longest idle window the hub allows, whatever the keep-alive (IoT Hub: 1767 s).
@@ -54,7 +57,8 @@ pub struct Shared {
     pub tasks: TaskTracker,
     /// The run's seed (fault selection by percentage, generated ids).
     pub seed: u64,
-    next_conn: AtomicU64,
+    /// The provisioning service this hub serves on its listener, if any.
+    pub dps: Option<Dps>,
 }
 
 impl Shared {
@@ -65,6 +69,7 @@ impl Shared {
         events: EventLog,
         tls: TlsAcceptor,
         seed: u64,
+        dps: Option<Dps>,
     ) -> Shared {
         let sessions = Arc::new(Sessions::new(events.clone(), clock.clone()));
         let services = Arc::new(Services::new(
@@ -87,13 +92,13 @@ impl Shared {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             seed,
-            next_conn: AtomicU64::new(1),
+            dps,
         }
     }
 
-    /// A new connection id.
+    /// A new connection id (unique in the event log, which several hubs may share).
     pub fn next_conn(&self) -> u64 {
-        self.next_conn.fetch_add(1, Ordering::Relaxed)
+        self.events.next_conn()
     }
 
     /// What faults reach.
@@ -108,6 +113,7 @@ impl Shared {
             seed: self.seed,
             tasks: self.tasks.clone(),
             shutdown: self.shutdown.clone(),
+            dps: self.dps.clone(),
         }
     }
 }

@@ -187,6 +187,80 @@ impl RawClient {
         }
     }
 
+    /// CONNECT (in memory) to the provisioning service `hub` serves, as registration
+    /// `registration_id` signing with `key` (`skn=registration`), then subscribe to the answers.
+    /// Returns the client and the CONNACK (not subscribed when refused).
+    pub async fn connect_dps_memory(
+        hub: &HubHandle,
+        registration_id: &str,
+        key: &str,
+    ) -> io::Result<(RawClient, mq::ConnAck)> {
+        let mut client = Self::connect_memory(hub).await?;
+        let scope = hub
+            .dps()
+            .map(|d| d.id_scope().to_owned())
+            .ok_or_else(|| io::Error::other("the hub serves no provisioning service"))?;
+        let expiry = hub.clock().now() + Duration::from_secs(3600);
+        let token = crate::sas::mint(
+            &fakehub_protocol::dps::resource_uri(&scope, registration_id),
+            key,
+            Some("registration"),
+            expiry,
+        )
+        .map_err(|e| io::Error::other(e.to_string()))?;
+        let connect = dps_connect_packet(&scope, registration_id, &token);
+        client.send(&mq::Packet::Connect(connect)).await?;
+        let ack = match client.recv(Duration::from_secs(5)).await {
+            Received::Packet(mq::Packet::ConnAck(ack)) => ack,
+            other => return Err(io::Error::other(format!("expected CONNACK, got {other:?}"))),
+        };
+        if ack.code == mq::ConnectReturnCode::Success {
+            client
+                .subscribe(1, &[fakehub_protocol::dps::RESPONSE_FILTER])
+                .await?;
+        }
+        Ok((client, ack))
+    }
+
+    /// Send a DPS request (register with `body`, or poll with the one-byte body the SDKs send) at
+    /// QoS 1 and wait (up to `timeout`) for its answer: the answer's topic read, and its body.
+    pub async fn dps_request(
+        &mut self,
+        request: &fakehub_protocol::dps::Request,
+        body: &[u8],
+        timeout: Duration,
+    ) -> io::Result<(fakehub_protocol::dps::Answer, serde_json::Value)> {
+        use fakehub_protocol::dps::{self, Request};
+        let topic = match request {
+            Request::Register { rid } => dps::register_topic(rid),
+            Request::Poll { rid, operation_id } => dps::poll_topic(rid, operation_id),
+        };
+        self.publish(&topic, QoS::AtLeastOnce, 7, body).await?;
+        let rid = request.rid().to_owned();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.recv(left).await {
+                Received::Packet(mq::Packet::Publish(p)) => {
+                    if p.qos == QoS::AtLeastOnce {
+                        self.send(&mq::Packet::PubAck(mq::PubAck::new(p.pkid)))
+                            .await?;
+                    }
+                    if let Ok(a) = dps::parse_answer(&p.topic) {
+                        if a.rid == rid {
+                            let body = serde_json::from_slice(&p.payload).map_err(|e| {
+                                io::Error::other(format!("the answer is not JSON: {e}"))
+                            })?;
+                            return Ok((a, body));
+                        }
+                    }
+                }
+                Received::Packet(_) => continue,
+                other => return Err(io::Error::other(format!("no answer: {other:?}"))),
+            }
+        }
+    }
+
     /// Subscribe to filters at QoS 1 and wait (up to 5 s) for the SUBACK's return codes.
     pub async fn subscribe(
         &mut self,
@@ -328,6 +402,16 @@ pub fn connect_packet(
             who.device_id
         ),
     };
+    c.login = Some(mq::Login::new(user, token));
+    c
+}
+
+/// A CONNECT to the provisioning service as the SDKs build it (`skn=registration` token).
+pub fn dps_connect_packet(id_scope: &str, registration_id: &str, token: &str) -> mq::Connect {
+    let mut c = mq::Connect::new(registration_id);
+    c.keep_alive = 60;
+    c.clean_session = true;
+    let user = fakehub_protocol::dps::username(id_scope, registration_id, "fakehub-testkit");
     c.login = Some(mq::Login::new(user, token));
     c
 }

@@ -1,6 +1,9 @@
 //! The reference device as a process (`sample-device`, or `fakehub sample-device`).
 //!
-//! Reads `FAKEHUB_CONNECTION_STRING` and `FAKEHUB_CA_FILE`, and keeps time with the process's own
+//! Reads `FAKEHUB_CONNECTION_STRING` and `FAKEHUB_CA_FILE` — or, to register with the Device
+//! Provisioning Service first, `FAKEHUB_DPS_HOST` (`host[:port]`, port 8883 by default),
+//! `FAKEHUB_DPS_ID_SCOPE`, `FAKEHUB_DPS_REGISTRATION_ID` and `FAKEHUB_DPS_KEY` (the device's key:
+//! individual, or derived from its group's) — and keeps time with the process's own
 //! clocks (under the runner's time preload, the hub's). Prints what it does as JSON lines; SIGTERM
 //! or Ctrl-C stops it (with a DISCONNECT unless `--bug no-disconnect`). Exit status 2 for bad setup;
 //! with `--exit-after`, the process ends by itself as a crashing application would.
@@ -19,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 pub struct Args {
     /// Switch off one good behaviour (repeatable): no-token-renewal, stale-token, no-backoff,
     /// no-jitter, lose-inflight, no-resubscribe, no-disconnect, huge-keepalive, ignore-methods,
-    /// no-c2d-ack, ignore-desired.
+    /// no-c2d-ack, ignore-desired, ignore-retry-after, short-dps-timeout, no-reprovision.
     #[arg(long = "bug", value_parser = |s: &str| s.parse::<Bug>())]
     bugs: Vec<Bug>,
     /// Seconds between telemetry messages (device time).
@@ -41,6 +44,33 @@ pub struct Args {
     /// The exit status for `--exit-after`.
     #[arg(long, default_value_t = 3)]
     exit_code: u8,
+    /// With provisioning: register again after this many failed hub connects in a row (0: never).
+    #[arg(long, default_value_t = 3)]
+    reprovision_after: u32,
+}
+
+/// `FAKEHUB_DPS_*`, when the device is to provision: `None` without `FAKEHUB_DPS_ID_SCOPE`.
+fn provisioning_from_env() -> Result<Option<crate::Provisioning>, String> {
+    let Ok(id_scope) = std::env::var("FAKEHUB_DPS_ID_SCOPE") else {
+        return Ok(None);
+    };
+    let var = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
+    let endpoint = var("FAKEHUB_DPS_HOST")?;
+    let (host, port) = match endpoint.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => (
+            h.to_owned(),
+            p.parse()
+                .map_err(|_| format!("FAKEHUB_DPS_HOST has a bad port: {endpoint}"))?,
+        ),
+        _ => (endpoint, 8883),
+    };
+    Ok(Some(crate::Provisioning {
+        host,
+        port,
+        id_scope,
+        registration_id: var("FAKEHUB_DPS_REGISTRATION_ID")?,
+        key: var("FAKEHUB_DPS_KEY")?,
+    }))
 }
 
 fn fail(msg: String) -> ExitCode {
@@ -57,12 +87,22 @@ pub fn main_with_args(argv: impl IntoIterator<Item = String>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let Ok(conn) = std::env::var("FAKEHUB_CONNECTION_STRING") else {
-        return fail("FAKEHUB_CONNECTION_STRING is not set".into());
+    let provisioning = match provisioning_from_env() {
+        Ok(p) => p,
+        Err(e) => return fail(e),
     };
-    let conn = match ConnectionString::parse(&conn) {
-        Ok(c) => c,
-        Err(e) => return fail(e.to_string()),
+    let conn = match (&provisioning, std::env::var("FAKEHUB_CONNECTION_STRING")) {
+        (Some(_), _) => None,
+        (None, Ok(conn)) => match ConnectionString::parse(&conn) {
+            Ok(c) => Some(c),
+            Err(e) => return fail(e.to_string()),
+        },
+        (None, Err(_)) => {
+            return fail(
+                "FAKEHUB_CONNECTION_STRING is not set (nor FAKEHUB_DPS_ID_SCOPE to provision)"
+                    .into(),
+            )
+        }
     };
     let Ok(ca_file) = std::env::var("FAKEHUB_CA_FILE") else {
         return fail("FAKEHUB_CA_FILE is not set".into());
@@ -89,6 +129,7 @@ pub fn main_with_args(argv: impl IntoIterator<Item = String>) -> ExitCode {
         token_ttl: Duration::from_secs(args.token_ttl),
         seed: args.seed,
         bugs: args.bugs.into_iter().collect(),
+        reprovision_after: args.reprovision_after,
         ..DeviceOptions::default()
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -100,7 +141,12 @@ pub fn main_with_args(argv: impl IntoIterator<Item = String>) -> ExitCode {
     };
     runtime.block_on(async move {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let device = match Device::new(conn, &ca, clock, opts) {
+        let made = match (conn, provisioning) {
+            (Some(conn), _) => Device::new(conn, &ca, clock, opts),
+            (None, Some(p)) => Device::provisioned(p, &ca, clock, opts),
+            (None, None) => return fail("no connection string and no provisioning".into()),
+        };
+        let device = match made {
             Ok(d) => d.with_events(tx),
             Err(e) => return fail(e.to_string()),
         };

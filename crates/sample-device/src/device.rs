@@ -6,6 +6,11 @@
 //! reconnect, restores its subscription on every connect, sends DISCONNECT when stopped, and numbers
 //! its telemetry (`$.mid = seq-N`, property `seq=N`). All its timers are wall deadlines on its
 //! [`DeviceClock`], so they follow the hub's time-warp.
+//!
+//! Given [`Provisioning`] instead of a connection string, it first registers with the Device
+//! Provisioning Service (see [`crate::provision`]) and connects to the hub it is assigned; after
+//! `reprovision_after` failed connects in a row it registers again (and may be moved to another
+//! hub).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
@@ -16,7 +21,7 @@ use fakehub_protocol::clock::{DeviceClock, Fired};
 use fakehub_protocol::codec::{MqttIo, ReadError};
 use fakehub_protocol::properties::PropertyBag;
 use fakehub_protocol::sas;
-use fakehub_protocol::transport::{MemoryConnector, Secured, Stream};
+use fakehub_protocol::transport::{MemoryConnector, MemoryRoutes, Secured, Stream};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rumqttc::mqttbytes::v4 as mq;
 use rumqttc::mqttbytes::QoS;
@@ -29,6 +34,7 @@ use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
 use crate::connection_string::ConnectionString;
+use crate::provision::Provisioning;
 
 /// How the device reaches the hub.
 #[derive(Clone)]
@@ -40,6 +46,53 @@ pub enum Dial {
         connector: MemoryConnector,
         tls: bool,
     },
+    /// In memory, to whichever hub the host name leads (in-process devices that provision: the
+    /// provisioning service's name, then the assigned hub's).
+    Routed { routes: MemoryRoutes, tls: bool },
+}
+
+impl Dial {
+    /// Open a connection to `host:port` (TLS with `host` as the server name unless in memory
+    /// without TLS).
+    pub(crate) async fn open(
+        &self,
+        host: &str,
+        port: u16,
+        tls: &Arc<ClientConfig>,
+    ) -> Result<Io, String> {
+        let (stream, secure) = match self {
+            Dial::Tcp => {
+                let tcp = TcpStream::connect((host, port))
+                    .await
+                    .map_err(|e| format!("TCP connect to {host}:{port}: {e}"))?;
+                let _ = tcp.set_nodelay(true);
+                (Stream::Tcp(tcp), true)
+            }
+            Dial::Memory { connector, tls } => {
+                let stream = connector.connect().map_err(|e| format!("connect: {e}"))?;
+                (Stream::Memory(stream), *tls)
+            }
+            Dial::Routed { routes, tls } => {
+                let connector = routes
+                    .get(host)
+                    .ok_or_else(|| format!("no route to {host} (unknown host)"))?;
+                let stream = connector.connect().map_err(|e| format!("connect: {e}"))?;
+                (Stream::Memory(stream), *tls)
+            }
+        };
+        let secured = if secure {
+            let name = ServerName::try_from(host.to_owned())
+                .map_err(|_| format!("'{host}' is not a valid TLS server name"))?;
+            let tls = TlsConnector::from(tls.clone())
+                .connect(name, stream)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            Secured::Tls(tls)
+        } else {
+            Secured::Plain(stream)
+        };
+        Ok(MqttIo::new(secured, usize::MAX))
+    }
 }
 
 /// A behaviour the device can get wrong on purpose.
@@ -68,11 +121,17 @@ pub enum Bug {
     NoC2dAck,
     /// Never applies desired properties: its reported properties never acknowledge them.
     IgnoreDesired,
+    /// Retries and polls the provisioning service after a fixed second, whatever its `retry-after`.
+    IgnoreRetryAfter,
+    /// Gives up on a registration that is still `assigning` after 10 s and registers afresh.
+    ShortDpsTimeout,
+    /// Never registers again: keeps retrying the hub it was first assigned, however often it fails.
+    NoReprovision,
 }
 
 impl Bug {
     /// Every bug, with its command-line name.
-    pub const ALL: [(&'static str, Bug); 11] = [
+    pub const ALL: [(&'static str, Bug); 14] = [
         ("no-token-renewal", Bug::NoTokenRenewal),
         ("stale-token", Bug::StaleToken),
         ("no-backoff", Bug::NoBackoff),
@@ -84,6 +143,9 @@ impl Bug {
         ("ignore-methods", Bug::IgnoreMethods),
         ("no-c2d-ack", Bug::NoC2dAck),
         ("ignore-desired", Bug::IgnoreDesired),
+        ("ignore-retry-after", Bug::IgnoreRetryAfter),
+        ("short-dps-timeout", Bug::ShortDpsTimeout),
+        ("no-reprovision", Bug::NoReprovision),
     ];
 }
 
@@ -113,10 +175,15 @@ pub struct DeviceOptions {
     pub backoff_max: Duration,
     /// Each backoff delay is scaled by a factor drawn from `[1 - jitter, 1)`.
     pub jitter: f64,
-    /// How long (device time) to wait for a CONNACK.
+    /// How long (device time) to wait for a CONNACK (and for each answer of the provisioning
+    /// service).
     pub connect_timeout: Duration,
     pub seed: u64,
     pub bugs: BTreeSet<Bug>,
+    /// With provisioning: register again after this many failed hub connects in a row (0: never).
+    pub reprovision_after: u32,
+    /// With provisioning: give up on a registration still `assigning` after this long.
+    pub dps_timeout: Duration,
 }
 
 impl Default for DeviceOptions {
@@ -132,6 +199,8 @@ impl Default for DeviceOptions {
             connect_timeout: Duration::from_secs(30),
             seed: 0,
             bugs: BTreeSet::new(),
+            reprovision_after: 3,
+            dps_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -176,6 +245,23 @@ pub enum DeviceEvent {
         attempt: u32,
         delay_ms: u64,
     },
+    /// Registering with the provisioning service.
+    Provisioning {
+        attempt: u32,
+    },
+    /// The provisioning service assigned a hub.
+    Provisioned {
+        assigned_hub: String,
+        device_id: String,
+    },
+    ProvisionFailed {
+        reason: String,
+    },
+    /// Waiting before the next request to the provisioning service (its answer's `status`).
+    DpsWait {
+        status: u16,
+        delay_ms: u64,
+    },
     Stopped,
 }
 
@@ -190,7 +276,7 @@ pub enum DeviceError {
     Unknown(String),
 }
 
-type Io = MqttIo<Secured<TlsStream<Stream>>>;
+pub(crate) type Io = MqttIo<Secured<TlsStream<Stream>>>;
 
 struct Inflight {
     seq: u64,
@@ -199,9 +285,15 @@ struct Inflight {
 
 /// The device.
 pub struct Device {
+    /// The hub and identity (with provisioning: known once assigned, see `assigned`).
     conn: ConnectionString,
+    /// Registers with the provisioning service first, when given.
+    provisioning: Option<Provisioning>,
+    /// Whether `conn` names a hub to connect to (always, without provisioning).
+    assigned: bool,
+    /// Failed hub connects in a row.
+    failed_connects: u32,
     tls: Arc<ClientConfig>,
-    server_name: ServerName<'static>,
     clock: DeviceClock,
     opts: DeviceOptions,
     dial: Dial,
@@ -242,13 +334,15 @@ impl Device {
         }
         let tls = fakehub_protocol::tls::client_config_trusting(&cas)
             .map_err(|e| DeviceError::Ca(e.to_string()))?;
-        let server_name = ServerName::try_from(conn.gateway_host.clone())
+        ServerName::try_from(conn.gateway_host.clone())
             .map_err(|_| DeviceError::ServerName(conn.gateway_host.clone()))?;
         Ok(Device {
             rng: StdRng::seed_from_u64(opts.seed),
             conn,
+            provisioning: None,
+            assigned: true,
+            failed_connects: 0,
             tls,
-            server_name,
             clock,
             opts,
             dial: Dial::Tcp,
@@ -261,6 +355,30 @@ impl Device {
             desired_acked: 0,
             next_rid: 0,
         })
+    }
+
+    /// A device that registers with the provisioning service to learn its hub, trusting `ca_pem`
+    /// (for the service and the hubs alike), on `clock`.
+    pub fn provisioned(
+        provisioning: Provisioning,
+        ca_pem: &str,
+        clock: DeviceClock,
+        opts: DeviceOptions,
+    ) -> Result<Device, DeviceError> {
+        ServerName::try_from(provisioning.host.clone())
+            .map_err(|_| DeviceError::ServerName(provisioning.host.clone()))?;
+        // Until assigned: the identity and key are known, the hub is not.
+        let conn = ConnectionString {
+            host_name: provisioning.host.clone(),
+            identity: fakehub_protocol::IdentityRef::device(provisioning.registration_id.clone()),
+            shared_access_key: provisioning.key.clone(),
+            gateway_host: provisioning.host.clone(),
+            port: provisioning.port,
+        };
+        let mut device = Device::new(conn, ca_pem, clock, opts)?;
+        device.provisioning = Some(provisioning);
+        device.assigned = false;
+        Ok(device)
     }
 
     /// Reach the hub this way (default: TCP).
@@ -339,6 +457,22 @@ impl Device {
             if stop.is_cancelled() {
                 break;
             }
+            if !self.assigned {
+                let registered = tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => break,
+                    r = self.provision(attempt) => r,
+                };
+                if let Err(reason) = registered {
+                    self.emit(DeviceEvent::ProvisionFailed { reason });
+                    attempt += 1;
+                    match self.wait_backoff(attempt, None, held.take(), &stop).await {
+                        Some(guard) => held = guard,
+                        None => break,
+                    }
+                    continue;
+                }
+            }
             self.emit(DeviceEvent::Connecting { attempt });
             let (token, expiry) = self.token();
             let connected = tokio::select! {
@@ -350,6 +484,7 @@ impl Device {
                 Ok(c) => c,
                 Err((reason, io)) => {
                     self.emit(DeviceEvent::ConnectFailed { reason });
+                    self.count_failed_connect();
                     attempt += 1;
                     // The retry timer is armed before the guard of this attempt is released.
                     match self.wait_backoff(attempt, io, held.take(), &stop).await {
@@ -360,6 +495,7 @@ impl Device {
                 }
             };
             attempt = 0;
+            self.failed_connects = 0;
             let ended = self
                 .session(io, session_present, expiry, &mut held, &stop)
                 .await;
@@ -387,6 +523,47 @@ impl Device {
             }
         }
         self.emit(DeviceEvent::Stopped);
+    }
+
+    /// Register with the provisioning service and take the hub it assigns.
+    async fn provision(&mut self, attempt: u32) -> Result<(), String> {
+        let Some(provisioning) = self.provisioning.clone() else {
+            return Ok(());
+        };
+        self.emit(DeviceEvent::Provisioning { attempt });
+        let client = crate::provision::Client {
+            provisioning: &provisioning,
+            dial: &self.dial,
+            tls: &self.tls,
+            clock: &self.clock,
+            opts: &self.opts,
+            events: self.events.as_ref(),
+        };
+        let conn = client.register().await?;
+        self.emit(DeviceEvent::Provisioned {
+            assigned_hub: conn.host_name.clone(),
+            device_id: conn.identity.device_id.clone(),
+        });
+        // A new hub, a new token.
+        self.first_token = None;
+        self.conn = conn;
+        self.assigned = true;
+        Ok(())
+    }
+
+    /// A hub connect failed: after `reprovision_after` in a row, a provisioned device registers
+    /// again before its next try.
+    fn count_failed_connect(&mut self) {
+        self.failed_connects = self.failed_connects.saturating_add(1);
+        let limit = self.opts.reprovision_after;
+        if self.provisioning.is_some()
+            && limit > 0
+            && self.failed_connects >= limit
+            && !self.has(Bug::NoReprovision)
+        {
+            self.failed_connects = 0;
+            self.assigned = false;
+        }
     }
 
     /// Wait out the backoff; `None` when stopped meanwhile. The guard (shared clock) holds a hub jump
@@ -421,31 +598,11 @@ impl Device {
         let clock = self.clock.clone();
         let timeout = clock.sleep(self.opts.connect_timeout);
         let attempt = async {
-            let (stream, tls) = match &self.dial {
-                Dial::Tcp => {
-                    let tcp = TcpStream::connect((self.conn.gateway_host.as_str(), self.conn.port))
-                        .await
-                        .map_err(|e| (format!("TCP connect: {e}"), None))?;
-                    let _ = tcp.set_nodelay(true);
-                    (Stream::Tcp(tcp), true)
-                }
-                Dial::Memory { connector, tls } => {
-                    let stream = connector
-                        .connect()
-                        .map_err(|e| (format!("connect: {e}"), None))?;
-                    (Stream::Memory(stream), *tls)
-                }
-            };
-            let secured = if tls {
-                let tls = TlsConnector::from(self.tls.clone())
-                    .connect(self.server_name.clone(), stream)
-                    .await
-                    .map_err(|e| (format!("TLS: {e}"), None))?;
-                Secured::Tls(tls)
-            } else {
-                Secured::Plain(stream)
-            };
-            let mut io: Io = MqttIo::new(secured, usize::MAX);
+            let mut io = self
+                .dial
+                .open(&self.conn.gateway_host, self.conn.port, &self.tls)
+                .await
+                .map_err(|e| (e, None))?;
             let mut connect = mq::Connect::new(self.conn.identity.client_id());
             connect.keep_alive = self.keep_alive();
             connect.clean_session = false;

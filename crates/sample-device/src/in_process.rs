@@ -4,11 +4,14 @@
 use std::time::Duration;
 
 use fakehub_protocol::clock::DeviceClock;
+use fakehub_protocol::transport::MemoryRoutes;
 use fakehub_protocol::InProcessHub;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::{ConnectionString, Device, DeviceError, DeviceEvent, DeviceOptions, Dial};
+use crate::{
+    ConnectionString, Device, DeviceError, DeviceEvent, DeviceOptions, Dial, Provisioning,
+};
 
 /// A running in-process sample device.
 pub struct InProcess {
@@ -31,7 +34,6 @@ impl InProcess {
             .and_then(|c| {
                 ConnectionString::parse(&c).map_err(|e| DeviceError::Unknown(e.to_string()))
             })?;
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let device = Device::new(
             conn,
             &hub.ca_pem(),
@@ -41,8 +43,35 @@ impl InProcess {
         .with_dial(Dial::Memory {
             connector: hub.memory_connector(),
             tls: hub.memory_tls(),
-        })
-        .with_events(tx);
+        });
+        Ok(Self::start(device))
+    }
+
+    /// Start a device that registers with the provisioning service first, then connects to the
+    /// hub it is assigned — in memory, by `routes` (the provisioning host and each hub's device
+    /// host lead to its hub), with `hub`'s CA and clock.
+    pub fn provisioned(
+        hub: &impl InProcessHub,
+        routes: MemoryRoutes,
+        provisioning: Provisioning,
+        opts: DeviceOptions,
+    ) -> Result<InProcess, DeviceError> {
+        let device = Device::provisioned(
+            provisioning,
+            &hub.ca_pem(),
+            DeviceClock::Shared(hub.clock().clone()),
+            opts,
+        )?
+        .with_dial(Dial::Routed {
+            routes,
+            tls: hub.memory_tls(),
+        });
+        Ok(Self::start(device))
+    }
+
+    fn start(device: Device) -> InProcess {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let device = device.with_events(tx);
         let (up, connected) = watch::channel(false);
         // `Connected` is emitted once the device's timers are armed: time may move after it.
         tokio::spawn(async move {
@@ -54,11 +83,11 @@ impl InProcess {
         });
         let stop = CancellationToken::new();
         let task = tokio::spawn(device.run(stop.clone()));
-        Ok(InProcess {
+        InProcess {
             stop,
             task,
             connected,
-        })
+        }
     }
 
     /// Wait (real time, at most `within`) until the device has connected once. False on timeout.

@@ -6,7 +6,9 @@ pub mod cli;
 pub use fakehub_protocol::connection_string;
 pub mod device;
 pub mod in_process;
+pub mod provision;
 
 pub use connection_string::ConnectionString;
 pub use device::{Bug, Device, DeviceError, DeviceEvent, DeviceOptions, Dial};
 pub use in_process::InProcess;
+pub use provision::Provisioning;

@@ -111,6 +111,9 @@ pub fn no_message_loss(log: &Log, device: &str, rule: LossRule) -> Verdict {
             } => {
                 pending.remove(&(conn, *pkid));
             }
+            // A provisioning connection carries no telemetry.
+            EventKind::Closed { .. }
+                if log.lifecycle().get(conn).is_some_and(|c| c.dps.is_some()) => {}
             EventKind::Closed { cause, .. } => {
                 let left: Vec<(u64, u16)> = pending
                     .keys()

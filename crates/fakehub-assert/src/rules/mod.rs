@@ -5,11 +5,12 @@
 //!
 //! One module per family: [`connections`] (connecting, recovering, renewing, backing off, ending),
 //! [`fleet`], [`messages`] (the QoS 1 ledger, subscriptions), [`records`], [`service`] (what the
-//! service side asked of the device).
+//! service side asked of the device), [`provisioning`] (the Device Provisioning Service).
 
 pub mod connections;
 pub mod fleet;
 pub mod messages;
+pub mod provisioning;
 pub mod records;
 pub mod service;
 
@@ -19,6 +20,7 @@ pub use connections::{
 pub use fleet::fleet_spread;
 pub use messages::no_message_loss;
 pub use messages::resubscribes;
+pub use provisioning::{honours_retry_after, provisions, reprovisions_after};
 pub use records::records;
 pub use service::{c2d_delivered, desired_applied, method};
 

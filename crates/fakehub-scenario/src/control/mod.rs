@@ -158,7 +158,7 @@ fn check_devices(hub: &HubHandle, step: &Step) -> Result<(), Refusal> {
         Step::Desired(d) => ("desired.device", d.device.as_str()),
         Step::Method(m) => ("method.device", m.device.as_str()),
         Step::Fault(f) => {
-            if let fakehub::faults::Selector::Ids(ids) = &f.devices {
+            if let fakehub::faults::Selector::Ids(ids) = &f.fault.devices {
                 if let Some(id) = ids.iter().find(|id| !known(id)) {
                     return Err(bad(
                         StatusCode::BAD_REQUEST,
@@ -214,7 +214,7 @@ async fn timeline(
             );
             None
         }
-        other => service_steps::apply(&c.hub, other).await,
+        other => service_steps::apply(std::slice::from_ref(&c.hub), other).await,
     };
     Ok(Json(StepReply {
         step: step.describe(),

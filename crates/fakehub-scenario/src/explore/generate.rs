@@ -115,11 +115,14 @@ fn fault(v: &Vocabulary) -> impl Strategy<Value = Step> {
         ],
     );
     (fault_kind(), selector(v), duration).prop_map(|(kind, devices, duration)| {
-        Step::Fault(Fault {
-            kind,
-            devices,
-            duration,
-        })
+        Step::Fault(
+            Fault {
+                kind,
+                devices,
+                duration,
+            }
+            .into(),
+        )
     })
 }
 

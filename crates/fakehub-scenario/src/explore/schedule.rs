@@ -298,7 +298,15 @@ fn effect(kind: &FaultKind) -> Effect {
         | FaultKind::HalfOpen(_)
         | FaultKind::Outage(_)
         | FaultKind::Disable(_)
-        | FaultKind::Throttle(_) => Effect::Block,
+        | FaultKind::Throttle(_)
+        // The provisioning service's faults keep a provisioning device from a hub (explore does
+        // not generate them yet; a scenario's own are kept bounded).
+        | FaultKind::HubDown(_)
+        | FaultKind::DpsThrottle(_)
+        | FaultKind::DpsError(_)
+        | FaultKind::DpsAssigning(_)
+        | FaultKind::DpsDrop(_)
+        | FaultKind::DpsDisabled(_) => Effect::Block,
         // Delays are bounded to SLOW_ACK first.
         FaultKind::Connack(Connack::Delay { .. }) => Effect::Benign,
         FaultKind::Connack(_) => Effect::Block,
@@ -394,7 +402,7 @@ impl<'a> Fitting<'a> {
             Step::Stop(r) => self.bounce(names, &r.device, false),
             // Restarts come with their crash or stop.
             Step::Restart(_) => {}
-            Step::Fault(f) => self.fault(names, f),
+            Step::Fault(f) => self.fault(names, f.fault),
             Step::C2d(mut c) => {
                 if let Some((d, _)) = names.resolve(&c.device) {
                     c.device = d;
@@ -479,11 +487,14 @@ impl<'a> Fitting<'a> {
             Effect::Benign => {}
         }
         self.push(
-            Step::Fault(Fault {
-                kind,
-                devices,
-                duration,
-            }),
+            Step::Fault(
+                Fault {
+                    kind,
+                    devices,
+                    duration,
+                }
+                .into(),
+            ),
             end,
         );
     }
@@ -602,7 +613,7 @@ impl Schedule {
         let mut out = BTreeMap::new();
         for s in &self.timeline {
             if let Step::Fault(f) = s {
-                *out.entry(f.kind.name()).or_default() += 1;
+                *out.entry(f.fault.kind.name()).or_default() += 1;
             }
         }
         out

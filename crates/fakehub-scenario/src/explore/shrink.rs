@@ -9,7 +9,7 @@ use std::time::Duration;
 use fakehub::faults::{Connack, DropPuback, Fault, FaultKind, OutageMode, Reset, Selector};
 
 use super::schedule::{Schedule, Vocabulary};
-use crate::scenario::Step;
+use crate::scenario::{FaultStep, Step};
 
 /// Round durations, shortest first: what shrunk durations are chosen from.
 fn ladder() -> Vec<Duration> {
@@ -255,20 +255,28 @@ impl<'a, F: FnMut(&Schedule) -> bool> Shrinker<'a, F> {
         });
     }
 
-    fn simpler_fault(&mut self, i: usize, f: Fault) {
+    fn simpler_fault(&mut self, i: usize, step: FaultStep) {
+        // The fault changes; which hub it acts on stays.
+        let on = |fault: Fault| {
+            Step::Fault(FaultStep {
+                fault,
+                hub: step.hub.clone(),
+            })
+        };
+        let f = step.fault.clone();
         if f.devices != Selector::All {
             let all = Fault {
                 devices: Selector::All,
                 ..f.clone()
             };
-            if !self.replace(i, Step::Fault(all)) {
+            if !self.replace(i, on(all)) {
                 if let Selector::Ids(ids) = &f.devices {
                     if ids.len() > 1 {
                         let one = Fault {
                             devices: Selector::Ids(ids[..1].to_vec()),
                             ..f.clone()
                         };
-                        self.replace(i, Step::Fault(one));
+                        self.replace(i, on(one));
                     }
                 }
             }
@@ -277,16 +285,19 @@ impl<'a, F: FnMut(&Schedule) -> bool> Shrinker<'a, F> {
             let Some(Step::Fault(now)) = self.current.timeline.get(i).cloned() else {
                 return;
             };
-            if self.replace(i, Step::Fault(Fault { kind, ..now })) {
+            if self.replace(i, on(Fault { kind, ..now.fault })) {
                 break;
             }
         }
         if let Some(Step::Fault(now)) = self.current.timeline.get(i).cloned() {
-            if let Some(d) = now.duration {
+            if let Some(d) = now.fault.duration {
                 self.shorter(i, d, |s, d| match s {
-                    Step::Fault(f) => Step::Fault(Fault {
-                        duration: Some(d),
-                        ..f.clone()
+                    Step::Fault(f) => Step::Fault(FaultStep {
+                        fault: Fault {
+                            duration: Some(d),
+                            ..f.fault.clone()
+                        },
+                        hub: f.hub.clone(),
                     }),
                     other => other.clone(),
                 });

@@ -128,6 +128,7 @@ fn close_style_index(cause: CloseCause) -> usize {
         CloseCause::CoreClosed => 8,
         CloseCause::Disabled | CloseCause::Deleted => 9,
         CloseCause::TlsFailed
+        | CloseCause::Reprovisioned
         | CloseCause::NoConnect
         | CloseCause::Refused
         | CloseCause::Internal => 10,

@@ -106,6 +106,7 @@ mod tests {
             conn: Some(conn),
             device: device.map(str::to_owned),
             module: None,
+            hub: None,
             kind,
         }
     }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fakehub::{Hub, HubBuilder, SymmetricKeys};
+use fakehub::{Dps, DpsConfig, Hub, HubBuilder, HubHandle, SymmetricKeys};
 use serde::Deserialize;
 
 use crate::input::{self, InputError};
@@ -46,6 +46,10 @@ pub struct ServeConfig {
     pub devices: Vec<DeviceConfig>,
     #[serde(default)]
     pub policies: Vec<PolicyConfig>,
+    /// A Device Provisioning Service served on the hub's listener (devices then need no
+    /// connection string: `OUT/dps.json` says where to register, with which scope and keys).
+    #[serde(default)]
+    pub dps: Option<DpsConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,6 +170,10 @@ impl ServeConfig {
                     .into(),
             ));
         }
+        if let Some(dps) = &config.dps {
+            fakehub::dps::Enrollments::new(&dps.individual, &dps.groups)
+                .map_err(|e| invalid(format!("dps: {e}")))?;
+        }
         for d in &config.devices {
             if let Some(x) = &d.x509 {
                 x.auth().map_err(|message| InputError::Invalid {
@@ -185,11 +193,14 @@ impl ServeConfig {
         Ok(config)
     }
 
-    fn builder(&self) -> Result<HubBuilder, InputError> {
+    fn builder(&self, dps: Option<&Dps>) -> Result<HubBuilder, InputError> {
         let mut b = Hub::builder()
             .host_name(self.host_name.clone())
             .listen(self.listen)
             .out_dir(self.out.clone());
+        if let Some(dps) = dps {
+            b = b.dps(dps.clone());
+        }
         if let Some(g) = self.token_grace {
             b = b.token_grace(g);
         }
@@ -248,7 +259,12 @@ impl ServeConfig {
 /// Run the hub until a signal arrives; `service_api` false leaves the service and control APIs off
 /// whatever the config says.
 pub async fn serve(config: ServeConfig, service_api: bool) -> anyhow::Result<()> {
-    let hub = Arc::new(config.builder()?.build()?.start().await?);
+    let dps = config
+        .dps
+        .as_ref()
+        .map(|c| Dps::new(c, 0))
+        .transpose()?;
+    let hub = Arc::new(config.builder(dps.as_ref())?.build()?.start().await?);
     // Connection strings carry keys: they go to files in the output directory, never to the
     // terminal.
     let mut strings = String::new();
@@ -266,6 +282,16 @@ pub async fn serve(config: ServeConfig, service_api: bool) -> anyhow::Result<()>
     }
     let strings_path = config.out.join("connection-strings.txt");
     write_private(&strings_path, &strings)?;
+    if let Some(dps) = &dps {
+        let path = config.out.join("dps.json");
+        write_private(&path, &provisioning_sheet(&hub, dps))?;
+        tell!(
+            "fakehub: provisioning service (ID scope {}) on the same listener: register at {}; scope and keys in {}",
+            dps.id_scope(),
+            hub.gateway_host(),
+            path.display()
+        );
+    }
     let service_path = config.out.join("service-connection-string.txt");
     if let Some(s) = hub.service_connection_string() {
         write_private(&service_path, &format!("{s}\n"))?;
@@ -320,6 +346,33 @@ pub async fn serve(config: ServeConfig, service_api: bool) -> anyhow::Result<()>
         Err(_) => anyhow::bail!("the hub is still in use while stopping"),
     }
     Ok(())
+}
+
+/// What a device needs to provision (`OUT/dps.json`; it holds keys: written 0600, never printed):
+/// where to register (the hub's listener stands in for `global.azure-devices-provisioning.net`),
+/// the ID scope, and the keys of the enrollments (a group device derives its own).
+fn provisioning_sheet(hub: &HubHandle, dps: &Dps) -> String {
+    let e = dps.enrollments();
+    let sheet = serde_json::json!({
+        "provisioning_host": hub.gateway_host(),
+        "global_endpoint": fakehub::dps::wire::GLOBAL_HOST,
+        "id_scope": dps.id_scope(),
+        "assigned_hub": hub.device_host(),
+        "individual": e.individual.iter().map(|i| serde_json::json!({
+            "registration_id": i.registration_id,
+            "primary_key": i.primary_key,
+            "secondary_key": i.secondary_key,
+            "x509": i.x509,
+        })).collect::<Vec<_>>(),
+        "groups": e.groups.iter().map(|g| serde_json::json!({
+            "name": g.name,
+            "primary_key": g.primary_key,
+            "secondary_key": g.secondary_key,
+            "x509": g.x509,
+        })).collect::<Vec<_>>(),
+        "group_device_key": "base64(HMAC-SHA256(key = base64-decoded group key, message = registration id))",
+    });
+    serde_json::to_string_pretty(&sheet).unwrap_or_default()
 }
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {

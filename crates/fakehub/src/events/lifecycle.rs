@@ -38,6 +38,8 @@ pub struct Connect {
     pub auth: AuthKind,
     pub sdk: Option<String>,
     pub token_expiry: Option<SystemTime>,
+    /// The hub it came to, when several hubs write the log.
+    pub hub: Option<String>,
 }
 
 /// How the hub answered it.
@@ -61,6 +63,16 @@ pub struct Closed {
     pub result: Option<ResultCode>,
 }
 
+/// A connection to the Device Provisioning Service: who registers, and whether DPS let it in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DpsClient {
+    pub at: At,
+    pub registration_id: String,
+    pub id_scope: String,
+    /// The CONNACK code, once answered.
+    pub connack: Option<u8>,
+}
+
 /// One connection, as far as the log has told it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Connection {
@@ -79,6 +91,9 @@ pub struct Connection {
     /// Filters acknowledged by a SUBACK, and not unsubscribed since.
     pub subscriptions: BTreeSet<String>,
     pub closed: Option<Closed>,
+    /// For a provisioning connection (a DPS username): what it registered as. Such a connection is
+    /// never a hub connection (no `connect`).
+    pub dps: Option<DpsClient>,
     /// SUBSCRIBE filters waiting for their SUBACK, by packet id.
     pending_subscribes: BTreeMap<u16, Vec<String>>,
 }
@@ -97,6 +112,7 @@ impl Connection {
             first_exchange: None,
             subscriptions: BTreeSet::new(),
             closed: None,
+            dps: None,
             pending_subscribes: BTreeMap::new(),
         }
     }
@@ -192,6 +208,7 @@ impl Lifecycle {
                     auth: *auth,
                     sdk: sdk.clone(),
                     token_expiry: *token_expiry,
+                    hub: e.hub.clone(),
                 });
             }
             EventKind::Connack {
@@ -217,6 +234,23 @@ impl Lifecycle {
                 if c.connected() && c.first_exchange.is_none() =>
             {
                 c.first_exchange = Some(at);
+            }
+            EventKind::DpsConnect {
+                registration_id,
+                id_scope,
+                ..
+            } => {
+                c.dps = Some(DpsClient {
+                    at,
+                    registration_id: registration_id.clone(),
+                    id_scope: id_scope.clone(),
+                    connack: None,
+                });
+            }
+            EventKind::DpsConnack { code, .. } => {
+                if let Some(d) = c.dps.as_mut() {
+                    d.connack = Some(*code);
+                }
             }
             EventKind::Closed {
                 by,

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 
-use super::records;
+use super::{dps_records, records};
 use super::{Event, EventKind, Stamp, Subject};
 use crate::clock::VirtualClock;
 
@@ -56,6 +56,8 @@ struct LogState {
     base: u64,
     store: Option<Store>,
     records: Option<(Box<dyn Write + Send>, records::RecordDeriver)>,
+    /// The Device Provisioning Service's records, when a run has DPS.
+    dps: Option<(Box<dyn Write + Send>, dps_records::DpsRecordDeriver)>,
     /// The first write error (kind and text: an `io::Error` is not `Clone`).
     write_error: Option<(std::io::ErrorKind, String)>,
 }
@@ -149,16 +151,21 @@ fn line_of(value: &impl serde::Serialize) -> std::io::Result<Vec<u8>> {
     Ok(line)
 }
 
-/// The event log of one hub. Cheap to clone.
+/// The event log of one hub (or of several hubs of one run, each writing through a handle tagged
+/// with its name). Cheap to clone.
 #[derive(Clone)]
 pub struct EventLog {
     inner: Arc<LogInner>,
+    /// Stamped on every event written through this handle.
+    hub: Option<Arc<str>>,
 }
 
 struct LogInner {
     clock: VirtualClock,
     state: Mutex<LogState>,
     appended: Notify,
+    /// Connection ids, unique across every hub writing this log.
+    next_conn: std::sync::atomic::AtomicU64,
 }
 
 impl EventLog {
@@ -173,11 +180,35 @@ impl EventLog {
                     base: 0,
                     store: None,
                     records: None,
+                    dps: None,
                     write_error: None,
                 }),
                 appended: Notify::new(),
+                next_conn: std::sync::atomic::AtomicU64::new(1),
             }),
+            hub: None,
         }
+    }
+
+    /// The same log, written through a handle that stamps `hub` on every event (several hubs of
+    /// one run share a log this way).
+    pub fn tagged(&self, hub: &str) -> EventLog {
+        EventLog {
+            inner: self.inner.clone(),
+            hub: Some(Arc::from(hub)),
+        }
+    }
+
+    /// The clock the log stamps events with.
+    pub fn clock(&self) -> &VirtualClock {
+        &self.inner.clock
+    }
+
+    /// A new connection id (unique in this log, whichever hub asks).
+    pub fn next_conn(&self) -> u64 {
+        self.inner
+            .next_conn
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, LogState> {
@@ -208,6 +239,11 @@ impl EventLog {
         s.store = Some(store);
         s.records = Some((records, records::RecordDeriver::new(context)));
         Ok(())
+    }
+
+    /// Also write the Device Provisioning Service's diagnostic records derived from the events.
+    pub fn write_dps_to(&self, records: Box<dyn Write + Send>, context: dps_records::DpsContext) {
+        self.lock().dps = Some((records, dps_records::DpsRecordDeriver::new(context)));
     }
 
     /// Append an event stamped with the clock's current readings.
@@ -247,6 +283,7 @@ impl EventLog {
             conn: subject.conn,
             device: subject.device.clone(),
             module: subject.module.clone(),
+            hub: self.hub.as_deref().map(str::to_owned),
             kind,
         });
         // Serialized before anything changes: should it fail (or panic), the log is as it was
@@ -264,6 +301,9 @@ impl EventLog {
             }
         }
         if let Err(e) = write_records(&mut s.records, &event) {
+            s.note_error(&e);
+        }
+        if let Err(e) = write_records(&mut s.dps, &event) {
             s.note_error(&e);
         }
         // Forget what the file holds beyond the window.
@@ -340,10 +380,19 @@ impl EventLog {
         if let Err(e) = flushed {
             s.note_error(&e);
         }
-        if let Some((w, _)) = s.records.as_mut() {
+        let state = &mut *s;
+        let writers = [
+            state.records.as_mut().map(|(w, _)| w),
+            state.dps.as_mut().map(|(w, _)| w),
+        ];
+        let mut failed = None;
+        for w in writers.into_iter().flatten() {
             if let Err(e) = w.flush() {
-                s.note_error(&e);
+                failed.get_or_insert(e);
             }
+        }
+        if let Some(e) = failed {
+            s.note_error(&e);
         }
         match &s.write_error {
             Some((kind, text)) => Err(std::io::Error::new(*kind, text.clone())),
@@ -352,9 +401,29 @@ impl EventLog {
     }
 }
 
-/// Write the Connections records an event causes, as whole lines, flushed.
-fn write_records(
-    sink: &mut Option<(Box<dyn Write + Send>, records::RecordDeriver)>,
+/// What derives diagnostic records from events (the hub's Connections records, DPS's).
+trait Deriver {
+    type Record: serde::Serialize;
+    fn push(&mut self, event: &Event) -> Vec<Self::Record>;
+}
+
+impl Deriver for records::RecordDeriver {
+    type Record = records::ConnectionRecord;
+    fn push(&mut self, event: &Event) -> Vec<Self::Record> {
+        records::RecordDeriver::push(self, event)
+    }
+}
+
+impl Deriver for dps_records::DpsRecordDeriver {
+    type Record = dps_records::DpsRecord;
+    fn push(&mut self, event: &Event) -> Vec<Self::Record> {
+        dps_records::DpsRecordDeriver::push(self, event)
+    }
+}
+
+/// Write the records an event causes, as whole lines, flushed.
+fn write_records<D: Deriver>(
+    sink: &mut Option<(Box<dyn Write + Send>, D)>,
     event: &Event,
 ) -> std::io::Result<()> {
     let Some((w, deriver)) = sink.as_mut() else {

@@ -6,12 +6,13 @@
 //! has an output directory, written as JSON Lines as it happens, with the Connections records derived
 //! alongside.
 
+pub mod dps_records;
 mod lifecycle;
 pub mod log;
 pub mod records;
 pub mod series;
 
-pub use lifecycle::{Connection, Lifecycle};
+pub use lifecycle::{Connection, DpsClient, Lifecycle};
 pub use log::{EventLog, EventStream};
 
 use std::net::SocketAddr;
@@ -77,6 +78,8 @@ pub enum CloseCause {
     Disabled,
     /// The identity was deleted from the registry (service API).
     Deleted,
+    /// The provisioning service moved the device to another hub (it left this one).
+    Reprovisioned,
 }
 
 /// Whether a fault started or ended.
@@ -104,6 +107,16 @@ pub enum AuthKind {
     Sas,
     X509,
     None,
+}
+
+/// A device's request to the Device Provisioning Service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DpsOp {
+    /// `iotdps-register`: start a registration.
+    Register,
+    /// `iotdps-get-operationstatus`: how is the registration going.
+    Poll,
 }
 
 /// How a device keeps time in a run.
@@ -321,6 +334,67 @@ pub enum EventKind {
     C2dPurged {
         count: usize,
     },
+    /// A CONNECT to the Device Provisioning Service (a DPS username). Never carries the password.
+    /// The event's device is the registration id.
+    DpsConnect {
+        client_id: String,
+        id_scope: String,
+        registration_id: String,
+        keep_alive: u16,
+        clean_session: bool,
+        auth: AuthKind,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sdk: Option<String>,
+    },
+    /// DPS answered the CONNECT: 0, or a refusal (`status`/`error_code` as DPS logs it, and why).
+    DpsConnack {
+        code: u8,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<u16>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error_code: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// A SUBSCRIBE to DPS and what was granted (128: refused).
+    DpsSubscribe {
+        filters: Vec<(String, u8)>,
+        granted: Vec<u8>,
+    },
+    /// A register or operation-status request from the device.
+    DpsRequest {
+        op: DpsOp,
+        rid: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        operation_id: Option<String>,
+        size: usize,
+    },
+    /// DPS's answer to a request: the status of the answer topic, its `retry-after`, and what the
+    /// body says (the registration's `registration` status, the hub it was assigned — `assigned_hub`
+    /// as the device was told, `hub_name` the hub's name — or the error).
+    DpsResponse {
+        op: DpsOp,
+        rid: String,
+        status: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        operation_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        registration: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        assigned_hub: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hub_name: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        substatus: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error_code: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
 }
 
 /// What the service side did to an identity in the registry.
@@ -406,6 +480,9 @@ pub struct Event {
     /// The module id, for module connections.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub module: Option<String>,
+    /// The hub (its host name) when several hubs write one log; absent with a single hub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<String>,
     #[serde(flatten)]
     pub kind: EventKind,
 }

@@ -171,14 +171,19 @@ impl RecordDeriver {
         let Some(c) = self.lifecycle.push(event) else {
             return Vec::new();
         };
+        // With several hubs in one log, each record names its own hub.
+        let tagged = event.hub.as_deref().map(RecordContext::for_host);
+        let context = tagged.as_ref().unwrap_or(&self.context);
         let records = match &event.kind {
+            // A provisioning connection is no hub connection: its records are DPS's.
+            _ if c.dps.is_some() => Vec::new(),
             EventKind::Connack { code: 0, .. } => {
-                vec![record(&self.context, c, event, "deviceConnect", None, None)]
+                vec![record(context, c, event, "deviceConnect", None, None)]
             }
             EventKind::Connack { result, reason, .. } => {
                 let code = result.unwrap_or(ResultCode::IoTHubUnauthorized);
                 vec![record(
-                    &self.context,
+                    context,
                     c,
                     event,
                     "deviceConnect",
@@ -195,20 +200,13 @@ impl RecordDeriver {
                 if c.connected() {
                     let codes = close_codes(*cause, *result);
                     if codes.is_empty() {
-                        vec![record(
-                            &self.context,
-                            c,
-                            event,
-                            "deviceDisconnect",
-                            None,
-                            None,
-                        )]
+                        vec![record(context, c, event, "deviceDisconnect", None, None)]
                     } else {
                         codes
                             .into_iter()
                             .map(|code| {
                                 record(
-                                    &self.context,
+                                    context,
                                     c,
                                     event,
                                     "deviceDisconnect",
@@ -223,7 +221,7 @@ impl RecordDeriver {
                         // A CONNECT the hub never answered (outage, withheld CONNACK, throttling):
                         // a failed connect attempt with the fault's code.
                         (Some(code), Some(_), None) => vec![record(
-                            &self.context,
+                            context,
                             c,
                             event,
                             "deviceConnect",
@@ -325,6 +323,7 @@ mod tests {
             conn: Some(1),
             device: Some("sensor-1".into()),
             module: None,
+            hub: None,
             kind,
         }
     }

@@ -74,6 +74,7 @@ mod tests {
             conn: None,
             device: None,
             module: None,
+            hub: None,
             kind,
         }
     }

@@ -11,7 +11,10 @@ use std::time::Duration;
 use rumqttc::mqttbytes::v4 as mq;
 
 use super::selector::Matcher;
-use super::unit::{ConnectAttempt, ConnectVerdict, ConnectionHook, FaultUnit, PacketVerdict};
+use super::unit::{
+    ConnectAttempt, ConnectVerdict, ConnectionHook, DpsAttempt, DpsVerdict, FaultUnit,
+    PacketVerdict,
+};
 
 struct Entry {
     id: u64,
@@ -131,6 +134,44 @@ impl ActiveFaults {
             decision.verdict = ConnectVerdict::Delay(delay);
         }
         decision
+    }
+
+    /// What to do with a request to the provisioning service: the first refusal or drop of the
+    /// faults that select the registration, in the order they started; else `disabled`; else the
+    /// longest `assigning` hold.
+    pub fn on_dps(&self, attempt: &DpsAttempt<'_>) -> DpsVerdict {
+        let entries = self.lock();
+        let mut disabled = false;
+        let mut hold: Option<DpsVerdict> = None;
+        for e in entries
+            .iter()
+            .filter(|e| e.matcher.matches(attempt.registration_id))
+        {
+            match e.unit.on_dps(attempt) {
+                DpsVerdict::Proceed => {}
+                stop @ (DpsVerdict::Refuse { .. } | DpsVerdict::Drop { .. }) => return stop,
+                DpsVerdict::Disabled => disabled = true,
+                DpsVerdict::Assigning { until, retry_after } => {
+                    let longer = match &hold {
+                        Some(DpsVerdict::Assigning { until: u, .. }) => until > *u,
+                        _ => true,
+                    };
+                    if longer {
+                        hold = Some(DpsVerdict::Assigning { until, retry_after });
+                    }
+                }
+            }
+        }
+        if disabled {
+            DpsVerdict::Disabled
+        } else {
+            hold.unwrap_or(DpsVerdict::Proceed)
+        }
+    }
+
+    /// Whether a fault holds the hub out of the provisioning service's rotation.
+    pub fn hub_unlinked(&self) -> bool {
+        self.lock().iter().any(|e| e.unit.unlinks_hub())
     }
 
     /// The packet hooks of the faults that select `client_id`, as they are now.

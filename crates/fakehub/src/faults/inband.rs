@@ -5,6 +5,15 @@
 //! (KillTcp) or closed, and for the throttling, quota and auth faults the device's CONNECTs are
 //! refused for the duration. A resent trigger (the same message id, after the reconnect) is an
 //! ordinary message: each trigger acts once.
+//!
+//! The provisioning service has the same dialect, carried in a register request's `payload`
+//! (`{"registrationId": …, "payload": {"AzIoTHub_FaultOperationType": "InvokeThrottling",
+//! "AzIoTHub_FaultOperationDurationInSecs": 10}}`, what `provisioning_payload` sets in the SDKs):
+//! `InvokeThrottling` (429 with `retry-after` = the duration), `InvokeAuthError` (401, final for the
+//! SDKs), `KillTcp` / `ShutDownMqtt` (the provisioning connection reset / closed, unanswered), for
+//! the registration, from that request on, for `…DurationInSecs` (at least a second; a delay is not
+//! supported there). The official suites have no DPS faults: this is fakehub's own, named after
+//! IoT Hub's.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -54,9 +63,13 @@ impl Triggers {
 /// A number of seconds from a property: finite, not negative, cut to [`LONGEST`]; absent or not a
 /// number is zero.
 fn seconds(bag: &PropertyBag, name: &str) -> Duration {
-    bag.application
-        .get(name)
-        .and_then(|v| v.trim().parse::<f64>().ok())
+    seconds_of(bag.application.get(name).map(String::as_str))
+}
+
+/// A number of seconds from a text: finite, not negative, cut to [`LONGEST`]; absent or not a
+/// number is zero.
+fn seconds_of(text: Option<&str>) -> Duration {
+    text.and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|v| v.is_finite() && *v >= 0.0)
         .map(|v| {
             Duration::try_from_secs_f64(v)
@@ -141,6 +154,69 @@ pub(crate) fn trigger(
         &Selector::Ids(vec![client_id.to_owned()]),
         Some(detail),
         None,
+    );
+    true
+}
+
+/// Look at a register request's `payload` for an in-band trigger of the provisioning service (see
+/// the module documentation). True when it started a fault, which then answers this request too.
+pub(crate) fn trigger_dps(
+    ctx: &Context,
+    triggers: &Triggers,
+    registration_id: &str,
+    payload: &serde_json::Value,
+) -> bool {
+    let Some(fields) = payload.as_object() else {
+        return false;
+    };
+    let Some(op) = fields.get(OPERATION).and_then(serde_json::Value::as_str) else {
+        return false;
+    };
+    let text = |name: &str| match fields.get(name) {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let duration = seconds_of(text(DURATION).as_deref()).max(Duration::from_secs(1));
+    let kind: super::FaultKind = match op {
+        "InvokeThrottling" => super::DpsThrottle {
+            retry_after: duration,
+            per_minute: None,
+        }
+        .into(),
+        "InvokeAuthError" => super::DpsError {
+            status: 401,
+            retry_after: None,
+            op: None,
+            count: None,
+        }
+        .into(),
+        "KillTcp" | "ShutDownMqtt" => super::DpsDrop {
+            op: None,
+            count: None,
+            rst: op == "KillTcp",
+        }
+        .into(),
+        _ => {
+            tracing::info!(op = %op, "unknown AzIoTHub_FaultOperationType for DPS ignored");
+            return false;
+        }
+    };
+    // A register the device repeats with the same payload is the same trigger.
+    if !triggers.fresh(registration_id, format!("dps:{payload}")) {
+        return false;
+    }
+    let detail = serde_json::json!({
+        "registration": registration_id,
+        "duration_secs": duration.as_secs_f64(),
+    });
+    super::start(
+        ctx,
+        &format!("inband:dps:{op}"),
+        Arc::from(kind.build()),
+        &Selector::Ids(vec![registration_id.to_owned()]),
+        Some(detail),
+        Some(duration),
     );
     true
 }

@@ -13,7 +13,9 @@
 mod active;
 mod blackhole;
 mod connack;
+mod dps;
 mod half_open;
+mod hub_down;
 mod identity;
 pub(crate) mod inband;
 mod latency;
@@ -33,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::VirtualClock;
+use crate::dps::Dps;
 use crate::events::{EventKind, EventLog, FaultAction, Stamp, Subject};
 use crate::registry::Registry;
 use crate::services::Services;
@@ -41,7 +44,9 @@ use crate::sessions::Sessions;
 pub(crate) use active::{ActiveFaults, FaultHooks};
 pub use blackhole::Blackhole;
 pub use connack::Connack;
+pub use dps::{DpsAssigning, DpsDisabled, DpsDrop, DpsError, DpsThrottle};
 pub use half_open::HalfOpen;
+pub use hub_down::HubDown;
 pub use identity::{ClockSkew, Disable, RotateKey};
 pub use latency::Latency;
 pub use outage::{Outage, OutageMode};
@@ -50,7 +55,7 @@ pub(crate) use selector::Matcher;
 pub use selector::Selector;
 pub use session_loss::SessionLoss;
 pub use throttle::Throttle;
-pub(crate) use unit::{FaultUnit, PacketVerdict};
+pub(crate) use unit::{DpsAttempt, DpsVerdict, FaultUnit, PacketVerdict};
 pub use wire::{Close, MassDrop, Reset, Takeover};
 
 /// Old name of the `connack` fault's parameters.
@@ -131,6 +136,19 @@ catalogue! {
     RotateKey(RotateKey) = "rotate_key",
     /// The device's clock is behind or ahead of the hub's, for its token checks.
     ClockSkew(ClockSkew) = "clock_skew",
+    /// The hub fails after devices were assigned to it: connections dropped, new ones refused, out
+    /// of the provisioning service's rotation.
+    HubDown(HubDown) = "hub_down",
+    /// The provisioning service answers 429 with `retry-after`.
+    DpsThrottle(DpsThrottle) = "dps_throttle",
+    /// The provisioning service answers with an error status (5xx by default).
+    DpsError(DpsError) = "dps_error",
+    /// Registrations stay `assigning` for a long time.
+    DpsAssigning(DpsAssigning) = "dps_assigning",
+    /// Provisioning connections are closed mid-registration, unanswered.
+    DpsDrop(DpsDrop) = "dps_drop",
+    /// The enrollment is disabled: registrations end `disabled`.
+    DpsDisabled(DpsDisabled) = "dps_disabled",
 }
 
 /// A fault to inject.
@@ -183,6 +201,8 @@ pub(crate) struct Context {
     pub seed: u64,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
+    /// The provisioning service this hub serves, if any (its registration ids can be selected).
+    pub dps: Option<Dps>,
 }
 
 /// A started fault, as its unit sees it in [`FaultUnit::started`].
@@ -224,11 +244,13 @@ pub(crate) fn start(
 ) -> FaultHandle {
     let id = ctx.active.next_id();
     // `percent` draws with the run's seed and the fault's id: the same run picks the same devices.
-    let matcher = Matcher::resolve(
-        devices,
-        &ctx.registry.client_ids(),
-        ctx.seed ^ id.rotate_left(17),
-    );
+    let mut known = ctx.registry.client_ids();
+    if let Some(dps) = &ctx.dps {
+        known.extend(dps.known_registration_ids());
+        known.sort();
+        known.dedup();
+    }
+    let matcher = Matcher::resolve(devices, &known, ctx.seed ^ id.rotate_left(17));
     ctx.events.emit(
         &Subject::default(),
         EventKind::Fault {

@@ -1,6 +1,7 @@
 //! The one interface every fault implements: hooks at the few points where a fault can act.
 //!
-//! A fault is consulted when it starts and ends, at TCP accept, at CONNECT, and — through a
+//! A fault is consulted when it starts and ends, at TCP accept, at CONNECT, at each request to the
+//! provisioning service, when the provisioning service allocates hubs, and — through a
 //! [`ConnectionHook`] it attaches to each matching live connection, owning that connection's
 //! state — on every packet in each direction. Every hook has a default that does nothing, so a
 //! fault implements only the points it acts at.
@@ -11,6 +12,8 @@ use fakehub_protocol::ResultCode;
 use rumqttc::mqttbytes::v4 as mq;
 
 use super::{Context, Started};
+use crate::events::DpsOp;
+use crate::sessions::WireClose;
 
 /// What to do with a new CONNECT.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,6 +49,39 @@ pub(crate) enum PacketVerdict {
     Delay(Duration),
     /// Withhold it: the peer never gets it (recorded as `withheld`).
     Withhold,
+}
+
+/// A request to the provisioning service a fault is asked about.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DpsAttempt<'a> {
+    pub registration_id: &'a str,
+    pub op: DpsOp,
+    pub elapsed: Duration,
+}
+
+/// What to do with a request to the provisioning service.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum DpsVerdict {
+    Proceed,
+    /// Answer with this error (429 throttling, 5xx, …) instead.
+    Refuse {
+        status: u16,
+        error_code: u32,
+        message: String,
+        retry_after: Option<u32>,
+    },
+    /// A poll: the registration stays `assigning` until it is `until` old (elapsed since its
+    /// register), answered with this `retry-after`.
+    Assigning {
+        until: Duration,
+        retry_after: u32,
+    },
+    /// A poll: the enrollment is disabled, the registration ends `disabled`.
+    Disabled,
+    /// Close the connection without answering.
+    Drop {
+        wire: WireClose,
+    },
 }
 
 /// A fault's per-connection state and packet hooks.
@@ -103,6 +139,16 @@ pub(crate) trait FaultUnit: Send + Sync {
 
     /// Whether a selected CONNECT must start a clean session, whatever it asks for.
     fn forces_clean_session(&self) -> bool {
+        false
+    }
+
+    /// A request of a selected registration to the provisioning service.
+    fn on_dps(&self, _attempt: &DpsAttempt<'_>) -> DpsVerdict {
+        DpsVerdict::Proceed
+    }
+
+    /// Whether the hub is out of the provisioning service's rotation (it is down).
+    fn unlinks_hub(&self) -> bool {
         false
     }
 

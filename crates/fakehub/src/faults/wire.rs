@@ -10,7 +10,7 @@ use crate::sessions::CloseRequest;
 use crate::WireClose;
 
 /// Close every selected live connection the way `wire` says.
-fn close_selected(
+pub(super) fn close_selected(
     ctx: &Context,
     fault: &Started<'_>,
     matches: &dyn Fn(&str) -> bool,

@@ -15,6 +15,8 @@ use tokio_rustls::TlsAcceptor;
 use fakehub_protocol::transport::{memory_network, MemoryConnector};
 
 use crate::clock::VirtualClock;
+use crate::dps::{Dps, LinkedHub};
+use crate::events::dps_records::{self, DpsContext, DpsRecord};
 use crate::events::records::{self, ConnectionRecord, RecordContext};
 use crate::events::{CloseCause, EventKind, EventLog, EventStream, Subject};
 use crate::frontdoor;
@@ -78,6 +80,8 @@ pub struct HubBuilder {
     seed: u64,
     #[cfg(feature = "testkit")]
     panic_on_topic: Option<String>,
+    dps: Option<Dps>,
+    events: Option<EventLog>,
 }
 
 impl Default for HubBuilder {
@@ -116,7 +120,25 @@ impl HubBuilder {
             seed: 0,
             #[cfg(feature = "testkit")]
             panic_on_topic: None,
+            dps: None,
+            events: None,
         }
+    }
+
+    /// Serve this provisioning service on the hub's listener (a CONNECT with a DPS username is a
+    /// provisioning connection), and link the hub to it: DPS may assign devices here, under the
+    /// name [`HubHandle::device_host`] (which the hub then also answers to).
+    pub fn dps(mut self, dps: Dps) -> Self {
+        self.dps = Some(dps);
+        self
+    }
+
+    /// Write into this event log (and keep its clock) instead of a log of the hub's own, every
+    /// event tagged with the hub's host name: how the hubs of one run share one log. The hub
+    /// given [`Self::out_dir`] writes the log's files.
+    pub fn event_log(mut self, log: EventLog) -> Self {
+        self.events = Some(log);
+        self
     }
 
     /// The run's seed: faults that pick a percentage of devices draw them with it.
@@ -382,8 +404,13 @@ impl Hub {
             builder: b,
             mut certificates,
         } = self;
-        let clock = b.clock.unwrap_or_default();
-        let events = EventLog::new(clock.clone());
+        let (clock, events) = match &b.events {
+            Some(log) => (log.clock().clone(), log.tagged(&b.host_name)),
+            None => {
+                let clock = b.clock.clone().unwrap_or_default();
+                (clock.clone(), EventLog::new(clock))
+            }
+        };
         let context = RecordContext::for_host(&b.host_name);
         // The output directory is this hub's before anything in it is touched: a second hub given
         // the same directory stops here and leaves the first one's files alone.
@@ -406,6 +433,12 @@ impl Hub {
                     path: events_path,
                     source,
                 })?;
+            if let Some(dps) = &b.dps {
+                events.write_dps_to(
+                    Box::new(output::file(dir, "dps.jsonl")?),
+                    DpsContext::for_service(dps.name()),
+                );
+            }
         }
         let ip = local_addr.ip();
         if !(ip.is_unspecified() || ip == std::net::IpAddr::from([127, 0, 0, 1])) {
@@ -413,8 +446,15 @@ impl Hub {
             certificates.reissue_server(&b.host_name, &[ip.to_string()])?;
         }
         let tls = TlsAcceptor::from(certificates.server_config()?);
+        let device_host = device_host(local_addr, &b.host_name);
+        let aliases = if b.dps.is_some() && !device_host.eq_ignore_ascii_case(&b.host_name) {
+            vec![device_host.clone()]
+        } else {
+            Vec::new()
+        };
         let config = FrontDoorConfig {
             host_name: b.host_name.clone(),
+            aliases,
             token_grace: b.token_grace,
             keepalive_cap: b.keepalive_cap,
             tls_handshake_timeout: b.tls_handshake_timeout,
@@ -434,7 +474,21 @@ impl Hub {
             events.clone(),
             tls,
             b.seed,
+            b.dps.clone(),
         ));
+        if let Some(dps) = &b.dps {
+            dps.link(
+                LinkedHub {
+                    name: b.host_name.clone(),
+                    address: device_host.clone(),
+                    registry: shared.registry.clone(),
+                    faults: shared.faults.clone(),
+                    sessions: shared.sessions.clone(),
+                    services: shared.services.clone(),
+                },
+                certificates.ca_der(),
+            );
+        }
         events.emit(
             &Subject::default(),
             EventKind::HubStarted {
@@ -453,9 +507,31 @@ impl Hub {
             local_addr,
             certificates: Arc::new(certificates),
             context,
+            device_host,
             accept: Some(accept),
             _out_lock: out_lock,
         })
+    }
+}
+
+/// The host name a device reaches a hub by, on port 8883, without a gateway: `localhost` when it
+/// listens on 127.0.0.1:8883 (or every address), its address when it listens on 8883 of another
+/// (`127.x.y.z`, in its certificate), and its host name otherwise (in-memory devices route by name;
+/// anything else needs DNS).
+fn device_host(local_addr: SocketAddr, host_name: &str) -> String {
+    match local_addr.port() {
+        8883 => address_name(local_addr.ip()),
+        _ => host_name.to_owned(),
+    }
+}
+
+/// How devices name the address a hub listens on: `localhost` where that reaches it (it resolves
+/// to 127.0.0.1), the address itself elsewhere (it is in the server certificate).
+fn address_name(ip: std::net::IpAddr) -> String {
+    if ip.is_unspecified() || ip == std::net::IpAddr::from([127, 0, 0, 1]) {
+        "localhost".to_owned()
+    } else {
+        ip.to_string()
     }
 }
 
@@ -466,6 +542,7 @@ pub struct HubHandle {
     local_addr: SocketAddr,
     certificates: Arc<HubCertificates>,
     context: RecordContext,
+    device_host: String,
     accept: Option<tokio::task::JoinHandle<()>>,
     /// The exclusive lock on the output directory, released when the handle goes.
     _out_lock: Option<File>,
@@ -497,6 +574,30 @@ impl HubHandle {
         &self.shared.clock
     }
 
+    /// The host name a device reaches this hub by on port 8883 without a gateway, and the
+    /// `assignedHub` the provisioning service gives out for it: `localhost` or the hub's own
+    /// loopback address when it listens on 8883, else its host name.
+    pub fn device_host(&self) -> &str {
+        &self.device_host
+    }
+
+    /// The provisioning service this hub serves and is linked to, if any.
+    pub fn dps(&self) -> Option<&Dps> {
+        self.shared.dps.as_ref()
+    }
+
+    /// The provisioning service's diagnostic records so far (`DeviceOperations`), when it has one.
+    pub fn dps_records(&self) -> Vec<DpsRecord> {
+        let Some(dps) = self.dps() else {
+            return Vec::new();
+        };
+        let events = self.shared.events.snapshot();
+        dps_records::derive_all(
+            DpsContext::for_service(dps.name()),
+            events.iter().map(|e| e.as_ref()),
+        )
+    }
+
     /// The identity registry (shared with the running hub).
     pub fn registry(&self) -> &Registry {
         &self.shared.registry
@@ -505,14 +606,7 @@ impl HubHandle {
     /// `GatewayHostName` for connection strings: `localhost` on loopback, with `:port` unless the hub
     /// listens on 8883 (the port every Azure SDK hard-codes).
     pub fn gateway_host(&self) -> String {
-        let ip = self.local_addr.ip();
-        // `localhost` where it reaches the hub (it resolves to 127.0.0.1); the address itself
-        // elsewhere (it is in the server certificate).
-        let host = if ip.is_unspecified() || ip == std::net::IpAddr::from([127, 0, 0, 1]) {
-            "localhost".to_owned()
-        } else {
-            ip.to_string()
-        };
+        let host = address_name(self.local_addr.ip());
         match self.local_addr.port() {
             8883 => host,
             port => format!("{host}:{port}"),
@@ -662,6 +756,9 @@ impl HubHandle {
     }
 
     async fn stop(&mut self) -> Result<(), HubError> {
+        if let Some(dps) = &self.shared.dps {
+            dps.unlink(&self.shared.config.host_name);
+        }
         self.shared.shutdown.cancel();
         if let Some(accept) = self.accept.take() {
             let _ = accept.await;
@@ -678,6 +775,9 @@ impl HubHandle {
 
 impl Drop for HubHandle {
     fn drop(&mut self) {
+        if let Some(dps) = &self.shared.dps {
+            dps.unlink(&self.shared.config.host_name);
+        }
         self.shared.shutdown.cancel();
         if let Some(accept) = self.accept.take() {
             accept.abort();

@@ -274,6 +274,16 @@ impl Services {
         Some(lock(&self.twins).get(who).cloned().unwrap_or_default())
     }
 
+    /// Take an identity's twin out (it leaves this hub: re-provisioned elsewhere, or reset).
+    pub(crate) fn take_twin(&self, who: &IdentityRef) -> Option<Twin> {
+        lock(&self.twins).remove(who)
+    }
+
+    /// Give an identity a twin (migrated from another hub).
+    pub(crate) fn put_twin(&self, who: &IdentityRef, twin: Twin) {
+        lock(&self.twins).insert(who.clone(), twin);
+    }
+
     /// Invoke a direct method and wait (virtual elapsed time) up to `timeout` for the answer.
     pub async fn invoke_method(
         &self,

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use fakehub_protocol::codec::{FrameViolation, ReadError};
+use fakehub_protocol::username::DpsUsername;
 use fakehub_protocol::ResultCode;
 use rumqttc::mqttbytes::v4 as mq;
 use rumqttc::mqttbytes::Protocol;
@@ -73,6 +74,13 @@ pub(super) async fn authenticate(
     certs: Vec<CertificateDer<'static>>,
 ) -> State {
     let shared = guard.shared.clone();
+    // A provisioning connection is the provisioning service's, not the hub's.
+    if let Some(dps) = shared.dps.clone() {
+        let username = connect.login.as_ref().map(|l| l.username.as_str());
+        if let Some(username) = username.and_then(|u| DpsUsername::parse(u).ok()) {
+            return super::dps::serve(guard, io, connect, certs, dps, username).await;
+        }
+    }
     // Who does it claim to be? Record the CONNECT (never the password), then decide.
     let claims = Claims::read(&connect);
     if let Some(u) = &claims.username {
@@ -135,10 +143,22 @@ pub(super) async fn authenticate(
     // A device whose clock is behind mints tokens that expire earlier in hub time.
     let behind = decision.clock_behind.unwrap_or_default();
     let now = crate::clock::wall_add(shared.clock.now(), behind);
+    // A device the provisioning service assigned calls the hub by the name it was given.
+    let host_name = claims
+        .username
+        .as_ref()
+        .and_then(|u| {
+            shared
+                .config
+                .aliases
+                .iter()
+                .find(|a| a.eq_ignore_ascii_case(&u.host))
+        })
+        .unwrap_or(&shared.config.host_name);
     let authenticated = match auth::authenticate(
         &connect,
         &certs,
-        &shared.config.host_name,
+        host_name,
         &shared.registry,
         now,
         shared.config.token_grace,

@@ -446,7 +446,7 @@ impl Live {
 
 /// Carry out what the faults said about a packet: go on at once, go on after a delay, or (false)
 /// withhold it, recorded as `withheld`.
-async fn apply(verdict: PacketVerdict, guard: &Guard, packet: &mq::Packet) -> bool {
+pub(super) async fn apply(verdict: PacketVerdict, guard: &Guard, packet: &mq::Packet) -> bool {
     match verdict {
         PacketVerdict::Pass => true,
         PacketVerdict::Delay(d) => {

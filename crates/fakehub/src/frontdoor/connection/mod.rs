@@ -2,9 +2,12 @@
 //!
 //! ```text
 //! handshaking ──▶ awaiting CONNECT ──▶ authenticating ──▶ live ──▶ closing
-//!      │                 │                   │                      ▲
+//!      │                 │                   │  └──▶ provisioning ─▶ ▲
 //!      └─────────────────┴───────────────────┴──────────────────────┘
 //! ```
+//!
+//! A CONNECT with a Device Provisioning Service username (on a hub that serves DPS) leaves the
+//! hub's path at authentication: [`dps`] attests and serves it.
 //!
 //! Each state is one small function that returns the next. Every path ends in [`closing`]: the
 //! wire is closed, the `closed` event recorded (stamped when the hub closed, or at the deadline
@@ -12,6 +15,7 @@
 //! [`Guard`] still records the close and releases what the connection held.
 
 mod connect;
+mod dps;
 mod ending;
 mod handshake;
 mod live;
