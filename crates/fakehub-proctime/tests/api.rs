@@ -196,6 +196,15 @@ fn anchors_are_validated_and_rebased_without_a_jump() {
 fn seqlock_readers_never_see_a_torn_anchor() {
     let dir = tempfile::tempdir().expect("dir");
     let shm = Arc::new(ClockShm::create(dir.path().join("clock"), limits()).expect("create"));
+    // The file's first anchor (the real clocks) does not satisfy the readers' invariants: publish
+    // one that does before any reader starts.
+    shm.publish(Anchor {
+        real_mono_ns: 0,
+        virt_mono_ns: 0,
+        virt_wall_ns: 0,
+        speed: 0.0,
+    })
+    .expect("first anchor");
     let stop = Arc::new(AtomicBool::new(false));
     let readers: Vec<_> = (0..2)
         .map(|_| {

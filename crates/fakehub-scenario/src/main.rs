@@ -427,7 +427,8 @@ fn explore_command(path: &Path, args: ExploreArgs) -> anyhow::Result<ExitCode> {
     };
     say!(
         "schedule {} broke {} after {tried}",
-        found.index, found.target.expectation
+        found.index,
+        found.target.expectation
     );
     say!(
         "shrunk from {} steps to {} in {} runs ({:.1}s){}; total {:.1}s",

@@ -629,6 +629,8 @@ impl Rig {
             .append(true)
             .open(self.out.join("devices").join(format!("{id}.log")))?;
         let mut cmd = Command::new(&program);
+        // The scenario's variables first: the hub's own come after them.
+        cmd.envs(&spec.env);
         match self.provisioning(spec, id)? {
             Some(p) => {
                 let host = match p.port {
@@ -648,7 +650,6 @@ impl Rig {
             }
         }
         cmd.args(&args)
-            .envs(&spec.env)
             .env("FAKEHUB_CA_FILE", &ca)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

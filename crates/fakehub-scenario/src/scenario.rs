@@ -137,7 +137,7 @@ pub struct DeviceSpec {
     pub clock: Option<ClockAdapter>,
     /// For `run` devices: environment variables for the process (the hub's own —
     /// `FAKEHUB_CONNECTION_STRING`, `FAKEHUB_CA_FILE` and the time preload's — are set after these).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub env: std::collections::BTreeMap<String, String>,
     /// For in-process sample devices: behaviours to get wrong (`no-token-renewal`, …).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -382,7 +382,10 @@ fn check_hubs(s: &Scenario) -> Result<Vec<String>, (String, String)> {
             return Err((name.clone(), format!("hub `{name}` is defined twice")));
         }
         if h.speed.is_some() {
-            return Err(("speed".into(), "`speed` is no longer needed (remove the line)".into()));
+            return Err((
+                "speed".into(),
+                "`speed` is no longer needed (remove the line)".into(),
+            ));
         }
         names.push(name.clone());
     }
@@ -395,14 +398,20 @@ fn check_dps(s: &Scenario, hub_names: &[String]) -> Result<(), (String, String)>
         if let Some(d) = s.devices.iter().find(|d| d.provision.is_some()) {
             return Err((
                 "provision".into(),
-                format!("device `{}` provisions, but the scenario has no `dps:`", d.id),
+                format!(
+                    "device `{}` provisions, but the scenario has no `dps:`",
+                    d.id
+                ),
             ));
         }
         return Ok(());
     };
     if let fakehub::dps::Allocation::Static { hub } = &dps.allocation {
         if !hub_names.iter().any(|n| n.eq_ignore_ascii_case(hub)) {
-            return Err((hub.clone(), format!("static allocation to an unknown hub `{hub}` (hubs: {hub_names:?})")));
+            return Err((
+                hub.clone(),
+                format!("static allocation to an unknown hub `{hub}` (hubs: {hub_names:?})"),
+            ));
         }
     }
     if let Err(e) = fakehub::dps::Enrollments::new(&dps.individual, &dps.groups) {
@@ -424,7 +433,11 @@ fn check_dps(s: &Scenario, hub_names: &[String]) -> Result<(), (String, String)>
             }
             Some(Provision::Individual) => {
                 for id in d.ids() {
-                    if dps.individual.iter().any(|e| e.registration_id == id && e.x509) {
+                    if dps
+                        .individual
+                        .iter()
+                        .any(|e| e.registration_id == id && e.x509)
+                    {
                         return Err((id.clone(), format!("device `{id}`: its individual enrollment is X.509; the sample device provisions with symmetric keys")));
                     }
                 }
@@ -530,10 +543,7 @@ fn check(s: &Scenario) -> Result<(), (String, String)> {
                 let f = &step.fault;
                 if let Some(h) = &step.hub {
                     if !hub_names.iter().any(|n| n.eq_ignore_ascii_case(h)) {
-                        return Err((
-                            h.clone(),
-                            format!("no hub `{h}` (hubs: {hub_names:?})"),
-                        ));
+                        return Err((h.clone(), format!("no hub `{h}` (hubs: {hub_names:?})")));
                     }
                 }
                 if is_dps_fault(&f.kind) && s.dps.is_none() {

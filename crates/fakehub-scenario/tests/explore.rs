@@ -265,7 +265,9 @@ fn generated_schedules_cover_the_catalogue_and_stay_runnable() {
     let all: std::collections::BTreeSet<&str> = fakehub::faults::FaultKind::NAMES
         .iter()
         .copied()
-        .filter(|n| *n != "rotate_key")
+        // Never generated: rotate_key (no device can connect after it); the provisioning
+        // service's faults (not generated yet: docs/EXPLORE.md, "Limits").
+        .filter(|n| *n != "rotate_key" && *n != "hub_down" && !n.starts_with("dps_"))
         .collect();
     assert_eq!(kinds, all);
     assert_eq!(
@@ -348,7 +350,9 @@ fn the_command_reports_exits_and_explores_device_processes() {
     let sensor = sensor.to_str().unwrap();
     let out = dir.path().join("out");
     let out = out.to_str().unwrap();
-    let (code, stdout, stderr) = fakehub(&["explore", sensor, "--runs", "5", "--seed", "20", "--out", out]);
+    let (code, stdout, stderr) = fakehub(&[
+        "explore", sensor, "--runs", "5", "--seed", "20", "--out", out,
+    ]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert!(stdout.starts_with("no failure: 5 schedules, "), "{stdout}");
     assert!(stdout.contains("of virtual time"), "{stdout}");
@@ -378,7 +382,13 @@ fn the_command_reports_exits_and_explores_device_processes() {
     let written = stdout.lines().last().unwrap_or_default();
     assert!(written.ends_with("proc-minimal.yaml"), "{stdout}");
     let text = std::fs::read_to_string(written).unwrap();
-    assert!(text.contains("run:\n  - sample-device") || text.contains("- sample-device"), "{text}");
+    assert!(
+        text.contains("run:\n  - sample-device") || text.contains("- sample-device"),
+        "{text}"
+    );
     assert!(text.contains("graceful_disconnect"), "{text}");
-    assert!(stdout.contains("FAIL sensor · graceful_disconnect"), "{stdout}");
+    assert!(
+        stdout.contains("FAIL sensor · graceful_disconnect"),
+        "{stdout}"
+    );
 }

@@ -29,6 +29,10 @@ struct Rig {
     _dir: tempfile::TempDir,
 }
 
+/// Every DPS answer (operation, status, registration status), the hub it connected to, and how
+/// many telemetry messages it sent there.
+type Outcome = (Vec<(DpsOp, u16, Option<String>)>, Option<String>, usize);
+
 impl Rig {
     async fn start() -> Rig {
         let config = DpsConfig {
@@ -120,7 +124,7 @@ impl Rig {
 
     /// What the log says about one registration: every DPS answer, and the hub (by name) its hub
     /// connection got CONNACK 0 from, with the number of telemetry messages it sent there.
-    fn outcome(&self, device: &str) -> (Vec<(DpsOp, u16, Option<String>)>, Option<String>, usize) {
+    fn outcome(&self, device: &str) -> Outcome {
         let events = self.hubs[0].events().snapshot();
         let answers = events
             .iter()
@@ -167,7 +171,12 @@ impl Rig {
     }
 }
 
-fn python(rig: &Rig, registration_id: &str, extra: &[(&str, &str)], args: &[&str]) -> common::SdkRun {
+fn python(
+    rig: &Rig,
+    registration_id: &str,
+    extra: &[(&str, &str)],
+    args: &[&str],
+) -> common::SdkRun {
     let mut cmd = Command::new(common::python_with_sdk());
     cmd.arg(common::repo_root().join("tests/python/dps_client.py"))
         .args(args);
@@ -202,7 +211,11 @@ fn assert_provisioned(rig: &Rig, run: &common::SdkRun, device: &str) {
         .find(|h| h.host_name() == hub)
         .map(|h| h.device_host().to_owned())
         .unwrap();
-    assert_eq!(registered[0]["assigned_hub"], address.as_str(), "{registered:?}");
+    assert_eq!(
+        registered[0]["assigned_hub"],
+        address.as_str(),
+        "{registered:?}"
+    );
     assert_eq!(registered[0]["device_id"], device);
     let (answers, connected_on, sent) = rig.outcome(device);
     assert!(
@@ -213,7 +226,11 @@ fn assert_provisioned(rig: &Rig, run: &common::SdkRun, device: &str) {
         answers.contains(&(DpsOp::Poll, 200, Some("assigned".into()))),
         "{answers:?}"
     );
-    assert_eq!(connected_on.as_deref(), Some(hub.as_str()), "connected to the assigned hub");
+    assert_eq!(
+        connected_on.as_deref(),
+        Some(hub.as_str()),
+        "connected to the assigned hub"
+    );
     assert_eq!(sent, 2, "its telemetry reached the hub");
 }
 
@@ -232,11 +249,16 @@ async fn the_python_sdk_provisions_individually_by_group_and_with_x509() {
         .snapshot()
         .iter()
         .find_map(|e| match &e.kind {
-            EventKind::DpsConnect { sdk, .. } if e.device.as_deref() == Some("py-solo") => sdk.clone(),
+            EventKind::DpsConnect { sdk, .. } if e.device.as_deref() == Some("py-solo") => {
+                sdk.clone()
+            }
             _ => None,
         })
         .unwrap_or_default();
-    assert!(sdk.starts_with("azure-iot-device-provisioning-py/2.14.0"), "{sdk}");
+    assert!(
+        sdk.starts_with("azure-iot-device-provisioning-py/2.14.0"),
+        "{sdk}"
+    );
     // Group enrollment: the script derives its key from the group key, as the group sample does.
     // The first register is throttled (429, retry-after 1 s): the SDK waits and registers again.
     rig.hubs[0].inject(Fault::new(DpsError {
@@ -246,21 +268,29 @@ async fn the_python_sdk_provisions_individually_by_group_and_with_x509() {
         count: Some(1),
     }));
     let group = tokio::task::block_in_place(|| {
-        python(&rig, "py-dev-01", &[("FAKEHUB_DPS_GROUP_KEY", GROUP_KEY)], &[])
+        python(
+            &rig,
+            "py-dev-01",
+            &[("FAKEHUB_DPS_GROUP_KEY", GROUP_KEY)],
+            &[],
+        )
     });
     assert_provisioned(&rig, &group, "py-dev-01");
     assert_eq!(
         rig.dps.device_key("py-dev-01", Some("fleet")).unwrap(),
         rig.hubs
             .iter()
-            .find_map(|h| h.registry().identity(&fakehub::IdentityRef::device("py-dev-01")))
+            .find_map(|h| h
+                .registry()
+                .identity(&fakehub::IdentityRef::device("py-dev-01")))
             .unwrap()
             .keys
             .primary_key,
         "the hub identity has the derived key"
     );
     let log = Log::of(&rig.hubs[0]);
-    let verdict = fakehub_assert::honours_retry_after(&log, "py-dev-01", false, Duration::from_millis(100));
+    let verdict =
+        fakehub_assert::honours_retry_after(&log, "py-dev-01", false, Duration::from_millis(100));
     println!("{verdict}");
     assert!(verdict.judged && verdict.passed, "{verdict}");
     fakehub_assert::provisions(&log, "py-dev-01", Duration::from_secs(30)).assert();
@@ -285,7 +315,12 @@ async fn the_python_sdk_provisions_individually_by_group_and_with_x509() {
     });
     assert_provisioned(&rig, &inband, "py-dev-02");
     let (answers, _, _) = rig.outcome("py-dev-02");
-    assert!(answers.iter().any(|(op, status, _)| *op == DpsOp::Register && *status == 429), "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .any(|(op, status, _)| *op == DpsOp::Register && *status == 429),
+        "{answers:?}"
+    );
     let triggered = rig.hubs[0]
         .events()
         .snapshot()
@@ -329,7 +364,8 @@ async fn the_python_sdk_provisions_individually_by_group_and_with_x509() {
 fn node_app() -> PathBuf {
     let dir = common::repo_root().join("tests/devices/node");
     assert!(
-        dir.join("node_modules/azure-iot-provisioning-device-mqtt").exists(),
+        dir.join("node_modules/azure-iot-provisioning-device-mqtt")
+            .exists(),
         "the Node SDK is not installed: run `npm ci --prefix tests/devices/node`"
     );
     dir.join("dps.js")
@@ -337,7 +373,9 @@ fn node_app() -> PathBuf {
 
 fn node(rig: &Rig, app: &Path, registration_id: &str, key_var: (&str, &str)) -> common::SdkRun {
     let mut cmd = Command::new("node");
-    cmd.arg(app).env("NODE_EXTRA_CA_CERTS", &rig.ca).env(key_var.0, key_var.1);
+    cmd.arg(app)
+        .env("NODE_EXTRA_CA_CERTS", &rig.ca)
+        .env(key_var.0, key_var.1);
     rig.base_env(&mut cmd, registration_id);
     run(cmd)
 }
@@ -347,10 +385,16 @@ async fn the_node_sdk_provisions_individually_and_by_group() {
     let app = node_app();
     let rig = Rig::start().await;
     let key = rig.dps.device_key("node-solo", None).unwrap();
-    let solo = tokio::task::block_in_place(|| node(&rig, &app, "node-solo", ("FAKEHUB_DPS_KEY", &key)));
+    let solo =
+        tokio::task::block_in_place(|| node(&rig, &app, "node-solo", ("FAKEHUB_DPS_KEY", &key)));
     assert_provisioned(&rig, &solo, "node-solo");
     let group = tokio::task::block_in_place(|| {
-        node(&rig, &app, "node-dev-01", ("FAKEHUB_DPS_GROUP_KEY", GROUP_KEY))
+        node(
+            &rig,
+            &app,
+            "node-dev-01",
+            ("FAKEHUB_DPS_GROUP_KEY", GROUP_KEY),
+        )
     });
     assert_provisioned(&rig, &group, "node-dev-01");
     let sdk = rig.hubs[0]
@@ -358,14 +402,17 @@ async fn the_node_sdk_provisions_individually_and_by_group() {
         .snapshot()
         .iter()
         .find_map(|e| match &e.kind {
-            EventKind::DpsConnect { sdk, .. } if e.device.as_deref() == Some("node-solo") => sdk.clone(),
+            EventKind::DpsConnect { sdk, .. } if e.device.as_deref() == Some("node-solo") => {
+                sdk.clone()
+            }
             _ => None,
         })
         .unwrap_or_default();
     assert_eq!(sdk, "azure-iot-provisioning-device/1.9.1");
     // Node honours the 202's retry-after (3 s) before its first poll.
     let log = Log::of(&rig.hubs[0]);
-    let polling = fakehub_assert::honours_retry_after(&log, "node-solo", true, Duration::from_millis(100));
+    let polling =
+        fakehub_assert::honours_retry_after(&log, "node-solo", true, Duration::from_millis(100));
     println!("{polling}");
     assert!(polling.judged && polling.passed, "{polling}");
     rig.shutdown().await;

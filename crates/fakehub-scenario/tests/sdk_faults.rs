@@ -31,7 +31,21 @@ async fn the_python_sdk_survives_a_killtcp_trigger() {
     })
     .await
     .unwrap();
-    assert_eq!(run.code, 0, "{:?}\n{}", run.lines, run.stderr);
+    // What the hub saw, for a failure's message.
+    let seen: Vec<String> = hub
+        .events()
+        .snapshot()
+        .iter()
+        .map(|e| format!("{:?} {:?}", e.elapsed, e.kind))
+        .collect();
+    assert_eq!(
+        run.code,
+        0,
+        "{:?}\n{}\nthe hub saw:\n{}",
+        run.lines,
+        run.stderr,
+        seen.join("\n")
+    );
 
     let events = hub.events().snapshot();
     let kills = events

@@ -150,18 +150,30 @@ fn the_python_sdk_provisions_through_serve() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(out.join("dps.json")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(out.join("dps.json"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0, "dps.json holds keys: private");
     }
-    let key = sheet["individual"][0]["primary_key"].as_str().unwrap().to_owned();
-    let group_key = sheet["groups"][0]["primary_key"].as_str().unwrap().to_owned();
+    let key = sheet["individual"][0]["primary_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let group_key = sheet["groups"][0]["primary_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     for (registration, var, value) in [
         ("py-serve", "FAKEHUB_DPS_KEY", key.as_str()),
         ("py-group-1", "FAKEHUB_DPS_GROUP_KEY", group_key.as_str()),
     ] {
         let out = std::process::Command::new(&python)
             .arg(common::repo_root().join("tests/python/dps_client.py"))
-            .env("FAKEHUB_DPS_HOST", sheet["provisioning_host"].as_str().unwrap())
+            .env(
+                "FAKEHUB_DPS_HOST",
+                sheet["provisioning_host"].as_str().unwrap(),
+            )
             .env("FAKEHUB_DPS_ID_SCOPE", "0ne00SERVE0")
             .env("FAKEHUB_DPS_REGISTRATION_ID", registration)
             .env(var, value)
@@ -174,7 +186,10 @@ fn the_python_sdk_provisions_through_serve() {
             "{registration}: {stdout}\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(stdout.contains(r#""assigned_hub": "localhost""#), "{stdout}");
+        assert!(
+            stdout.contains(r#""assigned_hub": "localhost""#),
+            "{stdout}"
+        );
         assert!(!stdout.contains(value), "no key in the output");
     }
     serve.stop();
@@ -188,7 +203,9 @@ fn the_python_sdk_provisions_through_serve() {
     }
     let dps_records = std::fs::read_to_string(out.join("dps.jsonl")).unwrap();
     assert_eq!(
-        dps_records.matches("\"operationName\":\"AttestationAttempt\"").count(),
+        dps_records
+            .matches("\"operationName\":\"AttestationAttempt\"")
+            .count(),
         2,
         "{dps_records}"
     );

@@ -565,15 +565,26 @@ async fn an_in_band_trigger_in_the_register_payload_throttles_the_registration()
     let dps = Dps::new(&config(), 7).unwrap();
     let hub = hub_with(&dps, "hub-a.azure-devices.net").await;
     let key = dps.device_key("solo", None).unwrap();
-    let (mut client, _) = RawClient::connect_dps_memory(&hub, "solo", &key).await.unwrap();
+    let (mut client, _) = RawClient::connect_dps_memory(&hub, "solo", &key)
+        .await
+        .unwrap();
     let body = br#"{"registrationId":"solo","payload":{"AzIoTHub_FaultOperationType":"InvokeThrottling","AzIoTHub_FaultOperationDurationInSecs":"3"}}"#;
-    let (a, e) = client.dps_request(&register("i1"), body, WAIT).await.unwrap();
+    let (a, e) = client
+        .dps_request(&register("i1"), body, WAIT)
+        .await
+        .unwrap();
     assert_eq!((a.status, a.retry_after), (429, Some(3)), "{e}");
     // The same register again, while the fault lasts: still throttled, not a new trigger.
-    let (a, _) = client.dps_request(&register("i2"), body, WAIT).await.unwrap();
+    let (a, _) = client
+        .dps_request(&register("i2"), body, WAIT)
+        .await
+        .unwrap();
     assert_eq!(a.status, 429);
     hub.clock().sleep(Duration::from_secs(4)).await;
-    let (a, _) = client.dps_request(&register("i3"), body, WAIT).await.unwrap();
+    let (a, _) = client
+        .dps_request(&register("i3"), body, WAIT)
+        .await
+        .unwrap();
     assert_eq!(a.status, 202, "the fault is over and the trigger acts once");
     let started = hub
         .events()

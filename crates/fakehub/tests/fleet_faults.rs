@@ -19,8 +19,13 @@ async fn hub_of(n: usize) -> HubHandle {
     b.build().unwrap().start().await.unwrap()
 }
 
-/// Connect `ids` concurrently (at most 64 handshakes at a time); returns the clients and CONNACK codes.
-async fn connect_all(hub: &Arc<HubHandle>, ids: Vec<String>) -> Vec<(RawClient, mq::ConnAck)> {
+/// Connect `ids` concurrently (at most 64 handshakes at a time), over TCP or in memory; returns
+/// the clients and CONNACK codes.
+async fn connect_all(
+    hub: &Arc<HubHandle>,
+    ids: Vec<String>,
+    memory: bool,
+) -> Vec<(RawClient, mq::ConnAck)> {
     let gate = Arc::new(Semaphore::new(64));
     let tasks: Vec<_> = ids
         .into_iter()
@@ -29,9 +34,14 @@ async fn connect_all(hub: &Arc<HubHandle>, ids: Vec<String>) -> Vec<(RawClient, 
             let gate = gate.clone();
             tokio::spawn(async move {
                 let _permit = gate.acquire().await.unwrap();
-                RawClient::connect_as(&hub, &device(&id), true, 1177)
-                    .await
-                    .unwrap()
+                let who = device(&id);
+                if memory {
+                    RawClient::connect_memory_as(&hub, &who, true, 1177)
+                        .await
+                        .unwrap()
+                } else {
+                    RawClient::connect_as(&hub, &who, true, 1177).await.unwrap()
+                }
             })
         })
         .collect();
@@ -46,7 +56,7 @@ async fn connect_all(hub: &Arc<HubHandle>, ids: Vec<String>) -> Vec<(RawClient, 
 async fn a_mass_drop_of_1000_devices_dips_the_count_and_an_outage_logs_500001_per_attempt() {
     let hub = Arc::new(hub_of(1000).await);
     let ids: Vec<String> = (0..1000).map(|i| format!("d{i}")).collect();
-    let clients = connect_all(&hub, ids.clone()).await;
+    let clients = connect_all(&hub, ids.clone(), false).await;
     assert!(clients
         .iter()
         .all(|(_, a)| a.code == mq::ConnectReturnCode::Success));
@@ -79,7 +89,7 @@ async fn a_mass_drop_of_1000_devices_dips_the_count_and_an_outage_logs_500001_pe
 
     // 100 devices try to come back during the outage: each attempt is refused and logged.
     let retry: Vec<String> = ids[..100].to_vec();
-    let refused = connect_all(&hub, retry).await;
+    let refused = connect_all(&hub, retry, false).await;
     assert!(refused
         .iter()
         .all(|(_, a)| a.code == mq::ConnectReturnCode::ServiceUnavailable));
@@ -99,13 +109,15 @@ async fn a_mass_drop_of_1000_devices_dips_the_count_and_an_outage_logs_500001_pe
 
     // After the outage the fleet comes back.
     hub.clock().advance(Duration::from_secs(601)).await;
-    let back = connect_all(&hub, ids[..10].to_vec()).await;
+    let back = connect_all(&hub, ids[..10].to_vec(), false).await;
     assert!(back
         .iter()
         .all(|(_, a)| a.code == mq::ConnectReturnCode::Success));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// On the paused runtime of a simulated run, in memory: every device asks at the same virtual
+/// instant, whatever the machine's load.
+#[tokio::test(start_paused = true)]
 async fn throttling_holds_new_connections_to_the_limit() {
     let hub = Arc::new(hub_of(250).await);
     hub.inject(Fault::new(FaultKind::Throttle(fakehub::faults::Throttle {
@@ -113,7 +125,7 @@ async fn throttling_holds_new_connections_to_the_limit() {
         shaping: Duration::from_secs(10),
     })));
     let ids: Vec<String> = (0..250).map(|i| format!("d{i}")).collect();
-    let clients = connect_all(&hub, ids).await;
+    let clients = connect_all(&hub, ids, true).await;
     assert!(clients
         .iter()
         .all(|(_, a)| a.code == mq::ConnectReturnCode::Success));
@@ -134,7 +146,7 @@ async fn throttling_holds_new_connections_to_the_limit() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn throttling_past_the_backlog_closes_with_429002() {
     let hub = Arc::new(hub_of(20).await);
     hub.inject(Fault::new(FaultKind::Throttle(fakehub::faults::Throttle {
@@ -149,7 +161,7 @@ async fn throttling_past_the_backlog_closes_with_429002() {
         let gate = gate.clone();
         tasks.push(tokio::spawn(async move {
             let _p = gate.acquire().await.unwrap();
-            RawClient::connect_as(&hub, &device(&id), true, 60)
+            RawClient::connect_memory_as(&hub, &device(&id), true, 60)
                 .await
                 .is_ok()
         }));

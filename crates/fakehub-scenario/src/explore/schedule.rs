@@ -191,16 +191,15 @@ impl Vocabulary {
             .entries
             .iter()
             .enumerate()
-            .map(|(i, e)| match e.count {
-                None => None,
-                Some(max) => Some(
+            .map(|(i, e)| {
+                e.count.map(|max| {
                     fleet
                         .get(i)
                         .copied()
                         .flatten()
                         .unwrap_or(max)
-                        .clamp(1, max.max(1)),
-                ),
+                        .clamp(1, max.max(1))
+                })
             })
             .collect();
         let names = Names::new(self, &fleet);

@@ -77,6 +77,9 @@ fn simpler(kind: &FaultKind) -> Vec<FaultKind> {
 }
 
 /// The shrinker: `fails` says whether a schedule still fails the same expectation (it runs it).
+/// What the shrinker calls after each run: the runs so far and the current schedule.
+type Progress<'a> = &'a mut dyn FnMut(usize, &Schedule);
+
 pub struct Shrinker<'a, F: FnMut(&Schedule) -> bool> {
     v: &'a Vocabulary,
     fails: F,
@@ -85,7 +88,7 @@ pub struct Shrinker<'a, F: FnMut(&Schedule) -> bool> {
     pub runs: usize,
     max_runs: usize,
     current: Schedule,
-    progress: Option<&'a mut dyn FnMut(usize, &Schedule)>,
+    progress: Option<Progress<'a>>,
 }
 
 impl<'a, F: FnMut(&Schedule) -> bool> Shrinker<'a, F> {

@@ -259,11 +259,7 @@ impl ServeConfig {
 /// Run the hub until a signal arrives; `service_api` false leaves the service and control APIs off
 /// whatever the config says.
 pub async fn serve(config: ServeConfig, service_api: bool) -> anyhow::Result<()> {
-    let dps = config
-        .dps
-        .as_ref()
-        .map(|c| Dps::new(c, 0))
-        .transpose()?;
+    let dps = config.dps.as_ref().map(|c| Dps::new(c, 0)).transpose()?;
     let hub = Arc::new(config.builder(dps.as_ref())?.build()?.start().await?);
     // Connection strings carry keys: they go to files in the output directory, never to the
     // terminal.
