@@ -1,4 +1,5 @@
-//! IoT Hub device connection strings: `HostName=…;DeviceId=…;SharedAccessKey=…[;ModuleId=…][;GatewayHostName=host[:port]]`.
+//! IoT Hub device connection strings: `HostName=…;DeviceId=…;SharedAccessKey=…[;ModuleId=…][;GatewayHostName=host[:port]]`,
+//! or with `x509=true` in place of the key for a device that authenticates with a certificate.
 
 use crate::identity::IdentityRef;
 
@@ -7,7 +8,10 @@ use crate::identity::IdentityRef;
 pub struct ConnectionString {
     pub host_name: String,
     pub identity: IdentityRef,
+    /// Empty for an X.509 device.
     pub shared_access_key: String,
+    /// `x509=true`: the device authenticates with a client certificate, not a SAS token.
+    pub x509: bool,
     /// Where to open TLS: `GatewayHostName` (with an optional `:port`, a fakehub extension for hubs
     /// not on 8883) or else `HostName`.
     pub gateway_host: String,
@@ -21,6 +25,7 @@ impl std::fmt::Debug for ConnectionString {
             .field("identity", &self.identity)
             .field("gateway_host", &self.gateway_host)
             .field("port", &self.port)
+            .field("x509", &self.x509)
             .finish_non_exhaustive()
     }
 }
@@ -45,7 +50,14 @@ impl ConnectionString {
         let take = |k: &'static str| get.get(k).cloned().ok_or(ConnectionStringError::Missing(k));
         let host_name = take("HostName")?;
         let device_id = take("DeviceId")?;
-        let shared_access_key = take("SharedAccessKey")?;
+        let x509 = get
+            .get("x509")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let shared_access_key = match (take("SharedAccessKey"), x509) {
+            (Ok(k), _) => k,
+            (Err(_), true) => String::new(),
+            (Err(e), false) => return Err(e),
+        };
         let gateway = get
             .get("GatewayHostName")
             .cloned()
@@ -64,6 +76,7 @@ impl ConnectionString {
                 module_id: get.get("ModuleId").cloned(),
             },
             shared_access_key,
+            x509,
             gateway_host,
             port,
         })
@@ -73,6 +86,17 @@ impl ConnectionString {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_x509_device_needs_no_key() {
+        let c = ConnectionString::parse("HostName=h.example;DeviceId=cam;x509=true").unwrap();
+        assert!(c.x509);
+        assert!(c.shared_access_key.is_empty());
+        assert_eq!(
+            ConnectionString::parse("HostName=h.example;DeviceId=cam"),
+            Err(ConnectionStringError::Missing("SharedAccessKey"))
+        );
+    }
 
     #[test]
     fn with_and_without_a_gateway_port() {

@@ -428,6 +428,26 @@ pub fn client_config_trusting(
     Ok(Arc::new(client_builder(cas)?.with_no_client_auth()))
 }
 
+/// A TLS client configuration that trusts `cas` and presents the client certificate (chain) in
+/// `cert_pem` with the private key in `key_pem` (PKCS #8, PKCS #1 or SEC1). Errors never quote the
+/// key.
+pub fn client_config_with_certificate(
+    cas: &[CertificateDer<'static>],
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    let chain = certificates_from_pem(cert_pem)?;
+    if chain.is_empty() {
+        return Err(TlsError::CaKey("no certificate in the device certificate file".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|_| TlsError::CaKey("the device key file holds no usable private key".into()))?;
+    Ok(Arc::new(
+        client_builder(cas)?.with_client_auth_cert(chain, key)?,
+    ))
+}
+
 /// Read the certificates in a PEM text.
 pub fn certificates_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     use rustls::pki_types::pem::PemObject;

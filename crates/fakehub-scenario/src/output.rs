@@ -48,6 +48,19 @@ macro_rules! tell {
     ($($t:tt)*) => { $crate::output::stderr(format_args!("{}\n", format_args!($($t)*))) };
 }
 
+/// Write a file only its owner may read (mode 0600: keys, connection strings, certificates' keys).
+pub fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)?.write_all(text.as_bytes())
+}
+
 /// An error and its causes on one line, each text once: many errors already say their cause, and
 /// `{:#}` would repeat it ("…(os error 98): Address already in use (os error 98)").
 pub fn describe(e: &anyhow::Error) -> String {

@@ -24,14 +24,17 @@ use fakehub::dps::IndividualEnrollment;
 use fakehub::events::{ClockMode, Subject};
 use fakehub::process_time::{ProcessTime, ThreadSet};
 use fakehub::transport::MemoryRoutes;
-use fakehub::{Dps, EventKind, EventLog, Hub, HubHandle, VirtualClock};
+use fakehub::tls::DeviceCertificate;
+use fakehub::{Dps, EventKind, EventLog, Hub, HubHandle, VirtualClock, X509Auth};
 use fakehub_assert::{Log, Verdict};
-use sample_device::{DeviceOptions, InProcess, Provisioning};
+use sample_device::{ClientCertificate, DeviceOptions, InProcess, Provisioning};
 use tokio::process::Command;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::scenario::{ClockAdapter, DeviceSpec, HubSettings, Provision, Scenario, Step};
+use crate::scenario::{
+    ClockAdapter, DeviceSpec, HubSettings, Provision, Scenario, Step, X509Device,
+};
 use crate::service_steps::Applied;
 
 /// How a run went.
@@ -226,8 +229,10 @@ async fn run_in(
     };
     let seed = opts.seed.or(scenario.seed).unwrap_or(0);
     let dps = start_dps(scenario, seed)?;
-    let hubs = start_hubs(scenario, regime, seed, how.out, dps.as_ref()).await?;
+    let self_signed = self_signed_certificates(scenario)?;
+    let hubs = start_hubs(scenario, regime, seed, how.out, dps.as_ref(), &self_signed).await?;
     let hub = hubs[0].clone();
+    let certificates = device_certificates(scenario, &hub, self_signed)?;
     // Only device processes need the directory (checked in `execute`).
     let out = how.out.map(Path::to_owned).unwrap_or_default();
     let time = match regime {
@@ -259,6 +264,7 @@ async fn run_in(
         hubs: hubs.clone(),
         dps,
         routes,
+        certificates,
         out,
         devices: BTreeMap::new(),
         regime,
@@ -353,6 +359,55 @@ async fn run_in(
     })
 }
 
+/// A self-signed certificate for each `x509: self_signed` device (registered by its thumbprint
+/// when the hub is built).
+fn self_signed_certificates(
+    scenario: &Scenario,
+) -> anyhow::Result<BTreeMap<String, DeviceCertificate>> {
+    let mut out = BTreeMap::new();
+    for d in scenario
+        .devices
+        .iter()
+        .filter(|d| d.x509 == Some(X509Device::SelfSigned))
+    {
+        for id in d.ids() {
+            let cert = DeviceCertificate::self_signed(&id)?;
+            out.insert(id, cert);
+        }
+    }
+    Ok(out)
+}
+
+/// The certificates of the run's X.509 devices: the self-signed ones, and one issued by the hub's
+/// CA (CN = the id) for each `x509: ca` device.
+fn device_certificates(
+    scenario: &Scenario,
+    hub: &HubHandle,
+    mut certificates: BTreeMap<String, DeviceCertificate>,
+) -> anyhow::Result<BTreeMap<String, DeviceCertificate>> {
+    for d in scenario
+        .devices
+        .iter()
+        .filter(|d| d.x509 == Some(X509Device::Ca))
+    {
+        for id in d.ids() {
+            let cert = hub.certificates().issue_device_certificate(&id)?;
+            certificates.insert(id, cert);
+        }
+    }
+    Ok(certificates)
+}
+
+/// A device connection string for a certificate: the key replaced by `x509=true`.
+fn x509_connection_string(conn: &str) -> String {
+    let mut parts: Vec<&str> = conn
+        .split(';')
+        .filter(|p| !p.is_empty() && !p.starts_with("SharedAccessKey="))
+        .collect();
+    parts.push("x509=true");
+    parts.join(";")
+}
+
 /// The provisioning service of the run, with an individual enrollment (generated key) for each
 /// device that provisions individually and is not enrolled already.
 fn start_dps(scenario: &Scenario, seed: u64) -> anyhow::Result<Option<Dps>> {
@@ -388,6 +443,7 @@ async fn start_hubs(
     seed: u64,
     out: Option<&Path>,
     dps: Option<&Dps>,
+    self_signed: &BTreeMap<String, DeviceCertificate>,
 ) -> anyhow::Result<Vec<Arc<HubHandle>>> {
     let settings = scenario.hub_settings();
     let shared_log = (!scenario.hubs.is_empty()).then(|| EventLog::new(VirtualClock::new()));
@@ -408,7 +464,21 @@ async fn start_hubs(
                 }
                 for d in scenario.devices.iter().filter(|d| d.provision.is_none()) {
                     for id in d.ids() {
-                        builder = builder.device(id);
+                        let who = fakehub::IdentityRef::device(id.clone());
+                        builder = builder.device(id.clone());
+                        builder = match (d.x509, self_signed.get(&id)) {
+                            (Some(X509Device::Ca), _) => {
+                                builder.x509(&who, X509Auth::CertificateAuthority)
+                            }
+                            (Some(X509Device::SelfSigned), Some(c)) => builder.x509(
+                                &who,
+                                X509Auth::SelfSigned {
+                                    primary: c.thumbprints.sha256.clone(),
+                                    secondary: None,
+                                },
+                            ),
+                            _ => builder,
+                        };
                     }
                 }
             }
@@ -508,6 +578,8 @@ struct Rig {
     dps: Option<Dps>,
     /// Each hub's device host to its in-memory connector (in-process devices that provision).
     routes: MemoryRoutes,
+    /// The X.509 devices' certificates (their keys are secrets: never printed).
+    certificates: BTreeMap<String, DeviceCertificate>,
     out: PathBuf,
     devices: BTreeMap<String, Device>,
     regime: Regime,
@@ -574,6 +646,10 @@ impl Rig {
         if let Some(k) = spec.keep_alive {
             dopts.keep_alive = k;
         }
+        dopts.certificate = self.certificates.get(id).map(|c| ClientCertificate {
+            cert_pem: c.cert_pem.clone(),
+            key_pem: c.key_pem.clone(),
+        });
         let device = match self.provisioning(spec, id)? {
             Some(p) => InProcess::provisioned(self.hub.as_ref(), self.routes.clone(), p, dopts)?,
             None => InProcess::spawn(self.hub.as_ref(), id, dopts)?,
@@ -643,10 +719,22 @@ impl Rig {
                     .env("FAKEHUB_DPS_KEY", p.key);
             }
             None => {
-                cmd.env(
-                    "FAKEHUB_CONNECTION_STRING",
-                    self.hub.connection_string(id).unwrap_or_default(),
-                );
+                let conn = self.hub.connection_string(id).unwrap_or_default();
+                match self.certificates.get(id) {
+                    None => {
+                        cmd.env("FAKEHUB_CONNECTION_STRING", conn);
+                    }
+                    Some(c) => {
+                        // The certificate and its key (0600) beside the device's log.
+                        let dir = self.out.join("devices");
+                        let (cert, key) = (dir.join(format!("{id}.pem")), dir.join(format!("{id}.key")));
+                        std::fs::write(&cert, &c.cert_pem)?;
+                        crate::output::write_private(&key, &c.key_pem)?;
+                        cmd.env("FAKEHUB_CONNECTION_STRING", x509_connection_string(&conn))
+                            .env("FAKEHUB_CERT_FILE", &cert)
+                            .env("FAKEHUB_KEY_FILE", &key);
+                    }
+                }
             }
         }
         cmd.args(&args)

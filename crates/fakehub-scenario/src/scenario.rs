@@ -157,6 +157,22 @@ pub struct DeviceSpec {
     /// registered in the first hub: `individual`, or `{ group: NAME }`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provision: Option<Provision>,
+    /// Authenticate with a client certificate instead of SAS tokens: `ca` (issued by the hub's CA,
+    /// CN = the device id) or `self_signed` (registered by its thumbprint). The runner makes the
+    /// certificate; a device process gets `FAKEHUB_CERT_FILE` and `FAKEHUB_KEY_FILE` and a
+    /// connection string with `x509=true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x509: Option<X509Device>,
+}
+
+/// How an X.509 device's certificate is made and registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum X509Device {
+    /// Issued by the hub's CA with CN = the device id.
+    Ca,
+    /// Self-signed; the hub knows it by its SHA-256 thumbprint.
+    SelfSigned,
 }
 
 impl HubSettings {
@@ -494,6 +510,12 @@ fn check(s: &Scenario) -> Result<(), (String, String)> {
             return Err((
                 key.into(),
                 format!("device `{}`: `{key}` is for a device process (`run`)", d.id),
+            ));
+        }
+        if d.x509.is_some() && d.provision.is_some() {
+            return Err((
+                "x509".into(),
+                format!("device `{}`: an X.509 device is registered in the hub, not provisioned (the sample device provisions with symmetric keys)", d.id),
             ));
         }
         for b in &d.bugs {

@@ -659,3 +659,50 @@ fn deep_nesting_and_huge_files_are_refused_before_the_yaml_parser() {
     let (code, _, err) = fakehub(&["validate", file.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
 }
+
+/// X.509 devices in a scenario: the runner makes each a certificate (issued by the hub's CA, or
+/// self-signed and registered by its thumbprint); in-process sample devices and the bundled
+/// sample device as a process connect with it (no SAS token), are reset, and come back the same
+/// way. A token rule cannot judge a device that never used a token.
+#[test]
+fn x509_devices_connect_with_their_certificates_and_recover() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "name: x509\ndevices:\n  - id: cam-ca\n    x509: ca\n  - id: cam-self\n    x509: self_signed\n  - id: cam-proc\n    x509: ca\n    run: [sample-device]\ntimeline:\n  - advance: 5m\n  - fault: { type: reset, devices: all }\n  - advance: 5m\nexpect:\n  - recovers: { within: 60s }\n  - records: { code: 404104, count: 1 }\n  - connected: {}\n";
+    let (code, stdout, stderr, out) = run_yaml(dir.path(), yaml);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let events = std::fs::read_to_string(out.join("events.jsonl")).unwrap();
+    for d in ["cam-ca", "cam-self", "cam-proc"] {
+        let connects: Vec<&str> = events
+            .lines()
+            .filter(|l| l.contains(&format!("\"device\":\"{d}\"")) && l.contains("\"event\":\"connect\""))
+            .collect();
+        assert!(connects.len() >= 2, "{d} connected again after the reset");
+        assert!(
+            connects.iter().all(|l| l.contains("\"auth\":\"x509\"")),
+            "{d} used its certificate every time: {connects:?}"
+        );
+    }
+    // The process got its certificate and a private key file.
+    let key = out.join("devices/cam-proc.key");
+    assert!(std::fs::read_to_string(out.join("devices/cam-proc.pem"))
+        .unwrap()
+        .contains("BEGIN CERTIFICATE"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the key file is private");
+    }
+    // No key in the logs or reports.
+    let key_pem = std::fs::read_to_string(&key).unwrap();
+    let key_body = key_pem.lines().nth(1).unwrap();
+    for f in ["events.jsonl", "connections.jsonl", "report.html", "junit.xml"] {
+        let text = std::fs::read_to_string(out.join(f)).unwrap();
+        assert!(!text.contains(key_body), "{f} leaks the device key");
+    }
+    // renews_token has nothing to judge on a certificate.
+    let yaml = yaml.replace("  - connected: {}\n", "  - renews_token: { device: cam-self }\n");
+    let (code, stdout, _, _) = run_yaml(dir.path(), &yaml);
+    assert_eq!(code, 2, "{stdout}");
+    assert!(stdout.contains("CANNOT JUDGE cam-self · renews_token"), "{stdout}");
+}

@@ -271,3 +271,29 @@ fn sdk_default_retry_patterns_that_do_not_back_off_fail_backoff() {
         assert_pass(&out, &err, &["recovers", "records", "no_message_loss"]);
     }
 }
+
+/// The Python SDK app as an X.509 device of a scenario (`x509: ca`): it connects with
+/// `create_from_x509_certificate` and the certificate the runner issued from the hub's CA, is
+/// reset at 10 minutes, and comes back with its certificate (no SAS token anywhere).
+#[test]
+fn python_sdk_as_an_x509_device_recovers_from_a_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "name: x509\ndevices:\n  - id: d\n    x509: ca\n    run: {}\ntimeline:\n  - advance: 10m\n  - fault: {{ type: reset, devices: all }}\n  - advance: 10m\nexpect:\n  - recovers: {{ device: d, within: 60s }}\n  - records: {{ code: 404104, device: d, count: 1 }}\n  - connected: {{ device: d }}\n",
+        App::Python.run(&[])
+    );
+    let (code, out, err) = run(dir.path(), "x509", &yaml);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let events = std::fs::read_to_string(dir.path().join("x509/events.jsonl")).unwrap();
+    let connects: Vec<&str> = events
+        .lines()
+        .filter(|l| l.contains("\"event\":\"connect\""))
+        .collect();
+    assert!(connects.len() >= 2, "{connects:?}");
+    assert!(
+        connects.iter().all(|l| l.contains("\"auth\":\"x509\"")),
+        "{connects:?}"
+    );
+    let log = std::fs::read_to_string(dir.path().join("x509/devices/d.log")).unwrap();
+    assert!(log.contains("auth=x509"), "{log}");
+}

@@ -3,7 +3,9 @@
 //! Reads `FAKEHUB_CONNECTION_STRING` and `FAKEHUB_CA_FILE` — or, to register with the Device
 //! Provisioning Service first, `FAKEHUB_DPS_HOST` (`host[:port]`, port 8883 by default),
 //! `FAKEHUB_DPS_ID_SCOPE`, `FAKEHUB_DPS_REGISTRATION_ID` and `FAKEHUB_DPS_KEY` (the device's key:
-//! individual, or derived from its group's) — and keeps time with the process's own
+//! individual, or derived from its group's). With `FAKEHUB_CERT_FILE` and `FAKEHUB_KEY_FILE` (PEM)
+//! it authenticates with that client certificate (the connection string then says `x509=true`).
+//! It keeps time with the process's own
 //! clocks (under the runner's time preload, the hub's). Prints what it does as JSON lines; SIGTERM
 //! or Ctrl-C stops it (with a DISCONNECT unless `--bug no-disconnect`). Exit status 2 for bad setup;
 //! with `--exit-after`, the process ends by itself as a crashing application would.
@@ -111,6 +113,21 @@ pub fn main_with_args(argv: impl IntoIterator<Item = String>) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(format!("{ca_file}: {e}")),
     };
+    // An X.509 device: its certificate and key (the key is never printed).
+    let certificate = match (
+        std::env::var("FAKEHUB_CERT_FILE"),
+        std::env::var("FAKEHUB_KEY_FILE"),
+    ) {
+        (Ok(cert), Ok(key)) => {
+            let read = |path: &str| std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"));
+            match (read(&cert), read(&key)) {
+                (Ok(cert_pem), Ok(key_pem)) => Some(crate::ClientCertificate { cert_pem, key_pem }),
+                (Err(e), _) | (_, Err(e)) => return fail(e),
+            }
+        }
+        (Err(_), Err(_)) => None,
+        _ => return fail("FAKEHUB_CERT_FILE and FAKEHUB_KEY_FILE go together".into()),
+    };
     // A process reads its own clocks: under the runner's time preload they are the hub's.
     let clock = DeviceClock::Real;
     if !(args.telemetry_interval.is_finite() && args.telemetry_interval > 0.0) {
@@ -130,6 +147,7 @@ pub fn main_with_args(argv: impl IntoIterator<Item = String>) -> ExitCode {
         seed: args.seed,
         bugs: args.bugs.into_iter().collect(),
         reprovision_after: args.reprovision_after,
+        certificate,
         ..DeviceOptions::default()
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()

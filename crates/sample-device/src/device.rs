@@ -163,6 +163,22 @@ impl FromStr for Bug {
     }
 }
 
+/// A client certificate (PEM) for a device that authenticates with X.509. Its `Debug` never shows
+/// the key.
+#[derive(Clone)]
+pub struct ClientCertificate {
+    /// The device certificate, or its chain.
+    pub cert_pem: String,
+    /// Its private key (a secret).
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ClientCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCertificate").finish_non_exhaustive()
+    }
+}
+
 /// How the device behaves.
 #[derive(Debug, Clone)]
 pub struct DeviceOptions {
@@ -184,6 +200,9 @@ pub struct DeviceOptions {
     pub reprovision_after: u32,
     /// With provisioning: give up on a registration still `assigning` after this long.
     pub dps_timeout: Duration,
+    /// Authenticate with this client certificate instead of SAS tokens: no password is sent and
+    /// there is no token to renew.
+    pub certificate: Option<ClientCertificate>,
 }
 
 impl Default for DeviceOptions {
@@ -201,6 +220,7 @@ impl Default for DeviceOptions {
             bugs: BTreeSet::new(),
             reprovision_after: 3,
             dps_timeout: Duration::from_secs(300),
+            certificate: None,
         }
     }
 }
@@ -268,6 +288,8 @@ pub enum DeviceEvent {
 /// Setup problems (a bad CA); everything after setup is the device's weather, not an error.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
+    #[error("the device certificate cannot be used: {0}")]
+    Certificate(String),
     #[error("the CA certificate cannot be used: {0}")]
     Ca(String),
     #[error("the gateway host name '{0}' is not valid for TLS")]
@@ -332,8 +354,16 @@ impl Device {
         if cas.is_empty() {
             return Err(DeviceError::Ca("no certificate in the CA file".into()));
         }
-        let tls = fakehub_protocol::tls::client_config_trusting(&cas)
-            .map_err(|e| DeviceError::Ca(e.to_string()))?;
+        let tls = match &opts.certificate {
+            None => fakehub_protocol::tls::client_config_trusting(&cas)
+                .map_err(|e| DeviceError::Ca(e.to_string()))?,
+            Some(c) => {
+                fakehub_protocol::tls::client_config_with_certificate(&cas, &c.cert_pem, &c.key_pem)
+                    .map_err(|e| DeviceError::Certificate(e.to_string()))?
+            }
+        };
+        let mut conn = conn;
+        conn.x509 |= opts.certificate.is_some();
         ServerName::try_from(conn.gateway_host.clone())
             .map_err(|_| DeviceError::ServerName(conn.gateway_host.clone()))?;
         Ok(Device {
@@ -372,6 +402,7 @@ impl Device {
             host_name: provisioning.host.clone(),
             identity: fakehub_protocol::IdentityRef::device(provisioning.registration_id.clone()),
             shared_access_key: provisioning.key.clone(),
+            x509: false,
             gateway_host: provisioning.host.clone(),
             port: provisioning.port,
         };
@@ -422,6 +453,10 @@ impl Device {
     }
 
     fn token(&mut self) -> (String, SystemTime) {
+        if self.conn.x509 {
+            // No password: the client certificate authenticates.
+            return (String::new(), self.clock.now());
+        }
         if self.has(Bug::StaleToken) {
             if let Some(t) = &self.first_token {
                 return t.clone();
@@ -729,7 +764,9 @@ impl Device {
             return Ended::Dropped(e, Some(Box::new(io)));
         }
         // Timers are registered before the guard of the last one is dropped, so a jump can't skip them.
-        let renews = !self.has(Bug::NoTokenRenewal) && !self.has(Bug::StaleToken);
+        // A certificate has no token to renew.
+        let renews =
+            !self.conn.x509 && !self.has(Bug::NoTokenRenewal) && !self.has(Bug::StaleToken);
         let mut renew = renews.then(|| self.clock.timer(expiry - self.opts.renew_before));
         let mut telemetry = self.clock.timer_in(self.opts.telemetry_interval);
         // Keep-alive pings follow monotonic time, like the hub's idle timer: a jump is not idleness.

@@ -9,6 +9,6 @@ pub mod in_process;
 pub mod provision;
 
 pub use connection_string::ConnectionString;
-pub use device::{Bug, Device, DeviceError, DeviceEvent, DeviceOptions, Dial};
+pub use device::{Bug, ClientCertificate, Device, DeviceError, DeviceEvent, DeviceOptions, Dial};
 pub use in_process::InProcess;
 pub use provision::Provisioning;

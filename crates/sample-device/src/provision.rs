@@ -169,6 +169,7 @@ impl Client<'_> {
                         host_name: hub.clone(),
                         identity: fakehub_protocol::IdentityRef::device(device_id),
                         shared_access_key: p.key.clone(),
+                        x509: false,
                         gateway_host: hub,
                         port: p.port,
                     });

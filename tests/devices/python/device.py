@@ -6,6 +6,8 @@ Default: IoTHubDeviceClient.create_from_connection_string with the SDK's own tok
 (a FAKEHUB_TOKEN_TTL_SECS token, renewed 120 s before expiry, a margin the SDK fixes) and its
 default reconnect policy. --fixed-token (or device_fixed_token.py): create_from_sastoken with a
 token minted here once; it is never replaced, so the hub drops the device at expiry + grace.
+With FAKEHUB_CERT_FILE and FAKEHUB_KEY_FILE (the connection string then says x509=true):
+create_from_x509_certificate, no token at all.
 
 Reconnecting: by default the app does it, with capped exponential backoff and jitter (1 s
 doubling to 60 s, each wait drawn from its upper half), as Azure's retry guidance asks: the SDK's
@@ -33,7 +35,7 @@ import threading
 import time
 import urllib.parse
 
-from azure.iot.device import IoTHubDeviceClient, Message, MethodResponse
+from azure.iot.device import IoTHubDeviceClient, Message, MethodResponse, X509
 
 SDK_RENEWAL_MARGIN = 120  # azure-iot-device 2.14.0: SasTokenStage.DEFAULT_TOKEN_UPDATE_MARGIN
 _print_lock = threading.Lock()
@@ -67,7 +69,9 @@ def env_seconds(name, default):
 
 def parse_connection_string(cs):
     fields = dict(part.split("=", 1) for part in cs.split(";") if "=" in part)
-    for need in ("HostName", "DeviceId", "SharedAccessKey"):
+    needs = ("HostName", "DeviceId") if fields.get("x509", "").lower() == "true" else (
+        "HostName", "DeviceId", "SharedAccessKey")
+    for need in needs:
         if not fields.get(need):
             fail(f"FAKEHUB_CONNECTION_STRING has no {need}")
     return fields
@@ -137,7 +141,18 @@ def main():
         # The app reconnects (with backoff) and sends only while connected.
         common.update(connection_retry=False, auto_connect=False)
     gateway = cs.get("GatewayHostName", "-")
-    if fixed_token:
+    cert_file, key_file = os.environ.get("FAKEHUB_CERT_FILE"), os.environ.get("FAKEHUB_KEY_FILE")
+    if bool(cert_file) != bool(key_file):
+        fail("FAKEHUB_CERT_FILE and FAKEHUB_KEY_FILE go together")
+    if cert_file:
+        if "GatewayHostName" in cs:
+            common["gateway_hostname"] = cs["GatewayHostName"]
+        log("start", f"sdk=python azure-iot-device==2.14.0 device={cs['DeviceId']} host={cs['HostName']} "
+                     f"gateway={gateway} auth=x509")
+        client = IoTHubDeviceClient.create_from_x509_certificate(
+            X509(cert_file=cert_file, key_file=key_file), hostname=cs["HostName"],
+            device_id=cs["DeviceId"], **common)
+    elif fixed_token:
         expiry = int(time.time()) + TOKEN_TTL
         sas = mint_sas(cs["HostName"], cs["DeviceId"], cs["SharedAccessKey"], expiry)
         if "GatewayHostName" in cs:

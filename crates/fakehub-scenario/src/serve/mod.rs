@@ -14,6 +14,7 @@ use fakehub::{Dps, DpsConfig, Hub, HubBuilder, HubHandle, SymmetricKeys};
 use serde::Deserialize;
 
 use crate::input::{self, InputError};
+use crate::output::write_private;
 use crate::tell;
 
 /// The serve configuration file.
@@ -369,18 +370,6 @@ fn provisioning_sheet(hub: &HubHandle, dps: &Dps) -> String {
         "group_device_key": "base64(HMAC-SHA256(key = base64-decoded group key, message = registration id))",
     });
     serde_json::to_string_pretty(&sheet).unwrap_or_default()
-}
-
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    options.open(path)?.write_all(text.as_bytes())
 }
 
 /// `fakehub certs --out DIR`: a CA for devices to trust (`ca.pem`) and its key (`ca-key.pem`, for
