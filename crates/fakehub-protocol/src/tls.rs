@@ -439,7 +439,9 @@ pub fn client_config_with_certificate(
     use rustls::pki_types::pem::PemObject;
     let chain = certificates_from_pem(cert_pem)?;
     if chain.is_empty() {
-        return Err(TlsError::CaKey("no certificate in the device certificate file".into()));
+        return Err(TlsError::CaKey(
+            "no certificate in the device certificate file".into(),
+        ));
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
         .map_err(|_| TlsError::CaKey("the device key file holds no usable private key".into()))?;

@@ -23,8 +23,8 @@ use std::time::Duration;
 use fakehub::dps::IndividualEnrollment;
 use fakehub::events::{ClockMode, Subject};
 use fakehub::process_time::{ProcessTime, ThreadSet};
-use fakehub::transport::MemoryRoutes;
 use fakehub::tls::DeviceCertificate;
+use fakehub::transport::MemoryRoutes;
 use fakehub::{Dps, EventKind, EventLog, Hub, HubHandle, VirtualClock, X509Auth};
 use fakehub_assert::{Log, Verdict};
 use sample_device::{ClientCertificate, DeviceOptions, InProcess, Provisioning};
@@ -727,7 +727,8 @@ impl Rig {
                     Some(c) => {
                         // The certificate and its key (0600) beside the device's log.
                         let dir = self.out.join("devices");
-                        let (cert, key) = (dir.join(format!("{id}.pem")), dir.join(format!("{id}.key")));
+                        let (cert, key) =
+                            (dir.join(format!("{id}.pem")), dir.join(format!("{id}.key")));
                         std::fs::write(&cert, &c.cert_pem)?;
                         crate::output::write_private(&key, &c.key_pem)?;
                         cmd.env("FAKEHUB_CONNECTION_STRING", x509_connection_string(&conn))

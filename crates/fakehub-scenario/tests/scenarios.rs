@@ -674,7 +674,9 @@ fn x509_devices_connect_with_their_certificates_and_recover() {
     for d in ["cam-ca", "cam-self", "cam-proc"] {
         let connects: Vec<&str> = events
             .lines()
-            .filter(|l| l.contains(&format!("\"device\":\"{d}\"")) && l.contains("\"event\":\"connect\""))
+            .filter(|l| {
+                l.contains(&format!("\"device\":\"{d}\"")) && l.contains("\"event\":\"connect\"")
+            })
             .collect();
         assert!(connects.len() >= 2, "{d} connected again after the reset");
         assert!(
@@ -696,13 +698,24 @@ fn x509_devices_connect_with_their_certificates_and_recover() {
     // No key in the logs or reports.
     let key_pem = std::fs::read_to_string(&key).unwrap();
     let key_body = key_pem.lines().nth(1).unwrap();
-    for f in ["events.jsonl", "connections.jsonl", "report.html", "junit.xml"] {
+    for f in [
+        "events.jsonl",
+        "connections.jsonl",
+        "report.html",
+        "junit.xml",
+    ] {
         let text = std::fs::read_to_string(out.join(f)).unwrap();
         assert!(!text.contains(key_body), "{f} leaks the device key");
     }
     // renews_token has nothing to judge on a certificate.
-    let yaml = yaml.replace("  - connected: {}\n", "  - renews_token: { device: cam-self }\n");
+    let yaml = yaml.replace(
+        "  - connected: {}\n",
+        "  - renews_token: { device: cam-self }\n",
+    );
     let (code, stdout, _, _) = run_yaml(dir.path(), &yaml);
     assert_eq!(code, 2, "{stdout}");
-    assert!(stdout.contains("CANNOT JUDGE cam-self · renews_token"), "{stdout}");
+    assert!(
+        stdout.contains("CANNOT JUDGE cam-self · renews_token"),
+        "{stdout}"
+    );
 }

@@ -119,7 +119,8 @@ pub fn main_with_args(argv: impl IntoIterator<Item = String>) -> ExitCode {
         std::env::var("FAKEHUB_KEY_FILE"),
     ) {
         (Ok(cert), Ok(key)) => {
-            let read = |path: &str| std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"));
+            let read =
+                |path: &str| std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"));
             match (read(&cert), read(&key)) {
                 (Ok(cert_pem), Ok(key_pem)) => Some(crate::ClientCertificate { cert_pem, key_pem }),
                 (Err(e), _) | (_, Err(e)) => return fail(e),

@@ -165,16 +165,29 @@ impl Enrollments {
     ) -> Result<Enrollments, EnrollmentError> {
         let mut out = Enrollments::default();
         let mut seen = std::collections::BTreeSet::new();
-        for e in individual {
-            let what = format!("individual enrollment '{}'", e.registration_id);
-            if e.registration_id.is_empty() {
+        // A name given once, and its keys (generated when left out).
+        let mut admit = |what: String,
+                         name: &str,
+                         primary: &Option<String>,
+                         secondary: &Option<String>,
+                         x509: bool| {
+            if name.is_empty() {
                 return Err(EnrollmentError::Empty);
             }
             if !seen.insert(what.clone()) {
                 return Err(EnrollmentError::Duplicate(what));
             }
-            let (primary_key, secondary_key) =
-                keys_of(what, &e.primary_key, &e.secondary_key, e.x509)?;
+            keys_of(what, primary, secondary, x509)
+        };
+        for e in individual {
+            let what = format!("individual enrollment '{}'", e.registration_id);
+            let (primary_key, secondary_key) = admit(
+                what,
+                &e.registration_id,
+                &e.primary_key,
+                &e.secondary_key,
+                e.x509,
+            )?;
             out.individual.push(IndividualEnrollment {
                 primary_key,
                 secondary_key,
@@ -183,14 +196,8 @@ impl Enrollments {
         }
         for g in groups {
             let what = format!("enrollment group '{}'", g.name);
-            if g.name.is_empty() {
-                return Err(EnrollmentError::Empty);
-            }
-            if !seen.insert(what.clone()) {
-                return Err(EnrollmentError::Duplicate(what));
-            }
             let (primary_key, secondary_key) =
-                keys_of(what, &g.primary_key, &g.secondary_key, g.x509)?;
+                admit(what, &g.name, &g.primary_key, &g.secondary_key, g.x509)?;
             out.groups.push(GroupEnrollment {
                 primary_key,
                 secondary_key,
