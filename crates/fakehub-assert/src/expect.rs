@@ -222,7 +222,7 @@ pub enum Expectation {
     /// Every provisioning — a registration with the Device Provisioning Service — ends with the
     /// device assigned a hub and connected to it within `within`.
     Provisions {
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         device: Option<String>,
         #[schemars(with = "String")]
         #[serde(with = "humantime_serde")]
@@ -232,23 +232,31 @@ pub enum Expectation {
     /// also a 202's), the device's next request comes no sooner (give or take `tolerance`, default
     /// 100ms).
     HonoursRetryAfter {
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         device: Option<String>,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         polling: bool,
         #[schemars(with = "Option<String>")]
-        #[serde(default, with = "humantime_serde")]
+        #[serde(
+            default,
+            with = "humantime_serde",
+            skip_serializing_if = "Option::is_none"
+        )]
         tolerance: Option<Duration>,
     },
     /// After `failures` (default 3) refused or unanswered connects to its hub in a row, the device
     /// registers with DPS again, and is connected to a hub within `within` (default 2m) of that.
     ReprovisionsAfter {
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         device: Option<String>,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         failures: Option<u32>,
         #[schemars(with = "Option<String>")]
-        #[serde(default, with = "humantime_serde")]
+        #[serde(
+            default,
+            with = "humantime_serde",
+            skip_serializing_if = "Option::is_none"
+        )]
         within: Option<Duration>,
     },
 }

@@ -122,7 +122,8 @@ struct Open {
 }
 
 /// Every provisioning of the device — from a register until it is connected to the hub DPS
-/// assigned — completes within `within`.
+/// assigned — completes within `within`. Registering again before getting in continues the same
+/// provisioning (timed from its first register), to the hub assigned last.
 pub fn provisions(log: &Log, device: &str, within: Duration) -> Verdict {
     let rule = "provisions";
     let (end, _) = end_of(log);
@@ -164,7 +165,9 @@ pub fn provisions(log: &Log, device: &str, within: Duration) -> Verdict {
             } => {
                 if let Some(o) = open.as_mut() {
                     o.last = said(status, registration.as_deref(), message.as_deref());
-                    if registration.as_deref() == Some("assigned") && o.assigned.is_none() {
+                    // A device that registers again before it got in (its hub kept refusing it)
+                    // goes on with the same provisioning, to the hub it was assigned last.
+                    if registration.as_deref() == Some("assigned") {
                         o.assigned = Some((at, hub));
                     }
                 }

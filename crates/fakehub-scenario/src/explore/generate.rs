@@ -6,16 +6,16 @@
 use std::time::Duration;
 
 use fakehub::faults::{
-    Blackhole, ClockSkew, Close, Connack, DelaySuback, Disable, DropPingresp, DropPuback, Fault,
-    FaultKind, HalfOpen, Latency, MassDrop, Outage, OutageMode, Reset, Selector, SessionLoss,
-    Takeover, Throttle,
+    Blackhole, ClockSkew, Close, Connack, DelaySuback, Disable, DpsAssigning, DpsDisabled, DpsDrop,
+    DpsError, DpsThrottle, DropPingresp, DropPuback, Fault, FaultKind, HalfOpen, HubDown, Latency,
+    MassDrop, Outage, OutageMode, Reset, Selector, SessionLoss, Takeover, Throttle,
 };
 use proptest::prelude::*;
 use proptest::strategy::{NewTree, ValueTree};
 use proptest::test_runner::TestRunner;
 
 use super::schedule::{Schedule, Vocabulary, MAX_LATENCY, MAX_SKEW, SLOW_ACK};
-use crate::scenario::{C2dStep, DesiredStep, DeviceRef, MethodStep, Step};
+use crate::scenario::{C2dStep, DesiredStep, DeviceRef, FaultStep, MethodStep, Step};
 
 fn secs(range: std::ops::RangeInclusive<u64>) -> impl Strategy<Value = Duration> + Clone {
     range.prop_map(Duration::from_secs)
@@ -80,6 +80,33 @@ pub fn fault_kind() -> impl Strategy<Value = FaultKind> {
     ]
 }
 
+/// The provisioning service's faults (for scenarios with `dps:`), with parameters a well-behaved
+/// device can wait out: `retry-after`s and holds within a minute, 5xx errors, a few dropped
+/// requests, a disabled enrollment, a hub down (`fit` bounds how long each lasts).
+pub fn dps_fault_kind() -> impl Strategy<Value = FaultKind> {
+    prop_oneof![
+        2 => (secs(1..=30), prop::option::of(1u32..=60)).prop_map(|(retry_after, per_minute)| {
+            FaultKind::DpsThrottle(DpsThrottle { retry_after, per_minute })
+        }),
+        2 => (
+            prop::sample::select(vec![500u16, 503]),
+            prop::option::of(secs(1..=30)),
+            prop::option::of(1u32..=5),
+        )
+            .prop_map(|(status, retry_after, count)| {
+                FaultKind::DpsError(DpsError { status, retry_after, op: None, count })
+            }),
+        2 => (secs(1..=60), secs(1..=10)).prop_map(|(hold, retry_after)| {
+            FaultKind::DpsAssigning(DpsAssigning { hold, retry_after })
+        }),
+        1 => (prop::option::of(1u32..=3), any::<bool>())
+            .prop_map(|(count, rst)| FaultKind::DpsDrop(DpsDrop { op: None, count, rst })),
+        1 => Just(FaultKind::DpsDisabled(DpsDisabled {})),
+        2 => prop_oneof![Just(OutageMode::Connack3), Just(OutageMode::RefuseTcp)]
+            .prop_map(|mode| FaultKind::HubDown(HubDown { mode })),
+    ]
+}
+
 /// Which devices: every one, some ids, a pattern, or a share.
 fn selector(v: &Vocabulary) -> BoxedStrategy<Selector> {
     let ids = v.all_ids();
@@ -114,15 +141,27 @@ fn fault(v: &Vocabulary) -> impl Strategy<Value = Step> {
             1 => secs(1..=30 * 60),
         ],
     );
-    (fault_kind(), selector(v), duration).prop_map(|(kind, devices, duration)| {
-        Step::Fault(
-            Fault {
+    let kinds = if v.dps {
+        prop_oneof![3 => fault_kind(), 1 => dps_fault_kind()].boxed()
+    } else {
+        fault_kind().boxed()
+    };
+    // `hub_down` is aimed at one hub of several; every other fault acts on every hub.
+    let hub = if v.hubs.len() > 1 {
+        prop::sample::select(v.hubs.clone()).prop_map(Some).boxed()
+    } else {
+        Just(None).boxed()
+    };
+    (kinds, selector(v), duration, hub).prop_map(|(kind, devices, duration, hub)| {
+        let hub = hub.filter(|_| matches!(kind, FaultKind::HubDown(_)));
+        Step::Fault(FaultStep {
+            fault: Fault {
                 kind,
                 devices,
                 duration,
-            }
-            .into(),
-        )
+            },
+            hub,
+        })
     })
 }
 

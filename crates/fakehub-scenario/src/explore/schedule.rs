@@ -37,7 +37,7 @@ use std::time::Duration;
 use fakehub::faults::{Connack, Fault, FaultKind, Selector};
 use fakehub_assert::Expectation;
 
-use crate::scenario::{DeviceSpec, Scenario, Step};
+use crate::scenario::{DeviceSpec, FaultStep, Scenario, Step};
 
 /// The longest a CONNACK or SUBACK is delayed: past a device's own timeout (30 s for the sample
 /// device) the answer reaches a device that gave up, and the hub records a connection that never
@@ -48,6 +48,11 @@ pub(crate) const MAX_SKEW: Duration = Duration::from_secs(5 * 60);
 /// The most latency each way: the hub times a device's reconnects by when its packets arrive, so
 /// more latency would blur the delays `backoff` judges.
 pub(crate) const MAX_LATENCY: Duration = Duration::from_millis(100);
+/// The longest `retry-after` the provisioning service's faults ask for.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// The longest a registration is held `assigning` (well within a device's own patience: the
+/// sample device gives up after 5 minutes).
+pub(crate) const MAX_HOLD: Duration = Duration::from_secs(60);
 /// The longest a lasting fault that keeps no device out is given.
 pub(crate) const MAX_LASTING: Duration = Duration::from_secs(30 * 60);
 /// How long a lasting fault proposed without a duration lasts.
@@ -98,6 +103,10 @@ pub struct Vocabulary {
     pub service_window: Duration,
     /// Quiet time at the end of every schedule.
     pub quiet: Duration,
+    /// The scenario has a provisioning service: its faults are generated too.
+    pub dps: bool,
+    /// The host names of the scenario's hubs, when it has several (`hub_down` picks one).
+    pub hubs: Vec<String>,
 }
 
 /// The `within` an expectation gives, if any (with the rules' defaults).
@@ -162,6 +171,12 @@ impl Vocabulary {
             settle,
             service_window,
             quiet,
+            dps: scenario.dps.is_some(),
+            hubs: scenario
+                .hubs
+                .iter()
+                .filter_map(|h| h.host_name.clone())
+                .collect(),
         }
     }
 
@@ -298,14 +313,15 @@ fn effect(kind: &FaultKind) -> Effect {
         | FaultKind::Outage(_)
         | FaultKind::Disable(_)
         | FaultKind::Throttle(_)
-        // The provisioning service's faults keep a provisioning device from a hub (explore does
-        // not generate them yet; a scenario's own are kept bounded).
+        // The provisioning service's faults that keep a provisioning device from a hub.
         | FaultKind::HubDown(_)
         | FaultKind::DpsThrottle(_)
         | FaultKind::DpsError(_)
-        | FaultKind::DpsAssigning(_)
         | FaultKind::DpsDrop(_)
         | FaultKind::DpsDisabled(_) => Effect::Block,
+        // A registration held `assigning` for at most MAX_HOLD: a device that waits it out is
+        // assigned while the fault lasts (one that gives up early starts the wait over).
+        FaultKind::DpsAssigning(_) => Effect::Benign,
         // Delays are bounded to SLOW_ACK first.
         FaultKind::Connack(Connack::Delay { .. }) => Effect::Benign,
         FaultKind::Connack(_) => Effect::Block,
@@ -346,6 +362,19 @@ fn bounded(kind: FaultKind) -> FaultKind {
         FaultKind::DelaySuback(mut d) => {
             d.delay = d.delay.min(SLOW_ACK);
             FaultKind::DelaySuback(d)
+        }
+        FaultKind::DpsThrottle(mut t) => {
+            t.retry_after = t.retry_after.min(MAX_RETRY_AFTER);
+            FaultKind::DpsThrottle(t)
+        }
+        FaultKind::DpsError(mut e) => {
+            e.retry_after = e.retry_after.map(|r| r.min(MAX_RETRY_AFTER));
+            FaultKind::DpsError(e)
+        }
+        FaultKind::DpsAssigning(mut a) => {
+            a.hold = a.hold.min(MAX_HOLD);
+            a.retry_after = a.retry_after.min(MAX_RETRY_AFTER);
+            FaultKind::DpsAssigning(a)
         }
         other => other,
     }
@@ -401,7 +430,13 @@ impl<'a> Fitting<'a> {
             Step::Stop(r) => self.bounce(names, &r.device, false),
             // Restarts come with their crash or stop.
             Step::Restart(_) => {}
-            Step::Fault(f) => self.fault(names, f.fault),
+            Step::Fault(f) => {
+                // A hub the scenario does not have is no hub: the fault acts on every hub.
+                let hub = f
+                    .hub
+                    .filter(|h| self.v.hubs.iter().any(|n| n.eq_ignore_ascii_case(h)));
+                self.fault(names, f.fault, hub)
+            }
             Step::C2d(mut c) => {
                 if let Some((d, _)) = names.resolve(&c.device) {
                     c.device = d;
@@ -446,7 +481,7 @@ impl<'a> Fitting<'a> {
         self.push(Step::Restart(r), self.now);
     }
 
-    fn fault(&mut self, names: &Names, f: Fault) {
+    fn fault(&mut self, names: &Names, f: Fault, hub: Option<String>) {
         // No device keeps working after its key is replaced: never asked.
         if matches!(f.kind, FaultKind::RotateKey(_)) {
             return;
@@ -486,14 +521,14 @@ impl<'a> Fitting<'a> {
             Effect::Benign => {}
         }
         self.push(
-            Step::Fault(
-                Fault {
+            Step::Fault(FaultStep {
+                fault: Fault {
                     kind,
                     devices,
                     duration,
-                }
-                .into(),
-            ),
+                },
+                hub,
+            }),
             end,
         );
     }

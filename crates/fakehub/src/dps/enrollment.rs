@@ -29,12 +29,12 @@ fn yes() -> bool {
 pub struct IndividualEnrollment {
     pub registration_id: String,
     /// Base64. Left out (and no `x509`): generated.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary_key: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secondary_key: Option<String>,
     /// Attest with a certificate issued by the hubs' CA (CN = the registration id) instead of keys.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub x509: bool,
     /// `false`: the enrollment is disabled (registrations end `disabled`).
     #[serde(default = "yes")]
@@ -48,12 +48,12 @@ pub struct GroupEnrollment {
     pub name: String,
     /// Base64. Left out (and no `x509`): generated. Each device signs with the key derived from
     /// it for its registration id.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary_key: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secondary_key: Option<String>,
     /// Any certificate issued by the hubs' CA, CN = the registration id.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub x509: bool,
     /// `false`: the enrollment group is disabled.
     #[serde(default = "yes")]

@@ -81,9 +81,9 @@ pub struct DpsConfig {
     /// The service's name in its records (default `fakehub-dps`).
     #[serde(default = "default_name")]
     pub name: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub individual: Vec<IndividualEnrollment>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<GroupEnrollment>,
     /// How registrations are spread over the hubs (default `{ policy: hashed }`).
     #[serde(default)]
@@ -92,11 +92,15 @@ pub struct DpsConfig {
     pub reprovision: Reprovision,
     /// How long a registration stays `assigning` before DPS assigns it (default 0: the first
     /// poll gets the assignment).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(with = "Option<String>")]
     pub assign_after: Option<Duration>,
     /// The `retry-after` of `assigning` answers, whole seconds (default 3).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u32>,
 }
 
