@@ -1,8 +1,10 @@
 //! The scenario runner and the `fakehub` command's parts: reading scenario files, running them on a
 //! hub with its devices, judging the expectations, and writing JUnit and HTML reports; `serve`
 //! with its control API ([`control`]), which plays the same timeline steps ([`service_steps`]) over
-//! HTTP; and exploring generated fault schedules ([`explore`]).
+//! HTTP; exploring generated fault schedules ([`explore`]); and the benchmark against mosquitto
+//! ([`bench`]).
 
+pub mod bench;
 pub mod control;
 pub mod explore;
 pub mod input;

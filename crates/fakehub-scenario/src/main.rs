@@ -1,6 +1,6 @@
 //! The `fakehub` command.
 
-use fakehub_scenario::{explore, junit, report, runner, scenario, serve};
+use fakehub_scenario::{bench, explore, junit, report, runner, scenario, serve};
 use fakehub_scenario::{say, say_part, tell};
 
 use std::path::{Path, PathBuf};
@@ -105,6 +105,11 @@ enum Command {
         #[arg(long, requires = "device")]
         self_signed: bool,
     },
+    /// Measure fakehub and mosquitto side by side with the same load tool (TLS devices over
+    /// loopback): connection storm, held connections and memory, QoS 1 throughput, CPU and
+    /// latency, and a server kill with every device coming back; with --fleet, an in-process
+    /// fleet scenario's wall time and peak memory. See docs/BENCH.md.
+    Bench(bench::BenchOptions),
     /// Run the bundled sample device (as `run: [sample-device, …]` in scenarios does).
     #[command(disable_help_flag = true)]
     SampleDevice {
@@ -209,6 +214,7 @@ fn main() -> ExitCode {
                 device,
                 self_signed,
             } => serve::certs(&out, device.as_deref(), self_signed).map(|()| ExitCode::SUCCESS),
+            Command::Bench(opts) => bench::run(&opts).await.map(|_| ExitCode::SUCCESS),
             Command::Schema => {
                 say!("{}", serde_json::to_string_pretty(&scenario::schema())?);
                 Ok(ExitCode::SUCCESS)

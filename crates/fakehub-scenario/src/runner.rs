@@ -519,6 +519,9 @@ fn hub_builder(spec: &HubSettings, regime: Regime) -> fakehub::HubBuilder {
     if let Some(c) = spec.keepalive_cap {
         builder = builder.keepalive_cap(c);
     }
+    if let Some(tls) = spec.memory_tls {
+        builder = builder.memory_tls(tls);
+    }
     builder
 }
 

@@ -69,6 +69,11 @@ pub struct HubSettings {
     )]
     #[schemars(with = "Option<String>")]
     pub keepalive_cap: Option<Duration>,
+    /// Whether in-process devices do a TLS handshake over their in-memory connections (default
+    /// true). TLS is not under test in a fleet run, and full handshakes are most of the work of a
+    /// reconnect storm. Device processes always connect over TCP with TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_tls: Option<bool>,
     /// No longer used: time skips idle periods by itself (kept so older files get a clear error).
     #[serde(default, skip_serializing)]
     #[schemars(skip)]

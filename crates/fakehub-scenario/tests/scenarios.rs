@@ -605,12 +605,12 @@ fn fleets_too_large_for_memory_or_descriptors_are_refused_at_once() {
     refused(
         "name: t\ndevices:\n  - id: fleet\n    count: 1000000000\n",
         "3:9",
-        "a scenario may run 1 to 10000",
+        "a scenario may run 1 to 100000",
     );
     refused(
-        "name: t\ndevices:\n  - id: fleet\n    count: 100000\n",
+        "name: t\ndevices:\n  - id: fleet\n    count: 100001\n",
         "3:9",
-        "a scenario may run 1 to 10000",
+        "a scenario may run 1 to 100000",
     );
     refused(
         "name: t\ndevices:\n  - id: procs\n    count: 100000\n    run: [sample-device]\n",

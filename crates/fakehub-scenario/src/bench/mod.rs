@@ -1,0 +1,342 @@
+//! `fakehub bench`: fakehub and mosquitto measured in the same run with the same load tool
+//! ([`load`]: real TLS, MQTT 3.1.1 CONNECT with SAS tokens, QoS 1 telemetry), each server a
+//! process of its own ([`server`]) so that its memory and CPU are read from `/proc`; and, with
+//! `--fleet`, an in-process fleet scenario's wall time and peak memory. See docs/BENCH.md.
+
+pub mod load;
+pub mod server;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use load::{Held, Target};
+use server::{Certificates, Fleet, Kind, Server};
+
+/// The benchmark's sizes and where it writes.
+#[derive(Clone, Debug, clap::Args)]
+pub struct BenchOptions {
+    /// Devices in the connection storm, held, then dropped at once (the server is killed) and
+    /// re-admitted.
+    #[arg(long, default_value_t = 10_000)]
+    pub devices: usize,
+    /// Connection attempts the load tool has under way at once (mosquitto listens with a backlog
+    /// of 100: more than that at once measures its SYN retries).
+    #[arg(long, default_value_t = 100)]
+    pub concurrency: usize,
+    /// Devices publishing QoS 1 telemetry (connected beside the held ones).
+    #[arg(long, default_value_t = 100)]
+    pub publishers: usize,
+    /// Unacknowledged QoS 1 messages each publisher may have.
+    #[arg(long, default_value_t = 10)]
+    pub inflight: usize,
+    /// How long each publishing run lasts, e.g. `3s`.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub publish_for: Duration,
+    /// The servers to measure, in this order.
+    #[arg(long, value_delimiter = ',', default_value = "fakehub,mosquitto")]
+    pub servers: Vec<Kind>,
+    /// The mosquitto binary.
+    #[arg(long, default_value = "/usr/sbin/mosquitto")]
+    pub mosquitto: PathBuf,
+    /// Where configurations, certificates, server logs and the fleet run's output go.
+    #[arg(long, default_value = "fakehub-out/bench")]
+    pub out: PathBuf,
+    /// Also run this scenario (e.g. scenarios/bench/fleet-100k.yaml) with `fakehub run` and report
+    /// its wall time and peak RSS.
+    #[arg(long)]
+    pub fleet: Option<PathBuf>,
+}
+
+/// One server's figures.
+#[derive(Clone, Debug, Default)]
+pub struct Figures {
+    pub storm_per_s: f64,
+    pub held: usize,
+    /// Why devices were not held (the first refusal), if any were not.
+    pub refused: Option<String>,
+    pub rss_held: u64,
+    pub bytes_per_held: f64,
+    pub qos1_per_s: f64,
+    pub cpu_per_msg_unpaced: Duration,
+    pub cpu_per_msg_half: Duration,
+    pub half_rate: f64,
+    pub puback_p99_half: Duration,
+    pub all_back: Option<Duration>,
+}
+
+/// Run the benchmark and print its table (and the fleet's figures).
+pub async fn run(opts: &BenchOptions) -> anyhow::Result<Vec<(Kind, Figures)>> {
+    let certs = Certificates::generate(&opts.out.join("certs"))?;
+    let host_name = "bench.azure-devices.net".to_owned();
+    let key = fakehub::sas::generate_key();
+    let mut ids: Vec<String> = (0..opts.devices).map(|i| format!("d{i}")).collect();
+    ids.extend((0..opts.publishers).map(|i| format!("p{i}")));
+    let fleet = Fleet {
+        host_name: &host_name,
+        key: &key,
+        ids: &ids,
+    };
+    let tls = fakehub::tls::client_config_trusting(&[certs.ca_der.clone().into()])?;
+    let mut results = Vec::new();
+    for &kind in &opts.servers {
+        crate::tell!("bench: {} ...", kind.name());
+        let dir = opts.out.join(kind.name());
+        let mut server = Server::start(kind, &dir, &certs, &fleet, &opts.mosquitto).await?;
+        let target = Arc::new(Target {
+            addr: server.addr,
+            tls: tokio_rustls::TlsConnector::from(tls.clone()),
+            host_name: host_name.clone(),
+            key: key.clone(),
+        });
+        let figures = measure(opts, &mut server, &target)
+            .await
+            .with_context(|| format!("measuring {}", kind.name()))?;
+        drop(server);
+        results.push((kind, figures));
+    }
+    crate::say!("{}", table(opts, &results));
+    if let Some(scenario) = &opts.fleet {
+        let (wall, peak, status) = fleet_run(scenario, &opts.out.join("fleet"))?;
+        crate::say!(
+            "fleet {}: wall time {:.1} s, peak RSS {:.0} MB, {}",
+            scenario.display(),
+            wall.as_secs_f64(),
+            peak as f64 / 1e6,
+            status
+        );
+    }
+    Ok(results)
+}
+
+async fn measure(
+    opts: &BenchOptions,
+    server: &mut Server,
+    target: &Arc<Target>,
+) -> anyhow::Result<Figures> {
+    let mut f = Figures::default();
+    // Let the server settle before its idle memory is read.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle_rss = server.rss()?;
+
+    // Connection storm: every device at once, `concurrency` attempts under way.
+    let gate = Arc::new(Semaphore::new(opts.concurrency.max(1)));
+    let stop = CancellationToken::new();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let start = Instant::now();
+    for i in 0..opts.devices {
+        tokio::spawn(load::hold(
+            target.clone(),
+            format!("d{i}"),
+            gate.clone(),
+            3,
+            tx.clone(),
+            stop.clone(),
+        ));
+    }
+    drop(tx);
+    let mut last_up = start;
+    let mut settled = 0;
+    while settled < opts.devices {
+        match rx.recv().await {
+            Some(Held::Up(at)) => {
+                f.held += 1;
+                settled += 1;
+                last_up = last_up.max(at);
+            }
+            Some(Held::GaveUp(e)) => {
+                settled += 1;
+                f.refused.get_or_insert_with(|| e.to_string());
+            }
+            Some(Held::Down) => f.held = f.held.saturating_sub(1),
+            None => break,
+        }
+    }
+    f.storm_per_s = f.held as f64 / last_up.duration_since(start).as_secs_f64().max(1e-9);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    f.rss_held = server.rss()?;
+    f.bytes_per_held = idle_rss.abs_diff(f.rss_held) as f64 / f.held.max(1) as f64;
+    if f.rss_held < idle_rss {
+        f.bytes_per_held = -f.bytes_per_held;
+    }
+
+    // QoS 1: unpaced, then at half of the rate reached.
+    let mut pubs = Vec::new();
+    for i in 0..opts.publishers {
+        let id = format!("p{i}");
+        let conn = target
+            .connect(&id)
+            .await
+            .with_context(|| format!("publisher {id} cannot connect"))?;
+        pubs.push((id, conn));
+    }
+    let cpu0 = server.cpu()?;
+    let (pubs, unpaced) = load::publish(pubs, opts.inflight, None, opts.publish_for).await;
+    let cpu1 = server.cpu()?;
+    f.qos1_per_s = unpaced.rate();
+    f.cpu_per_msg_unpaced = per_message(cpu1.saturating_sub(cpu0), unpaced.acked);
+    f.half_rate = f.qos1_per_s / 2.0;
+    let (pubs, mut half) =
+        load::publish(pubs, opts.inflight, Some(f.half_rate), opts.publish_for).await;
+    let cpu2 = server.cpu()?;
+    f.cpu_per_msg_half = per_message(cpu2.saturating_sub(cpu1), half.acked);
+    f.puback_p99_half = half.quantile(0.99);
+    drop(pubs);
+
+    // Mass drop: kill the server, start it again, wait for every held device to be back.
+    let held = f.held;
+    let killed = Instant::now();
+    server.kill_and_restart().await?;
+    let mut back = 0;
+    let mut last = killed;
+    let deadline = tokio::time::sleep(Duration::from_secs(120));
+    tokio::pin!(deadline);
+    while back < held {
+        tokio::select! {
+            m = rx.recv() => match m {
+                Some(Held::Up(at)) => {
+                    back += 1;
+                    last = last.max(at);
+                }
+                Some(_) => {}
+                None => break,
+            },
+            _ = &mut deadline => break,
+        }
+    }
+    if back >= held {
+        f.all_back = Some(last.duration_since(killed));
+    }
+    stop.cancel();
+    Ok(f)
+}
+
+fn per_message(cpu: Duration, messages: u64) -> Duration {
+    if messages == 0 {
+        return Duration::ZERO;
+    }
+    cpu / u32::try_from(messages).unwrap_or(u32::MAX)
+}
+
+/// The table: one row per measure, a column per server, and fakehub ÷ mosquitto.
+pub fn table(opts: &BenchOptions, results: &[(Kind, Figures)]) -> String {
+    type Row = (&'static str, &'static str, fn(&Figures) -> Option<f64>);
+    let rows: [Row; 10] = [
+        ("connection storm, connects/s", "higher", |f| {
+            Some(f.storm_per_s)
+        }),
+        ("held connections", "higher", |f| Some(f.held as f64)),
+        ("RSS with all held, MB", "lower", |f| {
+            Some(f.rss_held as f64 / 1e6)
+        }),
+        ("KB per held connection", "lower", |f| {
+            Some(f.bytes_per_held / 1e3)
+        }),
+        ("QoS 1 unpaced, msgs/s", "higher", |f| Some(f.qos1_per_s)),
+        ("server CPU per QoS 1 msg, unpaced, µs", "lower", |f| {
+            Some(f.cpu_per_msg_unpaced.as_secs_f64() * 1e6)
+        }),
+        ("server CPU per QoS 1 msg, half rate, µs", "lower", |f| {
+            Some(f.cpu_per_msg_half.as_secs_f64() * 1e6)
+        }),
+        ("half rate (own max / 2), msgs/s", "", |f| Some(f.half_rate)),
+        ("PUBACK p99 at half rate, ms", "lower", |f| {
+            Some(f.puback_p99_half.as_secs_f64() * 1e3)
+        }),
+        ("server killed -> all back, s", "lower", |f| {
+            f.all_back.map(|d| d.as_secs_f64())
+        }),
+    ];
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} devices ({} at once), {} publishers x {} in flight for {:?}",
+        opts.devices, opts.concurrency, opts.publishers, opts.inflight, opts.publish_for
+    );
+    let _ = write!(out, "{:<42}", "measure");
+    for (k, _) in results {
+        let _ = write!(out, "{:>12}", k.name());
+    }
+    let fh = results.iter().find(|(k, _)| *k == Kind::Fakehub);
+    let mq = results.iter().find(|(k, _)| *k == Kind::Mosquitto);
+    let both = fh.zip(mq);
+    if both.is_some() {
+        let _ = write!(out, "{:>10}  better", "ratio");
+    }
+    let _ = writeln!(out);
+    for (name, better, get) in rows {
+        let _ = write!(out, "{name:<42}");
+        for (_, f) in results {
+            let _ = write!(out, "{:>12}", get(f).map_or("-".to_owned(), number));
+        }
+        if let Some(((_, a), (_, b))) = both {
+            let ratio = get(a)
+                .zip(get(b))
+                .filter(|(_, b)| *b != 0.0)
+                .map_or("-".to_owned(), |(a, b)| format!("{:.2}", a / b));
+            let _ = write!(out, "{ratio:>10}  {better}");
+        }
+        let _ = writeln!(out);
+    }
+    for (k, f) in results {
+        if let Some(why) = &f.refused {
+            let _ = writeln!(
+                out,
+                "{}: {} of {} devices not held; the first: {why}",
+                k.name(),
+                opts.devices.saturating_sub(f.held),
+                opts.devices
+            );
+        }
+    }
+    let _ = writeln!(out, "ratio = fakehub / mosquitto");
+    out
+}
+
+fn number(x: f64) -> String {
+    if x.abs() >= 100.0 {
+        format!("{x:.0}")
+    } else if x.abs() >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+/// Run a scenario with `fakehub run` in a child process; its wall time, peak RSS (bytes, from
+/// `wait4`'s rusage) and how it exited.
+pub fn fleet_run(scenario: &Path, out: &Path) -> anyhow::Result<(Duration, u64, String)> {
+    let exe = std::env::current_exe().context("cannot find the fakehub binary")?;
+    let started = Instant::now();
+    let child = std::process::Command::new(exe)
+        .arg("run")
+        .arg(scenario)
+        .arg("--out")
+        .arg(out)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("cannot start `fakehub run`")?;
+    let pid = i32::try_from(child.id()).context("process id out of range")?;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 waits for our own child and writes into the two out-parameters we pass.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    if r != pid {
+        return Err(std::io::Error::last_os_error()).context("waiting for `fakehub run`");
+    }
+    let wall = started.elapsed();
+    let how = if libc::WIFEXITED(status) {
+        format!("exit code {}", libc::WEXITSTATUS(status))
+    } else {
+        format!("killed by signal {}", libc::WTERMSIG(status))
+    };
+    // ru_maxrss is in kilobytes on Linux.
+    let peak = u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024;
+    Ok((wall, peak, how))
+}
