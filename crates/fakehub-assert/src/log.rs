@@ -1,12 +1,12 @@
 //! The event log as the assertions read it: per-device views, virtual times relative to the start,
 //! and excerpts that show a firmware engineer why a rule failed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fakehub::events::records::{self, ConnectionRecord, RecordContext};
-use fakehub::events::{ClockMode, Lifecycle};
+use fakehub::events::{ClockMode, Connection, Lifecycle};
 use fakehub::{Event, EventKind};
 
 /// A whole event log, in order, with its connections folded once.
@@ -15,6 +15,52 @@ pub struct Log {
     events: Vec<Arc<Event>>,
     start: SystemTime,
     lifecycle: Arc<Lifecycle>,
+    index: Arc<Index>,
+}
+
+/// Where each device's events and connections are, found once: rules judge every device of a
+/// fleet, and a scan of the whole log per device would make judging a fleet quadratic.
+#[derive(Debug, Default)]
+struct Index {
+    /// Positions in the log of each device's events.
+    events: HashMap<String, Vec<usize>>,
+    /// Each device's connections that got as far as CONNECT, in order.
+    connections: HashMap<String, Vec<u64>>,
+    /// The `timeline_ended` marker, else the last event (time and seq).
+    end: Option<(SystemTime, u64)>,
+}
+
+impl Index {
+    fn of(events: &[Arc<Event>], lifecycle: &Lifecycle) -> Index {
+        let mut index = Index::default();
+        for (i, e) in events.iter().enumerate() {
+            if let Some(d) = &e.device {
+                match index.events.get_mut(d) {
+                    Some(list) => list.push(i),
+                    None => {
+                        index.events.insert(d.clone(), vec![i]);
+                    }
+                }
+            }
+            if index.end.is_none() && matches!(e.kind, EventKind::TimelineEnded) {
+                index.end = Some((e.time, e.seq));
+            }
+        }
+        if index.end.is_none() {
+            index.end = events.last().map(|e| (e.time, e.seq));
+        }
+        for c in lifecycle.connections().filter(|c| c.connect.is_some()) {
+            if let Some(d) = &c.device {
+                match index.connections.get_mut(d) {
+                    Some(list) => list.push(c.conn),
+                    None => {
+                        index.connections.insert(d.clone(), vec![c.conn]);
+                    }
+                }
+            }
+        }
+        index
+    }
 }
 
 impl Log {
@@ -24,17 +70,35 @@ impl Log {
             .first()
             .map(|e| e.time)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        let lifecycle = Arc::new(Lifecycle::of(events.iter().map(|e| e.as_ref())));
+        let lifecycle = Lifecycle::of(events.iter().map(|e| e.as_ref()));
+        let index = Arc::new(Index::of(&events, &lifecycle));
         Log {
             events,
             start,
-            lifecycle,
+            lifecycle: Arc::new(lifecycle),
+            index,
         }
     }
 
     /// Every connection, as the lifecycle fold tells it.
     pub fn lifecycle(&self) -> &Lifecycle {
         &self.lifecycle
+    }
+
+    /// The connections of one device id (the device's own and its modules') that got as far as
+    /// CONNECT, in order.
+    pub fn connections_of<'a>(&'a self, device: &str) -> impl Iterator<Item = &'a Connection> + 'a {
+        let ids = self.index.connections.get(device).map(Vec::as_slice);
+        ids.unwrap_or_default()
+            .iter()
+            .filter_map(|c| self.lifecycle.get(*c))
+    }
+
+    /// When the run ended for the rules that judge "the end": the `timeline_ended` marker the
+    /// runner writes before it stops the devices, else the last event (time and seq; the start
+    /// and `u64::MAX` for an empty log).
+    pub fn end(&self) -> (SystemTime, u64) {
+        self.index.end.unwrap_or((self.start, u64::MAX))
     }
 
     /// The log of a running hub, as it is now.
@@ -63,14 +127,26 @@ impl Log {
 
     /// Parse `events.jsonl` text. Errors name the line.
     pub fn parse_jsonl(text: &str) -> Result<Log, String> {
+        Log::read_jsonl(text.as_bytes())
+    }
+
+    /// Read `events.jsonl` line by line (a fleet's log need not fit in memory twice, as text and
+    /// as events). Errors name the line.
+    pub fn read_jsonl(mut reader: impl std::io::BufRead) -> Result<Log, String> {
         let mut events = Vec::new();
-        for (i, line) in text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
-            let e: Event =
-                serde_json::from_str(line).map_err(|e| format!("line {}: {e}", i + 1))?;
+        let mut line = String::new();
+        for n in 1.. {
+            line.clear();
+            let read = reader
+                .read_line(&mut line)
+                .map_err(|e| format!("line {n}: {e}"))?;
+            if read == 0 {
+                break;
+            }
+            if line.trim().is_empty() {
+                continue;
+            }
+            let e: Event = serde_json::from_str(&line).map_err(|e| format!("line {n}: {e}"))?;
             events.push(Arc::new(e));
         }
         Ok(Log::new(events))
@@ -115,10 +191,12 @@ impl Log {
     }
 
     /// The events about one device (its client id's device part).
-    pub fn of_device<'a>(&'a self, device: &'a str) -> impl Iterator<Item = &'a Arc<Event>> + 'a {
-        self.events
+    pub fn of_device<'a>(&'a self, device: &str) -> impl Iterator<Item = &'a Arc<Event>> + 'a {
+        let positions = self.index.events.get(device).map(Vec::as_slice);
+        positions
+            .unwrap_or_default()
             .iter()
-            .filter(move |e| e.device.as_deref() == Some(device))
+            .filter_map(|i| self.events.get(*i))
     }
 
     /// The Connections records derived from this log.

@@ -158,7 +158,15 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// A framed MQTT connection.
+/// Read space reserved before each read: IoT traffic is small packets, and a bigger one grows the
+/// buffer as it arrives.
+const READ_CHUNK: usize = 1024;
+/// A buffer that emptied with more capacity than this is released rather than kept (a packet
+/// once large does not cost an idle connection its size for the rest of its life).
+const KEEP_CAPACITY: usize = 4 * READ_CHUNK;
+
+/// A framed MQTT connection. Its buffers start empty and grow with the packets it carries, so a
+/// held, idle connection costs little.
 pub struct MqttIo<S> {
     stream: S,
     buf: BytesMut,
@@ -170,8 +178,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MqttIo<S> {
     pub fn new(stream: S, max_packet: usize) -> Self {
         MqttIo {
             stream,
-            buf: BytesMut::with_capacity(4096),
-            out: BytesMut::with_capacity(4096),
+            buf: BytesMut::new(),
+            out: BytesMut::new(),
             max_packet,
         }
     }
@@ -187,6 +195,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MqttIo<S> {
                     return Err(ReadError::TooLarge(n, self.max_packet))
                 }
                 Err(e) => return Err(ReadError::Malformed(e)),
+            }
+            if self.buf.is_empty() && self.buf.capacity() > KEEP_CAPACITY {
+                self.buf = BytesMut::new();
+            }
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+                self.buf.reserve(READ_CHUNK);
             }
             match self.stream.read_buf(&mut self.buf).await {
                 Ok(0) if self.buf.is_empty() => return Err(ReadError::Eof),
@@ -215,6 +229,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MqttIo<S> {
             .write(&mut self.out, usize::MAX)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
         self.stream.write_all(&self.out).await?;
+        if self.out.capacity() > KEEP_CAPACITY {
+            self.out = BytesMut::new();
+        }
         self.stream.flush().await
     }
 

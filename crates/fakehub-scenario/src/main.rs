@@ -277,8 +277,8 @@ fn run(
         };
         let started = std::time::Instant::now();
         let outcome = runner::run(s, &dir, &opts)?;
-        let log_text = std::fs::read_to_string(dir.join("events.jsonl"))?;
-        let log = fakehub_assert::Log::parse_jsonl(&log_text).map_err(anyhow::Error::msg)?;
+        let log_file = std::io::BufReader::new(std::fs::File::open(dir.join("events.jsonl"))?);
+        let log = fakehub_assert::Log::read_jsonl(log_file).map_err(anyhow::Error::msg)?;
         std::fs::write(
             dir.join("report.html"),
             report::render_html(&s.name, &log, &outcome.verdicts),

@@ -34,11 +34,18 @@ pub fn fleet_spread(log: &Log, max_per_second: usize, min_spread: Duration) -> V
     back.sort();
     let mut peak = 0;
     let mut peak_at = t0;
+    // The most reconnects in any second that starts at one of them (a window sliding over the
+    // sorted times: linear in the fleet).
+    let mut end = 0;
     for (i, t) in back.iter().enumerate() {
-        let n = back[i..]
-            .iter()
-            .take_while(|u| since(*t, **u) < Duration::from_secs(1))
-            .count();
+        end = end.max(i);
+        while back
+            .get(end)
+            .is_some_and(|u| since(*t, *u) < Duration::from_secs(1))
+        {
+            end += 1;
+        }
+        let n = end - i;
         if n > peak {
             peak = n;
             peak_at = *t;

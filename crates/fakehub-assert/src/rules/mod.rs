@@ -128,17 +128,13 @@ pub(crate) fn since(a: SystemTime, b: SystemTime) -> Duration {
 
 /// A device's connections that got as far as CONNECT, in order (from the log's lifecycle fold).
 pub(crate) fn connections<'a>(log: &'a Log, device: &'a str) -> Vec<&'a Connection> {
-    log.lifecycle().of_device(device).collect()
+    log.connections_of(device).collect()
 }
 
 /// When the run ends for the rules that judge "the end": the `timeline_ended` marker the runner
 /// writes before it stops the devices, else the last event.
 pub(crate) fn end_of(log: &Log) -> (SystemTime, u64) {
-    log.events()
-        .iter()
-        .find(|e| matches!(e.kind, EventKind::TimelineEnded))
-        .or_else(|| log.events().last())
-        .map_or((log.start(), u64::MAX), |e| (e.time, e.seq))
+    log.end()
 }
 
 /// The ends of the device's process (exited by itself or crashed), with their time and how.

@@ -151,9 +151,13 @@ impl Connection {
 /// The fold: feed it events in order.
 #[derive(Debug, Default)]
 pub struct Lifecycle {
-    conns: BTreeMap<u64, Connection>,
-    /// Connection ids in the order their first event came.
-    order: Vec<u64>,
+    /// Each connection, with its place in `order`.
+    conns: BTreeMap<u64, (u64, Connection)>,
+    /// Connection ids by the order their first event came (keyed so that forgetting one is as
+    /// cheap as adding one: a streaming reader forgets every connection it is done with).
+    order: BTreeMap<u64, u64>,
+    /// How many connections have appeared.
+    appeared: u64,
 }
 
 impl Lifecycle {
@@ -174,10 +178,12 @@ impl Lifecycle {
     pub fn push(&mut self, e: &Event) -> Option<&Connection> {
         let conn = e.conn?;
         let c = match self.conns.entry(conn) {
-            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::btree_map::Entry::Occupied(o) => &mut o.into_mut().1,
             std::collections::btree_map::Entry::Vacant(v) => {
-                self.order.push(conn);
-                v.insert(Connection::new(conn))
+                let place = self.appeared;
+                self.appeared = self.appeared.wrapping_add(1);
+                self.order.insert(place, conn);
+                &mut v.insert((place, Connection::new(conn))).1
             }
         };
         if c.device.is_none() {
@@ -296,19 +302,19 @@ impl Lifecycle {
 
     /// Forget a connection (a streaming reader that is done with it).
     pub fn remove(&mut self, conn: u64) -> Option<Connection> {
-        let c = self.conns.remove(&conn)?;
-        self.order.retain(|x| *x != conn);
+        let (place, c) = self.conns.remove(&conn)?;
+        self.order.remove(&place);
         Some(c)
     }
 
     /// A connection by id.
     pub fn get(&self, conn: u64) -> Option<&Connection> {
-        self.conns.get(&conn)
+        self.conns.get(&conn).map(|(_, c)| c)
     }
 
     /// Every connection, in the order it first appeared.
     pub fn connections(&self) -> impl Iterator<Item = &Connection> {
-        self.order.iter().filter_map(|c| self.conns.get(c))
+        self.order.values().filter_map(|c| self.get(*c))
     }
 
     /// The connections of one device id (the device's own and its modules') that got as far as
