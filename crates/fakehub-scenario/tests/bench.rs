@@ -50,3 +50,28 @@ fn bench_measures_fakehub_and_mosquitto_and_prints_ratios() {
         "{held}"
     );
 }
+
+/// The fleet scenario at 1,000 devices (the 100,000 one is run by hand): a mass drop of the whole
+/// fleet, a 3-minute outage and a throttled reconnect storm, judged in a few seconds.
+#[test]
+fn a_thousand_device_fleet_is_dropped_and_comes_back_through_the_throttle() {
+    let out = tempfile::tempdir().unwrap();
+    let scenario = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../scenarios/bench/fleet-1k.yaml"
+    );
+    let started = std::time::Instant::now();
+    let run = Command::new(env!("CARGO_BIN_EXE_fakehub"))
+        .args(["run", scenario, "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}");
+    assert!(stdout.contains("fleet-1k — PASS"), "{stdout}");
+    assert!(
+        stdout.contains("PASS fleet · fleet_spread: 1000 devices back"),
+        "{stdout}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+}

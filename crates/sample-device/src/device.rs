@@ -362,6 +362,7 @@ impl Device {
                     .map_err(|e| DeviceError::Certificate(e.to_string()))?
             }
         };
+        let tls = with_small_session_cache(tls);
         let mut conn = conn;
         conn.x509 |= opts.certificate.is_some();
         ServerName::try_from(conn.gateway_host.clone())
@@ -1042,4 +1043,13 @@ mod tests {
         }
         assert!("no-such-bug".parse::<Bug>().unwrap_err().contains("known:"));
     }
+}
+
+/// A device talks to one hub (and perhaps its provisioning service): rustls's default session
+/// cache holds 256 servers' sessions, which costs every in-process device of a large fleet tens of
+/// KB for nothing. Keep room for a few.
+fn with_small_session_cache(config: Arc<ClientConfig>) -> Arc<ClientConfig> {
+    let mut config = Arc::unwrap_or_clone(config);
+    config.resumption = tokio_rustls::rustls::client::Resumption::in_memory_sessions(4);
+    Arc::new(config)
 }

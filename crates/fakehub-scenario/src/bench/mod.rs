@@ -299,7 +299,7 @@ pub fn table(opts: &BenchOptions, results: &[(Kind, Figures)]) -> String {
 }
 
 fn number(x: f64) -> String {
-    if x.abs() >= 100.0 {
+    if x.abs() >= 100.0 || x.fract() == 0.0 {
         format!("{x:.0}")
     } else if x.abs() >= 10.0 {
         format!("{x:.1}")
