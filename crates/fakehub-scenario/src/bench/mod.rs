@@ -22,7 +22,7 @@ use server::{Certificates, Fleet, Kind, Server};
 #[derive(Clone, Debug, clap::Args)]
 pub struct BenchOptions {
     /// Devices in the connection storm, held, then dropped at once (the server is killed) and
-    /// re-admitted.
+    /// re-admitted (0: measure no server, only `--fleet`).
     #[arg(long, default_value_t = 10_000)]
     pub devices: usize,
     /// Connection attempts the load tool has under way at once (mosquitto listens with a backlog
@@ -84,7 +84,13 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Vec<(Kind, Figures)>> {
     };
     let tls = fakehub::tls::client_config_trusting(&[certs.ca_der.clone().into()])?;
     let mut results = Vec::new();
-    for &kind in &opts.servers {
+    // `--devices 0`: only the fleet.
+    let servers = if opts.devices > 0 {
+        &opts.servers[..]
+    } else {
+        &[]
+    };
+    for &kind in servers {
         crate::tell!("bench: {} ...", kind.name());
         let dir = opts.out.join(kind.name());
         let mut server = Server::start(kind, &dir, &certs, &fleet, &opts.mosquitto).await?;
@@ -100,7 +106,9 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Vec<(Kind, Figures)>> {
         drop(server);
         results.push((kind, figures));
     }
-    crate::say!("{}", table(opts, &results));
+    if !results.is_empty() {
+        crate::say!("{}", table(opts, &results));
+    }
     if let Some(scenario) = &opts.fleet {
         let (wall, peak, status) = fleet_run(scenario, &opts.out.join("fleet"))?;
         crate::say!(

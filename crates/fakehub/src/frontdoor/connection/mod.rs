@@ -139,16 +139,18 @@ pub async fn run(shared: Arc<Shared>, stream: Stream, peer: SocketAddr, conn: u6
     let mut state = State::Handshaking(stream);
     loop {
         state = match state {
-            State::Handshaking(stream) => handshake::run(&mut guard, stream).await,
+            // Each phase on the heap while it runs: the task then costs the phase it is in (a
+            // held connection: the live one), not the largest of them all.
+            State::Handshaking(stream) => Box::pin(handshake::run(&mut guard, stream)).await,
             State::AwaitingConnect(io, certs) => {
-                connect::await_connect(&mut guard, io, certs).await
+                Box::pin(connect::await_connect(&mut guard, io, certs)).await
             }
             State::Authenticating(io, connect, certs) => {
-                connect::authenticate(&mut guard, io, *connect, certs).await
+                Box::pin(connect::authenticate(&mut guard, io, *connect, certs)).await
             }
-            State::Live(live) => live.serve(&mut guard).await,
+            State::Live(live) => Box::pin(live.serve(&mut guard)).await,
             State::Closing(io, ending, fired) => {
-                closing(&mut guard, io, ending).await;
+                Box::pin(closing(&mut guard, io, ending)).await;
                 drop(fired);
                 State::Done
             }
