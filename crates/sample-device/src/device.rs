@@ -1003,6 +1003,15 @@ async fn close(io: Io) {
     let _ = tokio::time::timeout(Duration::from_millis(500), tls.shutdown()).await;
 }
 
+/// A device talks to one hub (and perhaps its provisioning service): rustls's default session
+/// cache holds 256 servers' sessions, which costs every in-process device of a large fleet tens of
+/// KB for nothing. Keep room for a few.
+fn with_small_session_cache(config: Arc<ClientConfig>) -> Arc<ClientConfig> {
+    let mut config = Arc::unwrap_or_clone(config);
+    config.resumption = tokio_rustls::rustls::client::Resumption::in_memory_sessions(4);
+    Arc::new(config)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1043,13 +1052,4 @@ mod tests {
         }
         assert!("no-such-bug".parse::<Bug>().unwrap_err().contains("known:"));
     }
-}
-
-/// A device talks to one hub (and perhaps its provisioning service): rustls's default session
-/// cache holds 256 servers' sessions, which costs every in-process device of a large fleet tens of
-/// KB for nothing. Keep room for a few.
-fn with_small_session_cache(config: Arc<ClientConfig>) -> Arc<ClientConfig> {
-    let mut config = Arc::unwrap_or_clone(config);
-    config.resumption = tokio_rustls::rustls::client::Resumption::in_memory_sessions(4);
-    Arc::new(config)
 }
