@@ -13,8 +13,9 @@ pub const MAX_VIRTUAL_TIME: Duration = Duration::from_secs(31 * 24 * 3600);
 pub const MIN_KEEPALIVE_CAP: Duration = Duration::from_secs(1);
 /// The shortest telemetry interval of an in-process sample device.
 pub const MIN_TELEMETRY_INTERVAL: Duration = Duration::from_millis(1);
-/// In-process devices a scenario may run: each costs memory (its task, session and buffers: about
-/// 10 KB without TLS; see docs/BENCH.md for a 100,000-device run), none costs a descriptor.
+/// In-process devices a scenario may run: each costs memory (its task, the hub's connection and
+/// session, buffers: about 35 KB; see docs/BENCH.md for a 100,000-device run), none costs a
+/// descriptor.
 pub const MAX_IN_PROCESS_DEVICES: usize = 100_000;
 /// Device processes a scenario may run: each costs memory of its own and descriptors in the
 /// runner, and more would not fit a machine's process and descriptor limits.
