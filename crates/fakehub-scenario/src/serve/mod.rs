@@ -257,6 +257,9 @@ impl ServeConfig {
     }
 }
 
+/// How long the console rests after taking the events there were.
+const CONSOLE_REST: Duration = Duration::from_millis(50);
+
 /// Run the hub until a signal arrives; `service_api` false leaves the service and control APIs off
 /// whatever the config says.
 pub async fn serve(config: ServeConfig, service_api: bool) -> anyhow::Result<()> {
@@ -326,10 +329,16 @@ pub async fn serve(config: ServeConfig, service_api: bool) -> anyhow::Result<()>
     let console = tokio::spawn(async move {
         let mut console = console::Console::default();
         loop {
-            let e = stream.next().await;
-            if let Some(line) = console.line(&e) {
-                tell!("{line}");
+            // Wake for the first new event, take every one there is, then rest a moment: under
+            // load the console wakes a few times a second, not once per message; idle, never.
+            let mut next = Some(stream.next().await);
+            while let Some(e) = next {
+                if let Some(line) = console.line(&e) {
+                    tell!("{line}");
+                }
+                next = stream.try_next();
             }
+            tokio::time::sleep(CONSOLE_REST).await;
         }
     });
     fakehub::shutdown_signal().await;

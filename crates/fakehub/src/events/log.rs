@@ -5,7 +5,9 @@
 //! * **In memory** (a hub without an output directory, as the suite's test hubs are): every event
 //!   stays in memory for the hub's life, as a test wants to read it whole.
 //! * **On disk** (a hub with an output directory: `fakehub serve`, `fakehub run`): `events.jsonl`
-//!   is the store. Each event is written as one whole line and flushed as it happens; memory holds
+//!   is the store. Each event is written as one whole line; lines are written in batches (when the
+//!   buffer fills, before anything is read back, every [`FLUSH_EVERY`] by a flusher thread, and at
+//!   [`EventLog::flush`] and shutdown), so a message costs no write of its own; memory holds
 //!   only the last [`WINDOW`] events and a sparse index into the file (one offset per
 //!   [`CHECKPOINT_EVERY`] events), so a hub that runs for days stays flat in memory. Readers that
 //!   want older events ([`EventLog::since`], [`EventLog::snapshot`], a stream that fell behind) read
@@ -17,7 +19,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -34,18 +36,27 @@ pub const WINDOW: usize = 4096;
 pub const CHECKPOINT_EVERY: u64 = 1024;
 /// How many events a stream that fell behind the window reads back from the file at once.
 const READ_BACK: u64 = 1024;
+/// Pending lines are written out once they reach this size.
+const BATCH_BYTES: usize = 64 * 1024;
+/// How often the flusher thread writes out what the buffer holds (real time: it is not a timer of
+/// any clock, so it never keeps a simulated run from skipping idle time).
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 /// `events.jsonl`, as the store of a log with an output directory.
 struct Store {
     path: PathBuf,
     /// `None` once a write failed: nothing more is written, so the file holds whole lines only.
-    writer: Option<BufWriter<File>>,
+    writer: Option<File>,
+    /// Whole lines not yet in the file (written out in batches).
+    pending: Vec<u8>,
     /// Bytes written (whole lines).
     bytes: u64,
     /// The file offset of event `k × CHECKPOINT_EVERY`, for each k so far.
     checkpoints: Vec<u64>,
-    /// Events `0..persisted` are in the file.
+    /// Events `0..persisted` are in the file or pending.
     persisted: u64,
+    /// Events `0..flushed` are in the file (only these may leave memory).
+    flushed: u64,
 }
 
 struct LogState {
@@ -68,18 +79,53 @@ impl LogState {
     }
 
     /// The events of `from..` held in memory, and where to read the older ones (if any).
-    fn split(&self, from: u64) -> (Vec<Arc<Event>>, Option<FileRange>) {
+    fn split(&mut self, from: u64) -> (Vec<Arc<Event>>, Option<FileRange>) {
         let start = from.max(self.base);
         let skip = usize::try_from(start - self.base).unwrap_or(usize::MAX);
         let in_memory = self.window.iter().skip(skip).cloned().collect();
-        let older = (from < self.base)
-            .then(|| self.store.as_ref().map(|s| s.range(from, self.base)))
-            .flatten();
+        let older = if from < self.base {
+            self.file_range(from, self.base)
+        } else {
+            None
+        };
         (in_memory, older)
+    }
+
+    /// Where to read events `from..to` back, with the file written out first.
+    fn file_range(&mut self, from: u64, to: u64) -> Option<FileRange> {
+        let flushed = self.store.as_mut()?.flush();
+        if let Err(e) = flushed {
+            self.note_error(&e);
+        }
+        self.store.as_ref().map(|st| st.range(from, to))
     }
 }
 
 impl Store {
+    /// Write out the pending lines; after a failure nothing more is written (the events stay in
+    /// memory).
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let Some(w) = self.writer.as_mut() else {
+            self.pending = Vec::new();
+            return Ok(());
+        };
+        match w.write_all(&self.pending) {
+            Ok(()) => {
+                self.pending.clear();
+                self.flushed = self.persisted;
+                Ok(())
+            }
+            Err(e) => {
+                self.writer = None;
+                self.pending = Vec::new();
+                Err(e)
+            }
+        }
+    }
+
     fn range(&self, from: u64, to: u64) -> FileRange {
         let k = usize::try_from(from / CHECKPOINT_EVERY).unwrap_or(usize::MAX);
         FileRange {
@@ -90,24 +136,24 @@ impl Store {
         }
     }
 
-    /// Append one whole line (already serialized); false if it could not be written.
+    /// Append one whole line (already serialized); lines go out in batches of
+    /// [`BATCH_BYTES`] (and at every flush).
     fn append(&mut self, seq: u64, line: &[u8]) -> std::io::Result<()> {
-        let Some(w) = self.writer.as_mut() else {
+        if self.writer.is_none() {
             return Err(std::io::Error::other("events.jsonl is no longer written"));
-        };
+        }
         if seq != self.persisted {
             return Err(std::io::Error::other("an earlier event is missing"));
-        }
-        let written = w.write_all(line).and_then(|()| w.flush());
-        if let Err(e) = written {
-            self.writer = None;
-            return Err(e);
         }
         if seq.is_multiple_of(CHECKPOINT_EVERY) {
             self.checkpoints.push(self.bytes);
         }
+        self.pending.extend_from_slice(line);
         self.bytes += line.len() as u64;
         self.persisted += 1;
+        if self.pending.len() >= BATCH_BYTES {
+            self.flush()?;
+        }
         Ok(())
     }
 }
@@ -227,10 +273,12 @@ impl EventLog {
         let mut s = self.lock();
         let mut store = Store {
             path: events.to_owned(),
-            writer: Some(BufWriter::new(file)),
+            writer: Some(file),
+            pending: Vec::new(),
             bytes: 0,
             checkpoints: Vec::new(),
             persisted: s.base,
+            flushed: s.base,
         };
         // Events from before (a log kept in memory until now) go first.
         for e in &s.window {
@@ -238,7 +286,31 @@ impl EventLog {
         }
         s.store = Some(store);
         s.records = Some((records, records::RecordDeriver::new(context)));
+        drop(s);
+        self.start_flusher();
         Ok(())
+    }
+
+    /// A thread that writes the file's buffer out every [`FLUSH_EVERY`], so that what happened is
+    /// on disk within that long even while nothing else happens; it ends with the log.
+    fn start_flusher(&self) {
+        let log = Arc::downgrade(&self.inner);
+        let spawned = std::thread::Builder::new()
+            .name("fakehub-events-flush".into())
+            .spawn(move || loop {
+                std::thread::sleep(FLUSH_EVERY);
+                let Some(inner) = log.upgrade() else {
+                    return;
+                };
+                let mut s = inner.state.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(Err(e)) = s.store.as_mut().map(Store::flush) {
+                    s.note_error(&e);
+                }
+            });
+        if let Err(e) = spawned {
+            // Without it the buffer still goes out when full, before any read-back, and at flush.
+            tracing::warn!(error = %e, "the events.jsonl flusher thread could not start");
+        }
     }
 
     /// Also write the Device Provisioning Service's diagnostic records derived from the events.
@@ -307,8 +379,8 @@ impl EventLog {
             s.note_error(&e);
         }
         // Forget what the file holds beyond the window.
-        let persisted = s.store.as_ref().map_or(0, |st| st.persisted);
-        while s.window.len() > WINDOW && s.base < persisted {
+        let flushed = s.store.as_ref().map_or(0, |st| st.flushed);
+        while s.window.len() > WINDOW && s.base < flushed {
             s.window.pop_front();
             s.base += 1;
         }
@@ -372,12 +444,7 @@ impl EventLog {
     /// Flush the output files. Returns the first write error seen, if any.
     pub fn flush(&self) -> std::io::Result<()> {
         let mut s = self.lock();
-        let flushed = s
-            .store
-            .as_mut()
-            .and_then(|st| st.writer.as_mut())
-            .map_or(Ok(()), |w| w.flush());
-        if let Err(e) = flushed {
+        if let Some(Err(e)) = s.store.as_mut().map(Store::flush) {
             s.note_error(&e);
         }
         let state = &mut *s;
@@ -473,7 +540,7 @@ impl EventStream {
             }
             let log = self.log.clone();
             let older = {
-                let s = log.lock();
+                let mut s = log.lock();
                 if self.next >= s.next {
                     return None;
                 }
@@ -484,7 +551,7 @@ impl EventStream {
                     return Some(e);
                 }
                 let to = s.base.min(self.next.saturating_add(READ_BACK));
-                s.store.as_ref().map(|st| st.range(self.next, to))
+                s.file_range(self.next, to)
             };
             match older.map(|r| (r.read(), r.to)) {
                 Some((Ok(events), _)) if !events.is_empty() => self.read_back.extend(events),

@@ -88,6 +88,7 @@ fn with_a_file_memory_holds_a_window_and_every_reader_still_sees_everything() {
         seen += 1;
     }
     assert_eq!(seen, n);
+    log.flush().unwrap();
     let text = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
     assert_eq!(text.lines().count() as u64, n);
 }
@@ -128,6 +129,7 @@ fn a_panic_while_a_line_is_made_leaves_no_half_line() {
     let r = std::panic::catch_unwind(|| line_of(&HalfThenPanic));
     assert!(r.is_err());
     log.emit(&subject(), telemetry(1));
+    log.flush().unwrap();
     let text = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
     for line in text.lines() {
         serde_json::from_str::<Event>(line).unwrap();
@@ -171,4 +173,30 @@ fn events_from_before_the_file_was_given_are_written_first() {
     let all = log.snapshot();
     assert_eq!(all.len(), WINDOW * 2);
     assert_eq!(all[0].kind, telemetry(0));
+}
+
+#[test]
+fn lines_go_out_in_batches_and_within_the_flush_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = on_disk(dir.path());
+    let read = || std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
+    log.emit(&subject(), telemetry(0));
+    // One event is not a batch: the flusher thread writes it out within its period.
+    let start = std::time::Instant::now();
+    while read().lines().count() < 1 {
+        assert!(
+            start.elapsed() < FLUSH_EVERY * 50,
+            "never flushed by the flusher thread"
+        );
+        std::thread::sleep(FLUSH_EVERY / 4);
+    }
+    // A batch's worth goes out at once; every line is whole.
+    for i in 1..2000 {
+        log.emit(&subject(), telemetry(i));
+    }
+    let text = read();
+    assert!(text.lines().count() > 1, "written in batches as they fill");
+    assert!(text.ends_with('\n'), "whole lines only");
+    log.flush().unwrap();
+    assert_eq!(read().lines().count(), 2000);
 }
