@@ -160,5 +160,18 @@ class FakeHub:
         return {"REQUESTS_CA_BUNDLE": str(self.ca_file), "NODE_EXTRA_CA_CERTS": str(self.ca_file)}
 
     def refused(self):
-        """The console lines about refused connections."""
+        """The console lines about refused connections (so far)."""
         return [line for line in self.console if "refused" in line]
+
+    def wait_refused(self, text, timeout=10.0):
+        """The first console line about a refused connection that contains `text`, waiting up to
+        `timeout` seconds for it: serve prints a refused connection once it has closed, and its
+        console takes events a few times a second."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.refused():
+                if text in line:
+                    return line
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no refused-connection line with {text!r} in {timeout} s")
+            time.sleep(0.05)

@@ -88,7 +88,7 @@ def test_python_service_sdk_registry_twin_methods_and_disable(fakehub, registry,
     refused = fakehub.control.wait_for_event(
         lambda e: e["event"] == "connack" and e.get("device") == "sdk-dev", since=since)
     assert refused["code"] == 3
-    line = next(l for l in fakehub.refused() if "'sdk-dev'" in l)
+    line = fakehub.wait_refused("'sdk-dev'")
     assert "CONNACK 3" in line and key not in line
 
     # Statistics, purge, delete.
