@@ -277,11 +277,10 @@ fn run(
         };
         let started = std::time::Instant::now();
         let outcome = runner::run(s, &dir, &opts)?;
-        let log_file = std::io::BufReader::new(std::fs::File::open(dir.join("events.jsonl"))?);
-        let log = fakehub_assert::Log::read_jsonl(log_file).map_err(anyhow::Error::msg)?;
+        let log = &outcome.log;
         std::fs::write(
             dir.join("report.html"),
-            report::render_html(&s.name, &log, &outcome.verdicts),
+            report::render_html(&s.name, log, &outcome.verdicts),
         )?;
         let result = junit::ScenarioResult {
             name: s.name.clone(),

@@ -40,6 +40,9 @@ use crate::service_steps::Applied;
 /// How a run went.
 pub struct Outcome {
     pub verdicts: Vec<(String, Verdict)>,
+    /// The log the verdicts were judged on (the report draws the same one: no second reading of
+    /// events.jsonl, and the picture matches the verdicts).
+    pub log: Log,
     pub interrupted: bool,
     pub regime: Regime,
     /// The virtual time the run took, from the hub's start to its end.
@@ -353,6 +356,7 @@ async fn run_in(
     }
     Ok(Outcome {
         verdicts,
+        log,
         interrupted,
         regime,
         virtual_time,
