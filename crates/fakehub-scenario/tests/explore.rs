@@ -83,6 +83,33 @@ fn find(bug: &str, dir: &Path) -> (explore::Found, PathBuf) {
     (found, path)
 }
 
+/// `fakehub run FILE` fails `rule` with `bug` (exit 1) and passes with the well-behaved device.
+fn reproduces(file: &str, bug: &str, rule: &str, dir: &Path) {
+    let text = std::fs::read_to_string(file).unwrap();
+    let out = dir.join(format!("{bug}-run-bad"));
+    let (code, stdout, err) = fakehub(&[
+        "run",
+        file,
+        "--sample-bug",
+        bug,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{bug}: {text}\n{stdout}\n{err}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with("FAIL ") && l.contains(&format!(" · {rule}:"))),
+        "{bug}: {rule} does not fail: {text}\n{stdout}"
+    );
+    let out = dir.join(format!("{bug}-run-good"));
+    let (code, stdout, err) = fakehub(&["run", file, "--out", out.to_str().unwrap()]);
+    assert_eq!(
+        code, 0,
+        "{bug}: the well-behaved device: {text}\n{stdout}\n{err}"
+    );
+}
+
 #[test]
 fn every_sample_bug_is_found_shrunk_to_three_steps_and_reproduced_by_fakehub_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -115,26 +142,7 @@ fn every_sample_bug_is_found_shrunk_to_three_steps_and_reproduced_by_fakehub_run
                 let file = path.to_str().unwrap();
                 let (code, _, err) = fakehub(&["validate", file]);
                 assert_eq!(code, 0, "{bug}: validate {file}: {err}");
-                let out_bad = dir.path().join(format!("{bug}-run-bad"));
-                let (code, out, err) = fakehub(&[
-                    "run",
-                    file,
-                    "--sample-bug",
-                    bug,
-                    "--out",
-                    out_bad.to_str().unwrap(),
-                ]);
-                assert_eq!(code, 1, "{bug}: {text}\n{out}\n{err}");
-                assert!(
-                    out.contains(&format!("FAIL sensor · {rule}")),
-                    "{bug}: {text}\n{out}"
-                );
-                let out_good = dir.path().join(format!("{bug}-run-good"));
-                let (code, out, err) = fakehub(&["run", file, "--out", out_good.to_str().unwrap()]);
-                assert_eq!(
-                    code, 0,
-                    "{bug}: the well-behaved device: {text}\n{out}\n{err}"
-                );
+                reproduces(file, bug, &rule, dir.path());
                 rows.lock().unwrap().push(format!(
                     "{bug}: schedule {} broke {rule}; {} → {} steps in {} runs: {}",
                     found.index,
@@ -469,20 +477,7 @@ fn every_provisioning_bug_is_found_from_the_dps_fleet() {
         };
         let path =
             explore::write_minimal(&dir.path().join(bug), &base, &found, &provenance).unwrap();
-        let file = path.to_str().unwrap();
-        let out = dir.path().join(format!("{bug}-bad"));
-        let (code, stdout, err) = fakehub(&[
-            "run",
-            file,
-            "--sample-bug",
-            bug,
-            "--out",
-            out.to_str().unwrap(),
-        ]);
-        assert_eq!(code, 1, "{bug}:\n{stdout}\n{err}");
-        let out = dir.path().join(format!("{bug}-good"));
-        let (code, stdout, err) = fakehub(&["run", file, "--out", out.to_str().unwrap()]);
-        assert_eq!(code, 0, "{bug}, well-behaved:\n{stdout}\n{err}");
+        reproduces(path.to_str().unwrap(), bug, &found.target.rule, dir.path());
     }
 }
 

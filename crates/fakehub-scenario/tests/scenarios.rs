@@ -719,3 +719,19 @@ fn x509_devices_connect_with_their_certificates_and_recover() {
         "{stdout}"
     );
 }
+
+/// Found by explore: a device whose hub refuses it registers with DPS again, and `provisions`
+/// follows it to the hub assigned last (it used to judge it against its first assignment and fail
+/// a well-behaved device: "assigned … but never connected to its hub"). `short-dps-timeout` still
+/// fails it.
+#[test]
+fn provisions_follows_a_device_that_registers_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "name: reprovisioned\nseed: 13373260722406342303\nhubs:\n  - host_name: hub-a.azure-devices.net\n  - host_name: hub-b.azure-devices.net\ndps:\n  id_scope: 0ne0000F4KE\n  groups:\n    - name: fleet\ndevices:\n  - id: meter\n    count: 2\n    provision: { group: fleet }\ntimeline:\n  - fault: { type: connack, mode: refuse, code: 3, duration: 45s }\n  - fault: { type: hub_down, mode: refuse_tcp, duration: 15s, hub: hub-b.azure-devices.net }\n  - advance: 7m 15s\nexpect:\n  - provisions: { within: 6m }\n  - reprovisions_after: { device: meter-1, failures: 3, within: 6m }\n";
+    let (code, stdout, stderr, _) = run_yaml(dir.path(), yaml);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("PASS meter-1 · reprovisions_after: 1 times"),
+        "the device did register again: {stdout}"
+    );
+}
