@@ -101,12 +101,7 @@ impl DpsRig {
             .start()
             .await
             .unwrap();
-        let ca = fakehub::tls::HubCertificates::from_ca_pem(
-            &a.ca_pem(),
-            a.certificates().ca_key_pem(),
-            "hub-b.azure-devices.net",
-        )
-        .unwrap();
+        let ca = a.certificates().sibling("hub-b.azure-devices.net").unwrap();
         let b = Hub::builder()
             .seed(7)
             .host_name("hub-b.azure-devices.net")

@@ -155,6 +155,12 @@ impl HubCertificates {
         })
     }
 
+    /// Certificates for another hub of the same run: the same CA, a server certificate for
+    /// `host_name`.
+    pub fn sibling(&self, host_name: &str) -> Result<Self, TlsError> {
+        HubCertificates::from_ca_pem(&self.ca_pem(), self.ca_key_pem(), host_name)
+    }
+
     /// Issue a new server certificate that also names `extra` (host names or IP addresses, e.g.
     /// the loopback address a hub listens on), from the same CA.
     pub fn reissue_server(&mut self, host_name: &str, extra: &[String]) -> Result<(), TlsError> {

@@ -488,11 +488,7 @@ async fn start_hubs(
             }
             Some(first) => {
                 let host = spec.host_name.clone().unwrap_or_default();
-                let certs = fakehub::tls::HubCertificates::from_ca_pem(
-                    &first.ca_pem(),
-                    first.certificates().ca_key_pem(),
-                    &host,
-                )?;
+                let certs = first.certificates().sibling(&host)?;
                 builder = builder.certificates(certs);
             }
         }

@@ -82,12 +82,7 @@ impl Rig {
             .start()
             .await
             .unwrap();
-        let certs = fakehub::tls::HubCertificates::from_ca_pem(
-            &a.ca_pem(),
-            a.certificates().ca_key_pem(),
-            "hub-b.azure-devices.net",
-        )
-        .unwrap();
+        let certs = a.certificates().sibling("hub-b.azure-devices.net").unwrap();
         let b = Hub::builder()
             .host_name("hub-b.azure-devices.net")
             .listen_loopback(8883)
