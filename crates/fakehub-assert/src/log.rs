@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use fakehub::events::records::{self, ConnectionRecord, RecordContext};
 use fakehub::events::{ClockMode, Connection, Lifecycle};
+use fakehub::ResultCode;
 use fakehub::{Event, EventKind};
 
 /// A whole event log, in order, with its connections folded once.
@@ -16,6 +17,8 @@ pub struct Log {
     start: SystemTime,
     lifecycle: Arc<Lifecycle>,
     index: Arc<Index>,
+    /// The Connections records, as the event each comes from and its result code.
+    records: Arc<Vec<(usize, Option<ResultCode>)>>,
 }
 
 /// Where each device's events and connections are, found once: rules judge every device of a
@@ -23,9 +26,9 @@ pub struct Log {
 #[derive(Debug, Default)]
 struct Index {
     /// Positions in the log of each device's events.
-    events: HashMap<String, Vec<usize>>,
+    events: HashMap<Arc<str>, Vec<usize>>,
     /// Each device's connections that got as far as CONNECT, in order.
-    connections: HashMap<String, Vec<u64>>,
+    connections: HashMap<Arc<str>, Vec<u64>>,
     /// The `timeline_ended` marker, else the last event (time and seq).
     end: Option<(SystemTime, u64)>,
 }
@@ -70,13 +73,21 @@ impl Log {
             .first()
             .map(|e| e.time)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        let lifecycle = Lifecycle::of(events.iter().map(|e| e.as_ref()));
+        // One fold for the connections and the records they cause.
+        let mut lifecycle = Lifecycle::new();
+        let mut record_codes = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            if let Some(c) = lifecycle.push(e) {
+                record_codes.extend(records::facts(c, e).into_iter().map(|f| (i, f.code)));
+            }
+        }
         let index = Arc::new(Index::of(&events, &lifecycle));
         Log {
             events,
             start,
             lifecycle: Arc::new(lifecycle),
             index,
+            records: Arc::new(record_codes),
         }
     }
 
@@ -134,6 +145,7 @@ impl Log {
     /// as events). Errors name the line.
     pub fn read_jsonl(mut reader: impl std::io::BufRead) -> Result<Log, String> {
         let mut events = Vec::new();
+        let mut lines = fakehub::events::log::LineReader::new();
         let mut line = String::new();
         for n in 1.. {
             line.clear();
@@ -146,7 +158,7 @@ impl Log {
             if line.trim().is_empty() {
                 continue;
             }
-            let e: Event = serde_json::from_str(&line).map_err(|e| format!("line {n}: {e}"))?;
+            let e = lines.parse(&line).map_err(|e| format!("line {n}: {e}"))?;
             events.push(Arc::new(e));
         }
         Ok(Log::new(events))
@@ -168,13 +180,8 @@ impl Log {
 
     /// Every device id that connected or tried to.
     pub fn devices(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self
-            .events
-            .iter()
-            .filter_map(|e| e.device.clone())
-            .collect();
+        let mut ids: Vec<String> = self.index.events.keys().map(|d| d.to_string()).collect();
         ids.sort();
-        ids.dedup();
         ids
     }
 
@@ -184,7 +191,7 @@ impl Log {
         self.events
             .iter()
             .filter_map(|e| match (&e.kind, &e.device) {
-                (EventKind::DeviceClock { mode }, Some(d)) => Some((d.clone(), *mode)),
+                (EventKind::DeviceClock { mode }, Some(d)) => Some((d.to_string(), *mode)),
                 _ => None,
             })
             .collect()
@@ -200,6 +207,14 @@ impl Log {
     }
 
     /// The Connections records derived from this log.
+    /// The Connections records without their text: the event each comes from, with its result
+    /// code (`None` for an `Information` record). Counted once, when the log is read.
+    pub fn record_codes(&self) -> impl Iterator<Item = (&Event, Option<ResultCode>)> + '_ {
+        self.records
+            .iter()
+            .filter_map(|(i, code)| self.events.get(*i).map(|e| (e.as_ref(), *code)))
+    }
+
     pub fn records(&self) -> Vec<ConnectionRecord> {
         records::derive_all(
             RecordContext::for_host("fakehub"),
@@ -252,7 +267,7 @@ impl Log {
 pub fn describe(e: &Event) -> String {
     let who = match (&e.device, &e.module) {
         (Some(d), Some(m)) => format!("{d}/{m}"),
-        (Some(d), None) => d.clone(),
+        (Some(d), None) => d.to_string(),
         _ => "hub".to_owned(),
     };
     let what = match &e.kind {
@@ -348,14 +363,15 @@ pub fn describe(e: &Event) -> String {
             fakehub::events::DpsOp::Register => "DPS register".to_owned(),
             fakehub::events::DpsOp::Poll => "DPS poll".to_owned(),
         },
-        EventKind::DpsResponse {
-            status,
-            retry_after,
-            registration,
-            assigned_hub,
-            message,
-            ..
-        } => {
+        EventKind::DpsResponse(r) => {
+            let fakehub::events::DpsResponse {
+                status,
+                retry_after,
+                registration,
+                assigned_hub,
+                message,
+                ..
+            } = r.as_ref();
             let mut s = format!("DPS answer {status}");
             if let Some(r) = registration {
                 s.push_str(&format!(" {r}"));

@@ -456,6 +456,25 @@ pub fn client_config_with_certificate(
     ))
 }
 
+/// A TLS server configuration with the chain in `chain_pem` and the key in `key_pem`, TLS 1.2 and
+/// 1.3, ring crypto, no client certificates: the plainest acceptor (the benchmark's bare peer).
+pub fn plain_server_config(chain_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    let chain = certificates_from_pem(chain_pem)?;
+    if chain.is_empty() {
+        return Err(TlsError::CaKey(
+            "no certificate in the server certificate file".into(),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|_| TlsError::CaKey("the server key file holds no usable private key".into()))?;
+    let config = ServerConfig::builder_with_provider(ring_provider())
+        .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    Ok(Arc::new(config))
+}
+
 /// Read the certificates in a PEM text.
 pub fn certificates_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     use rustls::pki_types::pem::PemObject;

@@ -8,6 +8,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of the C library's allocator: a fleet run allocates and frees millions of
+/// small objects (events, connections), on several threads; glibc's malloc spent a third of the
+/// run's CPU and kept what the hub's threads freed from the judging that follows (see
+/// docs/ARCHITECTURE.md, "Dependencies").
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "fakehub",
@@ -110,6 +118,17 @@ enum Command {
     /// latency, and a server kill with every device coming back; with --fleet, an in-process
     /// fleet scenario's wall time and peak memory. See docs/BENCH.md.
     Bench(bench::BenchOptions),
+    /// The benchmark's bare peer: a tokio-rustls acceptor that answers just enough MQTT (started
+    /// by `fakehub bench`).
+    #[command(hide = true)]
+    BenchPeer {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+    },
     /// Run the bundled sample device (as `run: [sample-device, …]` in scenarios does).
     #[command(disable_help_flag = true)]
     SampleDevice {
@@ -215,6 +234,9 @@ fn main() -> ExitCode {
                 self_signed,
             } => serve::certs(&out, device.as_deref(), self_signed).map(|()| ExitCode::SUCCESS),
             Command::Bench(opts) => bench::run(&opts).await.map(|_| ExitCode::SUCCESS),
+            Command::BenchPeer { listen, cert, key } => bench::bare::serve(listen, &cert, &key)
+                .await
+                .map(|()| ExitCode::SUCCESS),
             Command::Schema => {
                 say!("{}", serde_json::to_string_pretty(&scenario::schema())?);
                 Ok(ExitCode::SUCCESS)

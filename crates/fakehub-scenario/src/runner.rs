@@ -596,7 +596,7 @@ struct Rig {
 fn device_subject(id: &str) -> Subject {
     Subject {
         conn: None,
-        device: Some(id.to_owned()),
+        device: Some(id.into()),
         module: None,
     }
 }
@@ -839,7 +839,7 @@ impl Rig {
             _ = limit => {}
         }
         ids.iter()
-            .filter(|id| !seen.contains(*id))
+            .filter(|id| !seen.contains(id.as_str()))
             .map(|id| self.describe_device(id))
             .collect()
     }

@@ -45,7 +45,7 @@ impl LogBuilder {
             time,
             elapsed,
             conn,
-            device: device.map(str::to_owned),
+            device: device.map(Into::into),
             module: None,
             hub: None,
             kind,

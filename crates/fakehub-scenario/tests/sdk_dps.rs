@@ -125,12 +125,7 @@ impl Rig {
             .iter()
             .filter(|e| e.device.as_deref() == Some(device))
             .filter_map(|e| match &e.kind {
-                EventKind::DpsResponse {
-                    op,
-                    status,
-                    registration,
-                    ..
-                } => Some((*op, *status, registration.clone())),
+                EventKind::DpsResponse(r) => Some((r.op, r.status, r.registration.clone())),
                 _ => None,
             })
             .collect();

@@ -200,7 +200,7 @@ pub struct Sessions {
 fn device_subject(device: &str) -> Subject {
     Subject {
         conn: None,
-        device: Some(device.to_owned()),
+        device: Some(device.into()),
         module: None,
     }
 }

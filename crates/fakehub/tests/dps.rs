@@ -120,7 +120,7 @@ async fn an_individual_enrollment_registers_and_the_device_connects_to_its_hub()
     let responses: Vec<(DpsOp, u16)> = events
         .iter()
         .filter_map(|e| match &e.kind {
-            EventKind::DpsResponse { op, status, .. } => Some((*op, *status)),
+            EventKind::DpsResponse(r) => Some((r.op, r.status)),
             _ => None,
         })
         .collect();

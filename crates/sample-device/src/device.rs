@@ -320,6 +320,8 @@ pub struct Device {
     opts: DeviceOptions,
     dial: Dial,
     events: Option<tokio::sync::mpsc::UnboundedSender<DeviceEvent>>,
+    /// Raised at the first `Connected`.
+    connected_flag: Option<tokio::sync::watch::Sender<bool>>,
     // State that lives across connections.
     rng: StdRng,
     next_seq: u64,
@@ -362,7 +364,17 @@ impl Device {
                     .map_err(|e| DeviceError::Certificate(e.to_string()))?
             }
         };
-        let tls = with_small_session_cache(tls);
+        Device::with_client_config(conn, with_small_session_cache(tls), clock, opts)
+    }
+
+    /// A device for `conn` with a TLS configuration made already (in-process devices that never
+    /// use TLS share one), on `clock`.
+    pub fn with_client_config(
+        conn: ConnectionString,
+        tls: Arc<ClientConfig>,
+        clock: DeviceClock,
+        opts: DeviceOptions,
+    ) -> Result<Device, DeviceError> {
         let mut conn = conn;
         conn.x509 |= opts.certificate.is_some();
         ServerName::try_from(conn.gateway_host.clone())
@@ -378,6 +390,7 @@ impl Device {
             opts,
             dial: Dial::Tcp,
             events: None,
+            connected_flag: None,
             next_seq: 0,
             next_pkid: 0,
             inflight: BTreeMap::new(),
@@ -429,7 +442,17 @@ impl Device {
         self.opts.bugs.contains(&bug)
     }
 
+    /// Raise `flag` when the device has connected: what an owner that waits only for that needs,
+    /// without a channel and a task that reads every event.
+    pub fn with_connected_flag(mut self, flag: tokio::sync::watch::Sender<bool>) -> Self {
+        self.connected_flag = Some(flag);
+        self
+    }
+
     fn emit(&self, e: DeviceEvent) {
+        if let (Some(flag), DeviceEvent::Connected { .. }) = (&self.connected_flag, &e) {
+            flag.send_replace(true);
+        }
         if let Some(tx) = &self.events {
             let _ = tx.send(e);
         }

@@ -1,7 +1,10 @@
 //! The sample device running in-process on a hub's shared clock: what tests, benchmarks, the
 //! assertion examples and the scenario runner all start the same way.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use tokio_rustls::rustls::ClientConfig;
 
 use fakehub_protocol::clock::DeviceClock;
 use fakehub_protocol::transport::MemoryRoutes;
@@ -9,9 +12,19 @@ use fakehub_protocol::InProcessHub;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    ConnectionString, Device, DeviceError, DeviceEvent, DeviceOptions, Dial, Provisioning,
-};
+use crate::{ConnectionString, Device, DeviceError, DeviceOptions, Dial, Provisioning};
+
+/// The TLS configuration of in-process devices that connect without TLS (never used for a
+/// handshake), made once.
+fn unused_client_config() -> Result<Arc<ClientConfig>, DeviceError> {
+    static CONFIG: OnceLock<Arc<ClientConfig>> = OnceLock::new();
+    if let Some(c) = CONFIG.get() {
+        return Ok(c.clone());
+    }
+    let c = fakehub_protocol::tls::client_config_trusting(&[])
+        .map_err(|e| DeviceError::Ca(e.to_string()))?;
+    Ok(CONFIG.get_or_init(|| c).clone())
+}
 
 /// A running in-process sample device.
 pub struct InProcess {
@@ -34,12 +47,14 @@ impl InProcess {
             .and_then(|c| {
                 ConnectionString::parse(&c).map_err(|e| DeviceError::Unknown(e.to_string()))
             })?;
-        let device = Device::new(
-            conn,
-            &hub.ca_pem(),
-            DeviceClock::Shared(hub.clock().clone()),
-            opts,
-        )?
+        let clock = DeviceClock::Shared(hub.clock().clone());
+        let device = if hub.memory_tls() || opts.certificate.is_some() {
+            Device::new(conn, &hub.ca_pem(), clock, opts)?
+        } else {
+            // No TLS in memory: the device never uses a TLS configuration, and a fleet of 100,000
+            // shares one rather than parsing the CA 100,000 times.
+            Device::with_client_config(conn, unused_client_config()?, clock, opts)?
+        }
         .with_dial(Dial::Memory {
             connector: hub.memory_connector(),
             tls: hub.memory_tls(),
@@ -70,17 +85,10 @@ impl InProcess {
     }
 
     fn start(device: Device) -> InProcess {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let device = device.with_events(tx);
+        // Raised when `Connected` is emitted, once the device's timers are armed: time may move
+        // after it.
         let (up, connected) = watch::channel(false);
-        // `Connected` is emitted once the device's timers are armed: time may move after it.
-        tokio::spawn(async move {
-            while let Some(e) = rx.recv().await {
-                if matches!(e, DeviceEvent::Connected { .. }) {
-                    up.send_replace(true);
-                }
-            }
-        });
+        let device = device.with_connected_flag(up);
         let stop = CancellationToken::new();
         let task = tokio::spawn(device.run(stop.clone()));
         InProcess {

@@ -57,23 +57,16 @@ fn steps(log: &Log, device: &str) -> Vec<Step> {
                     ));
                 }
             }
-            EventKind::DpsResponse {
-                status,
-                retry_after,
-                registration,
-                hub_name: hub,
-                message,
-                ..
-            } => out.push((
+            EventKind::DpsResponse(r) => out.push((
                 e.seq,
                 Step::Answer {
                     at: e.time,
                     seq: e.seq,
-                    status: *status,
-                    retry_after: *retry_after,
-                    registration: registration.clone(),
-                    hub: hub.clone(),
-                    message: message.clone(),
+                    status: r.status,
+                    retry_after: r.retry_after,
+                    registration: r.registration.clone(),
+                    hub: r.hub_name.clone(),
+                    message: r.message.clone(),
                 },
             )),
             _ => {}

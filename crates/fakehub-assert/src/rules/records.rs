@@ -20,15 +20,15 @@ pub struct RecordRule {
 
 /// Count Connections records with a result code (and device), and check when they happened.
 pub fn records(log: &Log, rule: &RecordRule) -> Verdict {
-    let recs = log.records();
-    let matching: Vec<_> = recs
-        .iter()
-        .filter(|r| rule.code.is_none_or(|c| r.code() == Some(c)))
-        .filter(|r| {
+    let matching: Vec<&fakehub::Event> = log
+        .record_codes()
+        .filter(|(_, code)| rule.code.is_none_or(|c| code.map(|x| x.code()) == Some(c)))
+        .filter(|(e, _)| {
             rule.device
                 .as_deref()
-                .is_none_or(|d| r.properties().is_some_and(|p| p.device_id == d))
+                .is_none_or(|d| e.device.as_deref().unwrap_or_default() == d)
         })
+        .map(|(e, _)| e)
         .collect();
     let n = matching.len();
     let what = format!(
@@ -41,15 +41,7 @@ pub fn records(log: &Log, rule: &RecordRule) -> Verdict {
             .map(|d| format!(" of {d}"))
             .unwrap_or_default()
     );
-    let times: Vec<String> = matching
-        .iter()
-        .take(8)
-        .map(|r| {
-            humantime::parse_rfc3339(&r.time)
-                .map(|t| log.at(t))
-                .unwrap_or_default()
-        })
-        .collect();
+    let times: Vec<String> = matching.iter().take(8).map(|e| log.at(e.time)).collect();
     let summary = format!("{n} {what} at {times:?}");
     let bad_count = rule.count.is_some_and(|c| c != n)
         || rule.min.is_some_and(|m| n < m)
@@ -71,10 +63,8 @@ pub fn records(log: &Log, rule: &RecordRule) -> Verdict {
         );
     }
     if let Some((at, tol)) = rule.at {
-        for r in &matching {
-            let t = humantime::parse_rfc3339(&r.time)
-                .map(|t| since(log.start(), t))
-                .unwrap_or_default();
+        for e in &matching {
+            let t = since(log.start(), e.time);
             if t.abs_diff(at) > tol {
                 return Verdict::fail(
                     "records",

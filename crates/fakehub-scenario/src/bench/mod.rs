@@ -3,6 +3,7 @@
 //! process of its own ([`server`]) so that its memory and CPU are read from `/proc`; and, with
 //! `--fleet`, an in-process fleet scenario's wall time and peak memory. See docs/BENCH.md.
 
+pub mod bare;
 pub mod load;
 pub mod server;
 
@@ -38,8 +39,9 @@ pub struct BenchOptions {
     /// How long each publishing run lasts, e.g. `3s`.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     pub publish_for: Duration,
-    /// The servers to measure, in this order.
-    #[arg(long, value_delimiter = ',', default_value = "fakehub,mosquitto")]
+    /// The servers to measure, in this order (`bare`: a tokio-rustls acceptor that answers just
+    /// enough MQTT).
+    #[arg(long, value_delimiter = ',', default_value = "fakehub,mosquitto,bare")]
     pub servers: Vec<Kind>,
     /// The mosquitto binary.
     #[arg(long, default_value = "/usr/sbin/mosquitto")]
@@ -270,11 +272,20 @@ pub fn table(opts: &BenchOptions, results: &[(Kind, Figures)]) -> String {
     for (k, _) in results {
         let _ = write!(out, "{:>12}", k.name());
     }
-    let fh = results.iter().find(|(k, _)| *k == Kind::Fakehub);
-    let mq = results.iter().find(|(k, _)| *k == Kind::Mosquitto);
-    let both = fh.zip(mq);
-    if both.is_some() {
-        let _ = write!(out, "{:>10}  better", "ratio");
+    let of = |kind| results.iter().find(|(k, _)| *k == kind).map(|(_, f)| f);
+    let fh = of(Kind::Fakehub);
+    // fakehub ÷ each peer measured.
+    let peers: Vec<(Kind, &Figures)> = [Kind::Mosquitto, Kind::Bare]
+        .into_iter()
+        .filter_map(|k| Some((k, of(k)?)))
+        .collect();
+    if fh.is_some() {
+        for (k, _) in &peers {
+            let _ = write!(out, "{:>12}", format!("÷ {}", k.name()));
+        }
+    }
+    if fh.is_some() && !peers.is_empty() {
+        let _ = write!(out, "  better");
     }
     let _ = writeln!(out);
     for (name, better, get) in rows {
@@ -282,12 +293,17 @@ pub fn table(opts: &BenchOptions, results: &[(Kind, Figures)]) -> String {
         for (_, f) in results {
             let _ = write!(out, "{:>12}", get(f).map_or("-".to_owned(), number));
         }
-        if let Some(((_, a), (_, b))) = both {
-            let ratio = get(a)
-                .zip(get(b))
-                .filter(|(_, b)| *b != 0.0)
-                .map_or("-".to_owned(), |(a, b)| format!("{:.2}", a / b));
-            let _ = write!(out, "{ratio:>10}  {better}");
+        if let Some(a) = fh {
+            for (_, b) in &peers {
+                let ratio = get(a)
+                    .zip(get(b))
+                    .filter(|(_, b)| *b != 0.0)
+                    .map_or("-".to_owned(), |(a, b)| format!("{:.2}", a / b));
+                let _ = write!(out, "{ratio:>12}");
+            }
+            if !peers.is_empty() {
+                let _ = write!(out, "  {better}");
+            }
         }
         let _ = writeln!(out);
     }
@@ -302,7 +318,10 @@ pub fn table(opts: &BenchOptions, results: &[(Kind, Figures)]) -> String {
             );
         }
     }
-    let _ = writeln!(out, "ratio = fakehub / mosquitto");
+    let _ = writeln!(
+        out,
+        "÷ peer = fakehub / that peer (bare: a tokio-rustls acceptor answering just enough MQTT)"
+    );
     out
 }
 

@@ -1,6 +1,7 @@
 //! The servers under measurement, each a process of its own so that its memory and CPU can be read
-//! from `/proc`: `fakehub serve` (this binary) and Debian's mosquitto, both with a TLS listener on
-//! a free loopback port and certificates from one CA the benchmark makes.
+//! from `/proc`: `fakehub serve` (this binary), Debian's mosquitto and the bare tokio-rustls
+//! acceptor ([`super::bare`], `fakehub bench-peer`), each with a TLS listener on a free loopback
+//! port and certificates from one CA the benchmark makes.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -16,6 +17,8 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, 
 pub enum Kind {
     Fakehub,
     Mosquitto,
+    /// A bare tokio-rustls acceptor that answers just enough MQTT ([`super::bare`]).
+    Bare,
 }
 
 impl Kind {
@@ -23,6 +26,7 @@ impl Kind {
         match self {
             Kind::Fakehub => "fakehub",
             Kind::Mosquitto => "mosquitto",
+            Kind::Bare => "bare",
         }
     }
 }
@@ -128,6 +132,20 @@ impl Server {
                     "--config".to_owned(),
                     config.display().to_string(),
                     "--no-service-api".to_owned(),
+                ];
+                (exe, args)
+            }
+            Kind::Bare => {
+                let exe = std::env::current_exe().context("cannot find the fakehub binary")?;
+                let c = &certs.dir;
+                let args = vec![
+                    "bench-peer".to_owned(),
+                    "--listen".to_owned(),
+                    addr.to_string(),
+                    "--cert".to_owned(),
+                    c.join("server.pem").display().to_string(),
+                    "--key".to_owned(),
+                    c.join("server-key.pem").display().to_string(),
                 ];
                 (exe, args)
             }

@@ -273,9 +273,9 @@ fn header(
 
     // Result codes of the Connections records, most frequent first.
     let mut codes: BTreeMap<u32, usize> = BTreeMap::new();
-    for record in log.records() {
-        if let Some(code) = record.code() {
-            *codes.entry(code).or_default() += 1;
+    for (_, code) in log.record_codes() {
+        if let Some(code) = code {
+            *codes.entry(code.code()).or_default() += 1;
         }
     }
     let mut codes: Vec<(u32, usize)> = codes.into_iter().collect();

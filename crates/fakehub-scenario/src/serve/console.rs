@@ -68,7 +68,7 @@ impl Console {
                     .client
                     .or_else(|| match (&e.device, &e.module) {
                         (Some(d), Some(m)) => Some(format!("{d}/{m}")),
-                        (Some(d), None) => Some(d.clone()),
+                        (Some(d), None) => Some(d.to_string()),
                         _ => None,
                     })
                     .map(|c| format!("'{c}'"))
@@ -104,7 +104,7 @@ mod tests {
             time: SystemTime::UNIX_EPOCH,
             elapsed: Duration::ZERO,
             conn: Some(conn),
-            device: device.map(str::to_owned),
+            device: device.map(Into::into),
             module: None,
             hub: None,
             kind,

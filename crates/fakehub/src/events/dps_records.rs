@@ -159,15 +159,16 @@ impl DpsRecordDeriver {
                 self.requests.insert((conn, rid.clone()), event.time);
                 Vec::new()
             }
-            EventKind::DpsResponse {
-                op,
-                rid,
-                status,
-                registration,
-                error_code,
-                message,
-                ..
-            } => {
+            EventKind::DpsResponse(r) => {
+                let super::DpsResponse {
+                    op,
+                    rid,
+                    status,
+                    registration,
+                    error_code,
+                    message,
+                    ..
+                } = r.as_ref();
                 let started = self
                     .requests
                     .remove(&(conn, rid.clone()))
@@ -237,7 +238,7 @@ mod tests {
     }
 
     fn response(status: u16, registration: Option<&str>) -> EventKind {
-        EventKind::DpsResponse {
+        EventKind::DpsResponse(Box::new(crate::events::DpsResponse {
             op: if status == 202 {
                 DpsOp::Register
             } else {
@@ -254,7 +255,7 @@ mod tests {
             substatus: None,
             error_code: (status >= 400).then_some(u32::from(status) * 1000 + 1),
             message: (status >= 400).then(|| "Throttled".to_owned()),
-        }
+        }))
     }
 
     #[test]

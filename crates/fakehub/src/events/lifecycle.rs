@@ -81,7 +81,7 @@ pub struct Connection {
     pub peer: Option<SocketAddr>,
     pub tls: Option<String>,
     /// The identity, once the CONNECT named one.
-    pub device: Option<String>,
+    pub device: Option<std::sync::Arc<str>>,
     pub module: Option<String>,
     pub connect: Option<Connect>,
     pub connack: Option<Connack>,
@@ -125,7 +125,7 @@ impl Connection {
     /// The identity it authenticated as (or claimed).
     pub fn identity(&self) -> Option<IdentityRef> {
         self.device.as_ref().map(|d| IdentityRef {
-            device_id: d.clone(),
+            device_id: d.to_string(),
             module_id: self.module.clone(),
         })
     }
@@ -151,8 +151,9 @@ impl Connection {
 /// The fold: feed it events in order.
 #[derive(Debug, Default)]
 pub struct Lifecycle {
-    /// Each connection, with its place in `order`.
-    conns: BTreeMap<u64, (u64, Connection)>,
+    /// Each connection, with its place in `order` (boxed: a connection is a few hundred bytes,
+    /// and a fleet's log holds a million of them, moved about as the tree grows).
+    conns: BTreeMap<u64, (u64, Box<Connection>)>,
     /// Connection ids by the order their first event came (keyed so that forgetting one is as
     /// cheap as adding one: a streaming reader forgets every connection it is done with).
     order: BTreeMap<u64, u64>,
@@ -177,13 +178,13 @@ impl Lifecycle {
     /// Take one event; returns the connection it changed, if it belongs to one.
     pub fn push(&mut self, e: &Event) -> Option<&Connection> {
         let conn = e.conn?;
-        let c = match self.conns.entry(conn) {
+        let c: &mut Connection = match self.conns.entry(conn) {
             std::collections::btree_map::Entry::Occupied(o) => &mut o.into_mut().1,
             std::collections::btree_map::Entry::Vacant(v) => {
                 let place = self.appeared;
                 self.appeared = self.appeared.wrapping_add(1);
                 self.order.insert(place, conn);
-                &mut v.insert((place, Connection::new(conn))).1
+                &mut v.insert((place, Box::new(Connection::new(conn)))).1
             }
         };
         if c.device.is_none() {
@@ -304,12 +305,12 @@ impl Lifecycle {
     pub fn remove(&mut self, conn: u64) -> Option<Connection> {
         let (place, c) = self.conns.remove(&conn)?;
         self.order.remove(&place);
-        Some(c)
+        Some(*c)
     }
 
     /// A connection by id.
     pub fn get(&self, conn: u64) -> Option<&Connection> {
-        self.conns.get(&conn).map(|(_, c)| c)
+        self.conns.get(&conn).map(|(_, c)| c.as_ref())
     }
 
     /// Every connection, in the order it first appeared.

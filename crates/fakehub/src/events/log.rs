@@ -5,15 +5,19 @@
 //! * **In memory** (a hub without an output directory, as the suite's test hubs are): every event
 //!   stays in memory for the hub's life, as a test wants to read it whole.
 //! * **On disk** (a hub with an output directory: `fakehub serve`, `fakehub run`): `events.jsonl`
-//!   is the store. Each event is written as one whole line; lines are written in batches (when the
-//!   buffer fills, before anything is read back, every [`FLUSH_EVERY`] by a flusher thread, and at
-//!   [`EventLog::flush`] and shutdown), so a message costs no write of its own; memory holds
-//!   only the last [`WINDOW`] events and a sparse index into the file (one offset per
-//!   [`CHECKPOINT_EVERY`] events), so a hub that runs for days stays flat in memory. Readers that
-//!   want older events ([`EventLog::since`], [`EventLog::snapshot`], a stream that fell behind) read
-//!   them back from the file. Should a write fail (disk full), nothing more is written — never half
-//!   a line — and the log keeps what follows in memory instead (the error is reported by
-//!   [`EventLog::flush`] and at shutdown).
+//!   is the store. Emitting an event only puts it in memory; a writer thread takes the events not
+//!   yet written, in order, makes each one whole line and the Connections (and DPS) records it
+//!   causes, and writes them out in batches — woken every [`FLUSH_EVERY`] and whenever
+//!   [`WAKE_WRITER_AT`] events wait; should [`WRITE_INLINE_AT`] wait (the writer fell behind), the
+//!   emitter writes them itself; and at [`EventLog::flush`] and shutdown. So an event costs its
+//!   emitter no serialization and no write, and a fleet run uses the machine's second core for
+//!   its files. Memory holds the last [`WINDOW`] events (and those not yet written) and a sparse
+//!   index into the file (one offset per [`CHECKPOINT_EVERY`] events), so a hub that runs for
+//!   days stays flat in memory. Readers that want older events ([`EventLog::since`],
+//!   [`EventLog::snapshot`], a stream that fell behind) read them back from the file: an event
+//!   leaves memory only once the file holds it. Should a write fail (disk full), nothing more is
+//!   written — never half a line — and the log keeps what follows in memory instead (the error is
+//!   reported by [`EventLog::flush`] and at shutdown).
 //!
 //! Events read back from the file carry its millisecond precision.
 
@@ -38,13 +42,16 @@ pub const CHECKPOINT_EVERY: u64 = 1024;
 const READ_BACK: u64 = 1024;
 /// Pending lines are written out once they reach this size.
 const BATCH_BYTES: usize = 64 * 1024;
-/// How often the flusher thread writes out what the buffer holds (real time: it is not a timer of
-/// any clock, so it never keeps a simulated run from skipping idle time).
+/// How often the writer thread writes out what waits (real time: it is not a timer of any clock,
+/// so it never keeps a simulated run from skipping idle time).
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// The writer thread is woken at once when this many events wait to be written.
+pub const WAKE_WRITER_AT: usize = 1024;
+/// When this many events wait (the writer thread fell behind), the emitter writes them itself.
+pub const WRITE_INLINE_AT: usize = WINDOW;
 
-/// `events.jsonl`, as the store of a log with an output directory.
+/// `events.jsonl`, as the store of a log with an output directory (the writer's).
 struct Store {
-    path: PathBuf,
     /// `None` once a write failed: nothing more is written, so the file holds whole lines only.
     writer: Option<File>,
     /// Whole lines not yet in the file (written out in batches).
@@ -65,12 +72,26 @@ struct LogState {
     /// The events in memory: seq `base..next`.
     window: VecDeque<Arc<Event>>,
     base: u64,
+    /// Whether the log has files: events then wait in `unwritten` for the writer.
+    written: bool,
+    /// Events emitted and not yet taken by the writer, in order.
+    unwritten: Vec<Arc<Event>>,
+    /// `events.jsonl`, once the log has it.
+    path: Option<PathBuf>,
+    /// The file offset of event `k × CHECKPOINT_EVERY`, for each k in the file.
+    checkpoints: Vec<u64>,
+    /// Events `0..flushed` are in the file (only these may leave memory).
+    flushed: u64,
+    /// The first write error (kind and text: an `io::Error` is not `Clone`).
+    write_error: Option<(std::io::ErrorKind, String)>,
+}
+
+/// What the writer writes to: the event file and the records derived from the events.
+struct Files {
     store: Option<Store>,
     records: Option<(Box<dyn Write + Send>, records::RecordDeriver)>,
     /// The Device Provisioning Service's records, when a run has DPS.
     dps: Option<(Box<dyn Write + Send>, dps_records::DpsRecordDeriver)>,
-    /// The first write error (kind and text: an `io::Error` is not `Clone`).
-    write_error: Option<(std::io::ErrorKind, String)>,
 }
 
 impl LogState {
@@ -79,7 +100,7 @@ impl LogState {
     }
 
     /// The events of `from..` held in memory, and where to read the older ones (if any).
-    fn split(&mut self, from: u64) -> (Vec<Arc<Event>>, Option<FileRange>) {
+    fn split(&self, from: u64) -> (Vec<Arc<Event>>, Option<FileRange>) {
         let start = from.max(self.base);
         let skip = usize::try_from(start - self.base).unwrap_or(usize::MAX);
         let in_memory = self.window.iter().skip(skip).cloned().collect();
@@ -91,13 +112,24 @@ impl LogState {
         (in_memory, older)
     }
 
-    /// Where to read events `from..to` back, with the file written out first.
-    fn file_range(&mut self, from: u64, to: u64) -> Option<FileRange> {
-        let flushed = self.store.as_mut()?.flush();
-        if let Err(e) = flushed {
-            self.note_error(&e);
+    /// Where to read events `from..to` back (events before `base` are in the file: an event leaves
+    /// memory only once written).
+    fn file_range(&self, from: u64, to: u64) -> Option<FileRange> {
+        let k = usize::try_from(from / CHECKPOINT_EVERY).unwrap_or(usize::MAX);
+        Some(FileRange {
+            path: self.path.clone()?,
+            offset: self.checkpoints.get(k).copied().unwrap_or(0),
+            from,
+            to,
+        })
+    }
+
+    /// Forget what the file holds beyond the window.
+    fn trim(&mut self) {
+        while self.window.len() > WINDOW && self.base < self.flushed {
+            self.window.pop_front();
+            self.base += 1;
         }
-        self.store.as_ref().map(|st| st.range(from, to))
     }
 }
 
@@ -123,16 +155,6 @@ impl Store {
                 self.pending = Vec::new();
                 Err(e)
             }
-        }
-    }
-
-    fn range(&self, from: u64, to: u64) -> FileRange {
-        let k = usize::try_from(from / CHECKPOINT_EVERY).unwrap_or(usize::MAX);
-        FileRange {
-            path: self.path.clone(),
-            offset: self.checkpoints.get(k).copied().unwrap_or(0),
-            from,
-            to,
         }
     }
 
@@ -166,6 +188,34 @@ struct FileRange {
     to: u64,
 }
 
+/// Parses `events.jsonl` lines, keeping one copy of each device id for every event it reads (a
+/// fleet's log names each device thousands of times).
+#[derive(Default)]
+pub struct LineReader {
+    names: std::collections::HashSet<Arc<str>>,
+}
+
+impl LineReader {
+    pub fn new() -> LineReader {
+        LineReader::default()
+    }
+
+    /// One line as an event.
+    pub fn parse(&mut self, line: &str) -> serde_json::Result<Event> {
+        let mut e: Event = serde_json::from_str(line)?;
+        if let Some(d) = e.device.take() {
+            e.device = Some(match self.names.get(&*d) {
+                Some(known) => Arc::clone(known),
+                None => {
+                    self.names.insert(Arc::clone(&d));
+                    d
+                }
+            });
+        }
+        Ok(e)
+    }
+}
+
 impl FileRange {
     fn read(&self) -> std::io::Result<Vec<Arc<Event>>> {
         let mut file = File::open(&self.path)?;
@@ -173,12 +223,13 @@ impl FileRange {
         let mut reader = BufReader::new(file);
         let mut out = Vec::new();
         let mut line = String::new();
+        let mut lines = LineReader::new();
         loop {
             line.clear();
             if reader.read_line(&mut line)? == 0 {
                 break;
             }
-            let event: Event = serde_json::from_str(&line).map_err(std::io::Error::other)?;
+            let event = lines.parse(&line).map_err(std::io::Error::other)?;
             if event.seq >= self.to {
                 break;
             }
@@ -209,9 +260,78 @@ pub struct EventLog {
 struct LogInner {
     clock: VirtualClock,
     state: Mutex<LogState>,
+    /// The files; held while a batch is written (one writer at a time, in order). Taken before
+    /// `state` when both are held.
+    files: Mutex<Option<Files>>,
+    /// The writer thread, once started.
+    writer: std::sync::OnceLock<std::thread::Thread>,
     appended: Notify,
     /// Connection ids, unique across every hub writing this log.
     next_conn: std::sync::atomic::AtomicU64,
+}
+
+impl LogInner {
+    fn lock(&self) -> MutexGuard<'_, LogState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Write every event that waits, in order: its line, its records; then out to the files.
+    fn write_waiting(&self) {
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(f) = files.as_mut() else {
+            return;
+        };
+        let batch = std::mem::take(&mut self.lock().unwritten);
+        let mut failed: Option<std::io::Error> = None;
+        for e in &batch {
+            if let Some(store) = f.store.as_mut() {
+                // A line that cannot be made is not written (and the file never holds half of one).
+                let appended = line_of(&**e).and_then(|line| store.append(e.seq, &line));
+                if let Err(err) = appended {
+                    failed.get_or_insert(err);
+                }
+            }
+            if let Err(err) = write_records(&mut f.records, e) {
+                failed.get_or_insert(err);
+            }
+            if let Err(err) = write_records(&mut f.dps, e) {
+                failed.get_or_insert(err);
+            }
+        }
+        let stored = f.store.as_mut().map(|st| (st.flush(), st.flushed));
+        let sinks = [
+            f.records.as_mut().map(|(w, _)| w),
+            f.dps.as_mut().map(|(w, _)| w),
+        ];
+        for w in sinks.into_iter().flatten() {
+            if let Err(err) = w.flush() {
+                failed.get_or_insert(err);
+            }
+        }
+        let mut s = self.lock();
+        if let Some(store) = f.store.as_ref() {
+            let known = s.checkpoints.len();
+            s.checkpoints
+                .extend_from_slice(store.checkpoints.get(known..).unwrap_or_default());
+        }
+        if let Some((flushed, upto)) = stored {
+            if let Err(err) = flushed {
+                failed.get_or_insert(err);
+            }
+            s.flushed = upto;
+        }
+        if let Some(err) = failed {
+            s.note_error(&err);
+        }
+        s.trim();
+    }
+}
+
+impl Drop for LogInner {
+    fn drop(&mut self) {
+        // What waits is written before the log goes.
+        self.write_waiting();
+    }
 }
 
 impl EventLog {
@@ -224,11 +344,15 @@ impl EventLog {
                     next: 0,
                     window: VecDeque::new(),
                     base: 0,
-                    store: None,
-                    records: None,
-                    dps: None,
+                    written: false,
+                    unwritten: Vec::new(),
+                    path: None,
+                    checkpoints: Vec::new(),
+                    flushed: 0,
                     write_error: None,
                 }),
+                files: Mutex::new(None),
+                writer: std::sync::OnceLock::new(),
                 appended: Notify::new(),
                 next_conn: std::sync::atomic::AtomicU64::new(1),
             }),
@@ -258,7 +382,7 @@ impl EventLog {
     }
 
     fn lock(&self) -> MutexGuard<'_, LogState> {
-        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock()
     }
 
     /// Keep the log in `events` (created or truncated; JSON Lines), with only the newest events in
@@ -270,9 +394,9 @@ impl EventLog {
         context: records::RecordContext,
     ) -> std::io::Result<()> {
         let file = File::create(events)?;
+        let mut files = self.inner.files.lock().unwrap_or_else(|p| p.into_inner());
         let mut s = self.lock();
-        let mut store = Store {
-            path: events.to_owned(),
+        let store = Store {
             writer: Some(file),
             pending: Vec::new(),
             bytes: 0,
@@ -281,41 +405,66 @@ impl EventLog {
             flushed: s.base,
         };
         // Events from before (a log kept in memory until now) go first.
-        for e in &s.window {
-            line_of(&**e).and_then(|line| store.append(e.seq, &line))?;
-        }
-        s.store = Some(store);
-        s.records = Some((records, records::RecordDeriver::new(context)));
+        s.unwritten = s.window.iter().cloned().collect();
+        s.written = true;
+        s.path = Some(events.to_owned());
         drop(s);
-        self.start_flusher();
+        let dps = files.take().and_then(|f| f.dps);
+        *files = Some(Files {
+            store: Some(store),
+            records: Some((records, records::RecordDeriver::new(context))),
+            dps,
+        });
+        drop(files);
+        self.inner.write_waiting();
+        self.start_writer();
         Ok(())
     }
 
-    /// A thread that writes the file's buffer out every [`FLUSH_EVERY`], so that what happened is
-    /// on disk within that long even while nothing else happens; it ends with the log.
-    fn start_flusher(&self) {
+    /// The writer thread: it writes what waits every [`FLUSH_EVERY`] (so that what happened is on
+    /// disk within that long even while nothing else happens) and whenever woken; it ends with
+    /// the log.
+    fn start_writer(&self) {
+        if self.inner.writer.get().is_some() {
+            return;
+        }
         let log = Arc::downgrade(&self.inner);
         let spawned = std::thread::Builder::new()
-            .name("fakehub-events-flush".into())
+            .name("fakehub-events-writer".into())
             .spawn(move || loop {
-                std::thread::sleep(FLUSH_EVERY);
+                std::thread::park_timeout(FLUSH_EVERY);
                 let Some(inner) = log.upgrade() else {
                     return;
                 };
-                let mut s = inner.state.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(Err(e)) = s.store.as_mut().map(Store::flush) {
-                    s.note_error(&e);
-                }
+                inner.write_waiting();
             });
-        if let Err(e) = spawned {
-            // Without it the buffer still goes out when full, before any read-back, and at flush.
-            tracing::warn!(error = %e, "the events.jsonl flusher thread could not start");
+        match spawned {
+            Ok(handle) => {
+                let _ = self.inner.writer.set(handle.thread().clone());
+            }
+            // Without it, emitters write what waits once WRITE_INLINE_AT events do, and readers
+            // and flush write the rest.
+            Err(e) => tracing::warn!(error = %e, "the events.jsonl writer thread could not start"),
         }
     }
 
     /// Also write the Device Provisioning Service's diagnostic records derived from the events.
     pub fn write_dps_to(&self, records: Box<dyn Write + Send>, context: dps_records::DpsContext) {
-        self.lock().dps = Some((records, dps_records::DpsRecordDeriver::new(context)));
+        let mut files = self.inner.files.lock().unwrap_or_else(|p| p.into_inner());
+        let dps = Some((records, dps_records::DpsRecordDeriver::new(context)));
+        match files.as_mut() {
+            Some(f) => f.dps = dps,
+            None => {
+                *files = Some(Files {
+                    store: None,
+                    records: None,
+                    dps,
+                });
+                drop(files);
+                self.lock().written = true;
+                self.start_writer();
+            }
+        }
     }
 
     /// Append an event stamped with the clock's current readings.
@@ -358,33 +507,24 @@ impl EventLog {
             hub: self.hub.as_deref().map(str::to_owned),
             kind,
         });
-        // Serialized before anything changes: should it fail (or panic), the log is as it was
-        // and the file never holds half a line.
-        let line = s.store.is_some().then(|| line_of(&*event));
         s.next += 1;
         s.window.push_back(event.clone());
-        if let Some(line) = line {
-            let written = line.and_then(|line| match s.store.as_mut() {
-                Some(store) => store.append(event.seq, &line),
-                None => Ok(()),
-            });
-            if let Err(e) = written {
-                s.note_error(&e);
+        let waiting = if s.written {
+            s.unwritten.push(event.clone());
+            s.unwritten.len()
+        } else {
+            0
+        };
+        s.trim();
+        drop(s);
+        if waiting >= WRITE_INLINE_AT {
+            // The writer thread fell behind: write here rather than hold ever more in memory.
+            self.inner.write_waiting();
+        } else if waiting > 0 && waiting.is_multiple_of(WAKE_WRITER_AT) {
+            if let Some(writer) = self.inner.writer.get() {
+                writer.unpark();
             }
         }
-        if let Err(e) = write_records(&mut s.records, &event) {
-            s.note_error(&e);
-        }
-        if let Err(e) = write_records(&mut s.dps, &event) {
-            s.note_error(&e);
-        }
-        // Forget what the file holds beyond the window.
-        let flushed = s.store.as_ref().map_or(0, |st| st.flushed);
-        while s.window.len() > WINDOW && s.base < flushed {
-            s.window.pop_front();
-            s.base += 1;
-        }
-        drop(s);
         self.inner.appended.notify_waiters();
         event
     }
@@ -443,24 +583,8 @@ impl EventLog {
 
     /// Flush the output files. Returns the first write error seen, if any.
     pub fn flush(&self) -> std::io::Result<()> {
-        let mut s = self.lock();
-        if let Some(Err(e)) = s.store.as_mut().map(Store::flush) {
-            s.note_error(&e);
-        }
-        let state = &mut *s;
-        let writers = [
-            state.records.as_mut().map(|(w, _)| w),
-            state.dps.as_mut().map(|(w, _)| w),
-        ];
-        let mut failed = None;
-        for w in writers.into_iter().flatten() {
-            if let Err(e) = w.flush() {
-                failed.get_or_insert(e);
-            }
-        }
-        if let Some(e) = failed {
-            s.note_error(&e);
-        }
+        self.inner.write_waiting();
+        let s = self.lock();
         match &s.write_error {
             Some((kind, text)) => Err(std::io::Error::new(*kind, text.clone())),
             None => Ok(()),
@@ -488,7 +612,7 @@ impl Deriver for dps_records::DpsRecordDeriver {
     }
 }
 
-/// Write the records an event causes, as whole lines, flushed.
+/// Write the records an event causes, as whole lines (flushed with the batch).
 fn write_records<D: Deriver>(
     sink: &mut Option<(Box<dyn Write + Send>, D)>,
     event: &Event,
@@ -503,7 +627,6 @@ fn write_records<D: Deriver>(
     }
     if !lines.is_empty() {
         w.write_all(&lines)?;
-        w.flush()?;
     }
     Ok(())
 }
@@ -540,7 +663,7 @@ impl EventStream {
             }
             let log = self.log.clone();
             let older = {
-                let mut s = log.lock();
+                let s = log.lock();
                 if self.next >= s.next {
                     return None;
                 }

@@ -16,6 +16,7 @@ pub use lifecycle::{Connection, DpsClient, Lifecycle};
 pub use log::{EventLog, EventStream};
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fakehub_protocol::properties::PropertyBag;
@@ -369,32 +370,37 @@ pub enum EventKind {
         operation_id: Option<String>,
         size: usize,
     },
-    /// DPS's answer to a request: the status of the answer topic, its `retry-after`, and what the
-    /// body says (the registration's `registration` status, the hub it was assigned — `assigned_hub`
-    /// as the device was told, `hub_name` the hub's name — or the error).
-    DpsResponse {
-        op: DpsOp,
-        rid: String,
-        status: u16,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        retry_after: Option<u32>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        operation_id: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        registration: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        assigned_hub: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        hub_name: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        device_id: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        substatus: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        error_code: Option<u32>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        message: Option<String>,
-    },
+    /// DPS's answer to a request (boxed: it is the largest kind, and every event in memory takes
+    /// the size of the largest kind — a fleet's log holds millions).
+    DpsResponse(Box<DpsResponse>),
+}
+
+/// DPS's answer to a request: the status of the answer topic, its `retry-after`, and what the
+/// body says (the registration's `registration` status, the hub it was assigned — `assigned_hub`
+/// as the device was told, `hub_name` the hub's name — or the error).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DpsResponse {
+    pub op: DpsOp,
+    pub rid: String,
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned_hub: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub substatus: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// What the service side did to an identity in the registry.
@@ -474,9 +480,9 @@ pub struct Event {
     /// The connection, when the event belongs to one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conn: Option<u64>,
-    /// The device id, once known.
+    /// The device id, once known (shared: a device's events name it thousands of times).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
+    pub device: Option<Arc<str>>,
     /// The module id, for module connections.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub module: Option<String>,
@@ -502,6 +508,6 @@ pub enum Stamp {
 #[derive(Debug, Clone, Default)]
 pub struct Subject {
     pub conn: Option<u64>,
-    pub device: Option<String>,
+    pub device: Option<Arc<str>>,
     pub module: Option<String>,
 }

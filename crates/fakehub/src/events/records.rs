@@ -174,66 +174,10 @@ impl RecordDeriver {
         // With several hubs in one log, each record names its own hub.
         let tagged = event.hub.as_deref().map(RecordContext::for_host);
         let context = tagged.as_ref().unwrap_or(&self.context);
-        let records = match &event.kind {
-            // A provisioning connection is no hub connection: its records are DPS's.
-            _ if c.dps.is_some() => Vec::new(),
-            EventKind::Connack { code: 0, .. } => {
-                vec![record(context, c, event, "deviceConnect", None, None)]
-            }
-            EventKind::Connack { result, reason, .. } => {
-                let code = result.unwrap_or(ResultCode::IoTHubUnauthorized);
-                vec![record(
-                    context,
-                    c,
-                    event,
-                    "deviceConnect",
-                    Some(code),
-                    reason.as_deref(),
-                )]
-            }
-            EventKind::Closed {
-                cause,
-                detail,
-                result,
-                ..
-            } => {
-                if c.connected() {
-                    let codes = close_codes(*cause, *result);
-                    if codes.is_empty() {
-                        vec![record(context, c, event, "deviceDisconnect", None, None)]
-                    } else {
-                        codes
-                            .into_iter()
-                            .map(|code| {
-                                record(
-                                    context,
-                                    c,
-                                    event,
-                                    "deviceDisconnect",
-                                    Some(code),
-                                    detail.as_deref(),
-                                )
-                            })
-                            .collect()
-                    }
-                } else {
-                    match (result, &event.device, &c.connack) {
-                        // A CONNECT the hub never answered (outage, withheld CONNACK, throttling):
-                        // a failed connect attempt with the fault's code.
-                        (Some(code), Some(_), None) => vec![record(
-                            context,
-                            c,
-                            event,
-                            "deviceConnect",
-                            Some(*code),
-                            detail.as_deref(),
-                        )],
-                        _ => Vec::new(),
-                    }
-                }
-            }
-            _ => Vec::new(),
-        };
+        let records = facts(c, event)
+            .into_iter()
+            .map(|f| record(context, c, event, f))
+            .collect();
         if matches!(event.kind, EventKind::Closed { .. }) {
             if let Some(conn) = event.conn {
                 self.lifecycle.remove(conn);
@@ -243,14 +187,98 @@ impl RecordDeriver {
     }
 }
 
+/// Which of the two operations a Connections record tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    DeviceConnect,
+    DeviceDisconnect,
+}
+
+impl Operation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::DeviceConnect => "deviceConnect",
+            Operation::DeviceDisconnect => "deviceDisconnect",
+        }
+    }
+}
+
+/// One record an event causes, before it is written out: what the rules and the report count
+/// (the whole record, with its strings, is only built to be written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordFact<'a> {
+    pub operation: Operation,
+    /// The result code; `None` for an `Information` record.
+    pub code: Option<ResultCode>,
+    /// The fault's or the hub's words, for the error message.
+    pub reason: Option<&'a str>,
+}
+
+/// The records `event` causes, given its connection `c` as folded up to and including it.
+pub fn facts<'a>(c: &Connection, event: &'a Event) -> Vec<RecordFact<'a>> {
+    let fact = |operation, code, reason| RecordFact {
+        operation,
+        code,
+        reason,
+    };
+    match &event.kind {
+        // A provisioning connection is no hub connection: its records are DPS's.
+        _ if c.dps.is_some() => Vec::new(),
+        EventKind::Connack { code: 0, .. } => vec![fact(Operation::DeviceConnect, None, None)],
+        EventKind::Connack { result, reason, .. } => {
+            let code = result.unwrap_or(ResultCode::IoTHubUnauthorized);
+            vec![fact(
+                Operation::DeviceConnect,
+                Some(code),
+                reason.as_deref(),
+            )]
+        }
+        EventKind::Closed {
+            cause,
+            detail,
+            result,
+            ..
+        } => {
+            if c.connected() {
+                let codes = close_codes(*cause, *result);
+                if codes.is_empty() {
+                    vec![fact(Operation::DeviceDisconnect, None, None)]
+                } else {
+                    codes
+                        .into_iter()
+                        .map(|code| {
+                            fact(Operation::DeviceDisconnect, Some(code), detail.as_deref())
+                        })
+                        .collect()
+                }
+            } else {
+                match (result, &event.device, &c.connack) {
+                    // A CONNECT the hub never answered (outage, withheld CONNACK, throttling):
+                    // a failed connect attempt with the fault's code.
+                    (Some(code), Some(_), None) => vec![fact(
+                        Operation::DeviceConnect,
+                        Some(*code),
+                        detail.as_deref(),
+                    )],
+                    _ => Vec::new(),
+                }
+            }
+        }
+        _ => Vec::new(),
+    }
+}
+
 fn record(
     context: &RecordContext,
     c: &Connection,
     event: &Event,
-    operation: &str,
-    code: Option<ResultCode>,
-    reason: Option<&str>,
+    fact: RecordFact<'_>,
 ) -> ConnectionRecord {
+    let RecordFact {
+        operation,
+        code,
+        reason,
+    } = fact;
     let masked = c.peer.map(|p| mask_ip(p.ip())).unwrap_or_default();
     let scope = if event.module.is_some() {
         "module"
@@ -263,15 +291,15 @@ fn record(
             AuthKind::X509 => "x509",
             AuthKind::None => return None,
         };
-        Some(
-            serde_json::json!({"scope": scope, "type": kind, "issuer": "iothub", "acceptingIpFilterRule": null})
-                .to_string(),
-        )
+        // Azure Monitor's order of the keys (scope, type, issuer, acceptingIpFilterRule).
+        Some(format!(
+            r#"{{"scope":"{scope}","type":"{kind}","issuer":"iothub","acceptingIpFilterRule":null}}"#
+        ))
     });
     let properties = RecordProperties {
-        device_id: event.device.clone().unwrap_or_default(),
+        device_id: event.device.as_deref().unwrap_or_default().to_owned(),
         module_id: event.module.clone(),
-        sdk_version: if operation == "deviceConnect" {
+        sdk_version: if operation == Operation::DeviceConnect {
             c.connect.as_ref().and_then(|connect| connect.sdk.clone())
         } else {
             None
@@ -285,7 +313,7 @@ fn record(
     ConnectionRecord {
         time: fakehub_protocol::clock::rfc3339_millis(event.time),
         resource_id: context.resource_id.clone(),
-        operation_name: operation.to_owned(),
+        operation_name: operation.name().to_owned(),
         category: "Connections".to_owned(),
         level: if code.is_some() {
             "Error"

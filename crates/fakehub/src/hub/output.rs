@@ -40,11 +40,12 @@ pub(super) fn write_ca(dir: &Path, pem: &str) -> Result<(), HubError> {
     std::fs::write(&path, pem).map_err(|source| HubError::Output { path, source })
 }
 
-/// Create (truncate) an output file.
+/// Create (truncate) an output file, buffered for the writer's batches (a fleet's records come a
+/// thousand at a time).
 pub(super) fn file(dir: &Path, name: &str) -> Result<BufWriter<File>, HubError> {
     let path = dir.join(name);
     File::create(&path)
-        .map(BufWriter::new)
+        .map(|f| BufWriter::with_capacity(256 * 1024, f))
         .map_err(|source| HubError::Output { path, source })
 }
 

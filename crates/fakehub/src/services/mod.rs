@@ -78,7 +78,7 @@ pub enum TwinError {
 fn subject(who: &IdentityRef) -> Subject {
     Subject {
         conn: None,
-        device: Some(who.device_id.clone()),
+        device: Some(who.device_id.as_str().into()),
         module: who.module_id.clone(),
     }
 }

@@ -270,20 +270,22 @@ impl Session {
             &verdict,
             (shared.clock.now(), shared.clock.elapsed()),
         );
-        guard.emit(EventKind::DpsResponse {
-            op,
-            rid: request.rid().to_owned(),
-            status: answer.status,
-            retry_after: answer.retry_after,
-            operation_id: answer.operation_id.clone(),
-            registration: answer.registration.clone(),
-            assigned_hub: answer.assigned_hub.clone(),
-            hub_name: answer.hub.clone(),
-            device_id: answer.device_id.clone(),
-            substatus: answer.substatus.clone(),
-            error_code: answer.error_code,
-            message: answer.message.clone(),
-        });
+        guard.emit(EventKind::DpsResponse(Box::new(
+            crate::events::DpsResponse {
+                op,
+                rid: request.rid().to_owned(),
+                status: answer.status,
+                retry_after: answer.retry_after,
+                operation_id: answer.operation_id.clone(),
+                registration: answer.registration.clone(),
+                assigned_hub: answer.assigned_hub.clone(),
+                hub_name: answer.hub.clone(),
+                device_id: answer.device_id.clone(),
+                substatus: answer.substatus.clone(),
+                error_code: answer.error_code,
+                message: answer.message.clone(),
+            },
+        )));
         self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
         let topic = dps::answer_topic(answer.status, request.rid(), answer.retry_after);
         let body = Bytes::from(answer.body.to_string());

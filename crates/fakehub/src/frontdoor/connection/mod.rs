@@ -69,7 +69,7 @@ impl Guard {
     }
 
     fn identify(&mut self, who: &IdentityRef) {
-        self.subject.device = Some(who.device_id.clone());
+        self.subject.device = Some(who.device_id.as_str().into());
         self.subject.module = who.module_id.clone();
     }
 
