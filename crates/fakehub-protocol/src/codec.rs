@@ -3,6 +3,7 @@
 //! Reading is cancel-safe (bytes already read stay in the buffer), so the connection task can wait
 //! for the next packet inside `select!` next to its timers and control channel.
 
+use std::future::Future;
 use std::io;
 
 use bytes::BytesMut;
@@ -165,8 +166,9 @@ const READ_CHUNK: usize = 1024;
 /// once large does not cost an idle connection its size for the rest of its life).
 const KEEP_CAPACITY: usize = 4 * READ_CHUNK;
 
-/// A framed MQTT connection. Its buffers start empty and grow with the packets it carries, so a
-/// held, idle connection costs little.
+/// A framed MQTT connection. Its buffers start empty, grow with the packets it carries and are
+/// let go while the connection waits with nothing half-read, so a held, idle connection costs
+/// little.
 pub struct MqttIo<S> {
     stream: S,
     buf: BytesMut,
@@ -199,10 +201,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MqttIo<S> {
             if self.buf.is_empty() && self.buf.capacity() > KEEP_CAPACITY {
                 self.buf = BytesMut::new();
             }
-            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-                self.buf.reserve(READ_CHUNK);
-            }
-            match self.stream.read_buf(&mut self.buf).await {
+            let read = std::future::poll_fn(|cx| {
+                if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+                    self.buf.reserve(READ_CHUNK);
+                }
+                let polled = std::pin::pin!(self.stream.read_buf(&mut self.buf)).poll(cx);
+                if polled.is_pending() && self.buf.is_empty() {
+                    // Nothing to read and nothing half-read: an idle connection holds no buffer.
+                    self.buf = BytesMut::new();
+                }
+                polled
+            });
+            match read.await {
                 Ok(0) if self.buf.is_empty() => return Err(ReadError::Eof),
                 Ok(0) => return Err(ReadError::EofInPacket(self.buf.len())),
                 Ok(_) => {}

@@ -201,6 +201,12 @@ impl OverStream for tokio_rustls::client::TlsStream<Stream> {
     }
 }
 
+impl<T: OverStream> OverStream for Box<T> {
+    fn stream(&self) -> &Stream {
+        T::stream(self)
+    }
+}
+
 impl<T: OverStream> Secured<T> {
     /// The connection under any TLS.
     pub fn stream(&self) -> &Stream {

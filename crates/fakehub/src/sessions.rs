@@ -159,7 +159,9 @@ impl Session {
 /// The live connection of a session.
 struct Link {
     conn: u64,
-    tx: mpsc::UnboundedSender<Outgoing>,
+    /// Boxed: a channel allocates its first block of 32 slots at once, and a held connection
+    /// should not pay 32 × a packet for a queue that is empty almost always.
+    tx: mpsc::UnboundedSender<Box<Outgoing>>,
     close: Arc<CloseSlot>,
     done: watch::Receiver<bool>,
 }
@@ -178,7 +180,7 @@ pub struct Attached {
     /// Unacknowledged QoS 1 messages to resend first (DUP set, original packet ids).
     pub resend: Vec<Outgoing>,
     /// Everything else the hub sends this connection.
-    pub outgoing: mpsc::UnboundedReceiver<Outgoing>,
+    pub outgoing: mpsc::UnboundedReceiver<Box<Outgoing>>,
     pub close: Arc<CloseSlot>,
     /// Dropping it tells a successor waiting to take over that this connection is gone.
     pub gone: watch::Sender<bool>,
@@ -469,7 +471,7 @@ impl Sessions {
             };
             session.inflight.insert(pkid, Inflight { message });
             if let Some(link) = &session.live {
-                let _ = link.tx.send(out);
+                let _ = link.tx.send(Box::new(out));
             }
         }
     }
@@ -491,13 +493,13 @@ impl Sessions {
             return false;
         };
         link.tx
-            .send(Outgoing {
+            .send(Box::new(Outgoing {
                 topic,
                 qos: 0,
                 pkid: 0,
                 dup: false,
                 payload,
-            })
+            }))
             .is_ok()
     }
 

@@ -36,6 +36,10 @@ pub struct BenchOptions {
     /// Unacknowledged QoS 1 messages each publisher may have.
     #[arg(long, default_value_t = 10)]
     pub inflight: usize,
+    /// The fixed rate of the third publishing run, messages/s: every server at the same load (the
+    /// half-rate run loads each at half of its own maximum).
+    #[arg(long, default_value_t = 10_000.0)]
+    pub fixed_rate: f64,
     /// How long each publishing run lasts, e.g. `3s`.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     pub publish_for: Duration,
@@ -46,6 +50,10 @@ pub struct BenchOptions {
     /// The mosquitto binary.
     #[arg(long, default_value = "/usr/sbin/mosquitto")]
     pub mosquitto: PathBuf,
+    /// Start each server under this command, e.g. `--wrap heaptrack` or `--wrap "perf record -g
+    /// --"` (to profile it under the benchmark's load; the figures then include the wrapper).
+    #[arg(long)]
+    pub wrap: Option<String>,
     /// Where configurations, certificates, server logs and the fleet run's output go.
     #[arg(long, default_value = "fakehub-out/bench")]
     pub out: PathBuf,
@@ -67,6 +75,7 @@ pub struct Figures {
     pub qos1_per_s: f64,
     pub cpu_per_msg_unpaced: Duration,
     pub cpu_per_msg_half: Duration,
+    pub cpu_per_msg_fixed: Duration,
     pub half_rate: f64,
     pub puback_p99_half: Duration,
     pub all_back: Option<Duration>,
@@ -95,7 +104,12 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Vec<(Kind, Figures)>> {
     for &kind in servers {
         crate::tell!("bench: {} ...", kind.name());
         let dir = opts.out.join(kind.name());
-        let mut server = Server::start(kind, &dir, &certs, &fleet, &opts.mosquitto).await?;
+        let wrap: Vec<String> = opts
+            .wrap
+            .as_deref()
+            .map(|w| w.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default();
+        let mut server = Server::start(kind, &dir, &certs, &fleet, &opts.mosquitto, &wrap).await?;
         let target = Arc::new(Target {
             addr: server.addr,
             tls: tokio_rustls::TlsConnector::from(tls.clone()),
@@ -196,6 +210,10 @@ async fn measure(
     let cpu2 = server.cpu()?;
     f.cpu_per_msg_half = per_message(cpu2.saturating_sub(cpu1), half.acked);
     f.puback_p99_half = half.quantile(0.99);
+    let (pubs, fixed) =
+        load::publish(pubs, opts.inflight, Some(opts.fixed_rate), opts.publish_for).await;
+    let cpu3 = server.cpu()?;
+    f.cpu_per_msg_fixed = per_message(cpu3.saturating_sub(cpu2), fixed.acked);
     drop(pubs);
 
     // Mass drop: kill the server, start it again, wait for every held device to be back.
@@ -236,7 +254,7 @@ fn per_message(cpu: Duration, messages: u64) -> Duration {
 /// The table: one row per measure, a column per server, and fakehub ÷ mosquitto.
 pub fn table(opts: &BenchOptions, results: &[(Kind, Figures)]) -> String {
     type Row = (&'static str, &'static str, fn(&Figures) -> Option<f64>);
-    let rows: [Row; 10] = [
+    let rows: [Row; 11] = [
         ("connection storm, connects/s", "higher", |f| {
             Some(f.storm_per_s)
         }),
@@ -254,6 +272,9 @@ pub fn table(opts: &BenchOptions, results: &[(Kind, Figures)]) -> String {
         ("server CPU per QoS 1 msg, half rate, µs", "lower", |f| {
             Some(f.cpu_per_msg_half.as_secs_f64() * 1e6)
         }),
+        ("server CPU per QoS 1 msg, fixed rate, µs", "lower", |f| {
+            Some(f.cpu_per_msg_fixed.as_secs_f64() * 1e6)
+        }),
         ("half rate (own max / 2), msgs/s", "", |f| Some(f.half_rate)),
         ("PUBACK p99 at half rate, ms", "lower", |f| {
             Some(f.puback_p99_half.as_secs_f64() * 1e3)
@@ -265,8 +286,13 @@ pub fn table(opts: &BenchOptions, results: &[(Kind, Figures)]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} devices ({} at once), {} publishers x {} in flight for {:?}",
-        opts.devices, opts.concurrency, opts.publishers, opts.inflight, opts.publish_for
+        "{} devices ({} at once), {} publishers x {} in flight for {:?}; fixed rate {} msgs/s",
+        opts.devices,
+        opts.concurrency,
+        opts.publishers,
+        opts.inflight,
+        opts.publish_for,
+        opts.fixed_rate
     );
     let _ = write!(out, "{:<42}", "measure");
     for (k, _) in results {

@@ -109,6 +109,7 @@ impl Server {
         certs: &Certificates,
         fleet: &Fleet<'_>,
         mosquitto: &Path,
+        wrap: &[String],
     ) -> anyhow::Result<Server> {
         let port = free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -172,6 +173,15 @@ impl Server {
                 let args = vec!["-c".to_owned(), config.display().to_string()];
                 (mosquitto.to_owned(), args)
             }
+        };
+        let command = match wrap.split_first() {
+            Some((first, rest)) => {
+                let mut args = rest.to_vec();
+                args.push(command.0.display().to_string());
+                args.extend(command.1);
+                (PathBuf::from(first), args)
+            }
+            None => command,
         };
         let log = dir.join(format!("{}.log", kind.name()));
         let child = spawn(&command, &log)?;

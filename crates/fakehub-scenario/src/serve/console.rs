@@ -20,6 +20,17 @@ struct Attempt {
     refusal: Option<String>,
 }
 
+/// The kinds of events the console reads.
+pub fn follows(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Accepted { .. }
+            | EventKind::Connect { .. }
+            | EventKind::Connack { .. }
+            | EventKind::Closed { .. }
+    )
+}
+
 /// Follows the event log and turns each refused connection into one console line.
 #[derive(Default)]
 pub struct Console {

@@ -257,9 +257,6 @@ impl ServeConfig {
     }
 }
 
-/// How long the console rests after taking the events there were.
-const CONSOLE_REST: Duration = Duration::from_millis(50);
-
 /// Run the hub until a signal arrives; `service_api` false leaves the service and control APIs off
 /// whatever the config says.
 pub async fn serve(config: ServeConfig, service_api: bool) -> anyhow::Result<()> {
@@ -325,20 +322,24 @@ pub async fn serve(config: ServeConfig, service_api: bool) -> anyhow::Result<()>
         config.out.join("ca.pem").display(),
         strings_path.display(),
     );
-    let mut stream = hub.event_stream();
+    // The console follows the connection events only: pushed to it as they happen (the events
+    // before it started read from the log), so that messages cost it nothing.
+    let mut tap = hub.event_tap(console::follows);
+    let before = hub.events_since(0);
     let console = tokio::spawn(async move {
         let mut console = console::Console::default();
-        loop {
-            // Wake for the first new event, take every one there is, then rest a moment: under
-            // load the console wakes a few times a second, not once per message; idle, never.
-            let mut next = Some(stream.next().await);
-            while let Some(e) = next {
-                if let Some(line) = console.line(&e) {
-                    tell!("{line}");
-                }
-                next = stream.try_next();
+        let past = before
+            .into_iter()
+            .filter(|e| e.seq < tap.from && console::follows(&e.kind));
+        for e in past {
+            if let Some(line) = console.line(&e) {
+                tell!("{line}");
             }
-            tokio::time::sleep(CONSOLE_REST).await;
+        }
+        while let Some(e) = tap.events.recv().await {
+            if let Some(line) = console.line(&e) {
+                tell!("{line}");
+            }
         }
     });
     fakehub::shutdown_signal().await;

@@ -84,6 +84,20 @@ struct LogState {
     flushed: u64,
     /// The first write error (kind and text: an `io::Error` is not `Clone`).
     write_error: Option<(std::io::ErrorKind, String)>,
+    /// Consumers of some kinds of events, sent each one as it is emitted.
+    taps: Vec<(
+        fn(&EventKind) -> bool,
+        tokio::sync::mpsc::UnboundedSender<Arc<Event>>,
+    )>,
+}
+
+/// The events of the kinds a consumer asked for, from the moment it asked: pushed to it as they
+/// are emitted, so that a consumer of rare events (connections, say) never wakes for every
+/// message and never reads back from the file behind a busy log.
+pub struct Tap {
+    /// The seq of the first event the tap will be sent; earlier ones are in the log.
+    pub from: u64,
+    pub events: tokio::sync::mpsc::UnboundedReceiver<Arc<Event>>,
 }
 
 /// What the writer writes to: the event file and the records derived from the events.
@@ -350,6 +364,7 @@ impl EventLog {
                     checkpoints: Vec::new(),
                     flushed: 0,
                     write_error: None,
+                    taps: Vec::new(),
                 }),
                 files: Mutex::new(None),
                 writer: std::sync::OnceLock::new(),
@@ -516,6 +531,11 @@ impl EventLog {
             0
         };
         s.trim();
+        if !s.taps.is_empty() {
+            // A consumer that went away is forgotten.
+            s.taps
+                .retain(|(wants, tx)| !wants(&event.kind) || tx.send(event.clone()).is_ok());
+        }
         drop(s);
         if waiting >= WRITE_INLINE_AT {
             // The writer thread fell behind: write here rather than hold ever more in memory.
@@ -565,6 +585,17 @@ impl EventLog {
     /// How many events are held in memory now.
     pub fn in_memory(&self) -> usize {
         self.lock().window.len()
+    }
+
+    /// Every event from now on whose kind `wants`, pushed as it is emitted (see [`Tap`]).
+    pub fn tap(&self, wants: fn(&EventKind) -> bool) -> Tap {
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let mut s = self.lock();
+        s.taps.push((wants, tx));
+        Tap {
+            from: s.next,
+            events,
+        }
     }
 
     /// A stream of every event from the beginning, then live ones; it never misses one.

@@ -677,6 +677,11 @@ impl HubHandle {
         &self.shared.events
     }
 
+    /// Every event from now on whose kind `wants`, pushed as it is emitted.
+    pub fn event_tap(&self, wants: fn(&EventKind) -> bool) -> crate::events::log::Tap {
+        self.shared.events.tap(wants)
+    }
+
     /// A stream of all events from the start, then live ones.
     pub fn event_stream(&self) -> EventStream {
         self.event_stream_from(0)

@@ -22,10 +22,10 @@ fn c2d_filter() -> Vec<(String, SubscriptionKind, u8)> {
     )]
 }
 
-fn drain(rx: &mut mpsc::UnboundedReceiver<Outgoing>) -> Vec<Outgoing> {
+fn drain(rx: &mut mpsc::UnboundedReceiver<Box<Outgoing>>) -> Vec<Outgoing> {
     let mut out = Vec::new();
     while let Ok(o) = rx.try_recv() {
-        out.push(o);
+        out.push(*o);
     }
     out
 }

@@ -54,5 +54,5 @@ pub(super) async fn run(guard: &mut Guard, stream: Stream) -> State {
         .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
         .unwrap_or_default();
     guard.emit(EventKind::Tls { version });
-    State::AwaitingConnect(MqttIo::new(Secured::Tls(tls), max), certs)
+    State::AwaitingConnect(MqttIo::new(Secured::Tls(Box::new(tls)), max), certs)
 }

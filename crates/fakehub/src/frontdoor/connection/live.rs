@@ -48,7 +48,7 @@ pub(super) struct Live {
     keepalive: (Duration, Timer),
     token: Option<Timer>,
     hooks: FaultHooks,
-    outgoing: mpsc::UnboundedReceiver<Outgoing>,
+    outgoing: mpsc::UnboundedReceiver<Box<Outgoing>>,
     /// What the hub could not send yet (a fault stops its writes).
     held: VecDeque<Outgoing>,
     resend: Vec<Outgoing>,
@@ -161,7 +161,7 @@ impl Live {
                     Err(e) => Err(Ending::from_read(e)),
                 },
                 out = self.outgoing.recv() => match out {
-                    Some(out) => self.send_outgoing(guard, out).await,
+                    Some(out) => self.send_outgoing(guard, *out).await,
                     None => Err(Ending::hub(WireClose::Fin, CloseCause::CoreClosed, "the session was taken away")),
                 },
             };

@@ -36,7 +36,9 @@ use crate::shared::Shared;
 use ending::Ending;
 
 /// The framed device stream.
-type Io = MqttIo<Secured<TlsStream<Stream>>>;
+/// The TLS session on the heap: a connection's state moves from phase to phase, and the session
+/// (about a kilobyte) then moves as a pointer.
+type Io = MqttIo<Secured<Box<TlsStream<Stream>>>>;
 
 /// Where a connection is in its life.
 enum State {
