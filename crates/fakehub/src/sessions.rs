@@ -80,7 +80,8 @@ impl CloseSlot {
             *slot = Some(r);
         }
         drop(slot);
-        self.notify.notify_one();
+        // Every waiter: a live connection waits in its loop and, while it writes, in the write.
+        self.notify.notify_waiters();
     }
 
     /// The pending request, if any.

@@ -764,7 +764,7 @@ impl HubHandle {
         if let Some(dps) = &self.shared.dps {
             dps.unlink(&self.shared.config.host_name);
         }
-        self.shared.shutdown.cancel();
+        stop_connections(&self.shared);
         if let Some(accept) = self.accept.take() {
             let _ = accept.await;
         }
@@ -783,12 +783,26 @@ impl Drop for HubHandle {
         if let Some(dps) = &self.shared.dps {
             dps.unlink(&self.shared.config.host_name);
         }
-        self.shared.shutdown.cancel();
+        stop_connections(&self.shared);
         if let Some(accept) = self.accept.take() {
             accept.abort();
         }
         let _ = self.shared.events.flush();
     }
+}
+
+/// Tell every connection the hub is stopping: the token for those on their way in, and a close
+/// request for each live one (a live connection does not poll the token; see `live.rs`). In this
+/// order, so that a connection that goes live in between sees the token.
+fn stop_connections(shared: &Shared) {
+    shared.shutdown.cancel();
+    let request = crate::sessions::CloseRequest {
+        wire: crate::sessions::WireClose::Fin,
+        cause: CloseCause::HubShutdown,
+        detail: "hub shutting down".to_owned(),
+        result: None,
+    };
+    shared.sessions.close_where(|_| true, &request);
 }
 
 /// X.509 identities.

@@ -106,6 +106,16 @@ impl Live {
                 return self.end(ending, None);
             }
         }
+        // A shutdown reaches a live connection as a close request (the hub asks every session's
+        // connection once it has cancelled): the loop below never polls the hub-wide token, whose
+        // lock every connection would take for every packet. One that went live after that
+        // request sees the token here.
+        if shared.shutdown.is_cancelled() {
+            return self.end(Ending::shutdown(), None);
+        }
+        // Made once, not per packet: waiting for a request registers once.
+        let close = self.close.clone();
+        let mut requested = std::pin::pin!(close.requested());
         loop {
             if let Some(r) = self.close.pending() {
                 return self.end(Ending::requested(r), None);
@@ -121,11 +131,9 @@ impl Live {
                     continue;
                 }
             }
-            let close = self.close.clone();
             let step = tokio::select! {
                 biased;
-                _ = shared.shutdown.cancelled() => Err(Ending::shutdown()),
-                r = close.requested() => Err(Ending::requested(r)),
+                r = &mut requested => Err(Ending::requested(r)),
                 fired = async {
                     match self.token.as_mut() {
                         Some(t) => t.wait().await,
