@@ -85,11 +85,14 @@ struct LogState {
     /// The first write error (kind and text: an `io::Error` is not `Clone`).
     write_error: Option<(std::io::ErrorKind, String)>,
     /// Consumers of some kinds of events, sent each one as it is emitted.
-    taps: Vec<(
-        fn(&EventKind) -> bool,
-        tokio::sync::mpsc::UnboundedSender<Arc<Event>>,
-    )>,
+    taps: Vec<TapSink>,
 }
+
+/// Which kinds a tap wants, and where they go.
+type TapSink = (
+    fn(&EventKind) -> bool,
+    tokio::sync::mpsc::UnboundedSender<Arc<Event>>,
+);
 
 /// The events of the kinds a consumer asked for, from the moment it asked: pushed to it as they
 /// are emitted, so that a consumer of rare events (connections, say) never wakes for every
