@@ -164,12 +164,14 @@ impl Live {
                 }
                 // A blackhole or half-open connection still reads, and drops what it reads: the
                 // device's packets are lost, as on a dead network.
+                // Handling a packet is boxed while it runs: a held connection waits in this
+                // loop, and its task then costs the wait, not the largest handling.
                 read = self.io.read_packet() => match read {
-                    Ok(packet) => self.inbound(guard, packet).await,
+                    Ok(packet) => Box::pin(self.inbound(guard, packet)).await,
                     Err(e) => Err(Ending::from_read(e)),
                 },
                 out = self.outgoing.recv() => match out {
-                    Some(out) => self.send_outgoing(guard, *out).await,
+                    Some(out) => Box::pin(self.send_outgoing(guard, *out)).await,
                     None => Err(Ending::hub(WireClose::Fin, CloseCause::CoreClosed, "the session was taken away")),
                 },
             };
