@@ -498,8 +498,7 @@ impl EventLog {
 
     /// Append an event with an explicit stamp.
     pub fn emit_stamped(&self, subject: &Subject, kind: EventKind, stamp: Stamp) -> Arc<Event> {
-        let now = self.inner.clock.now();
-        let elapsed_now = self.inner.clock.elapsed();
+        let (now, elapsed_now) = self.inner.clock.readings();
         let (time, elapsed) = match stamp {
             Stamp::Now => (now, elapsed_now),
             Stamp::Wall(t) => {

@@ -108,9 +108,10 @@ fn operation(op: &str) -> Option<Operation> {
 }
 
 /// Look at a device's telemetry for an in-band trigger. True when it is a fresh trigger: the fault
-/// is started, and the message must not be acknowledged or forwarded.
+/// is started, and the message must not be acknowledged or forwarded. The faults' context is made
+/// only then (`ctx`): most telemetry carries no trigger.
 pub(crate) fn trigger(
-    ctx: &Context,
+    ctx: impl FnOnce() -> Context,
     triggers: &Triggers,
     client_id: &str,
     bag: &PropertyBag,
@@ -148,7 +149,7 @@ pub(crate) fn trigger(
         "duration_secs": duration.as_secs_f64(),
     });
     super::start(
-        ctx,
+        &ctx(),
         &format!("inband:{op}"),
         unit,
         &Selector::Ids(vec![client_id.to_owned()]),

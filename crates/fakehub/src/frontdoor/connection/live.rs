@@ -4,7 +4,9 @@
 //! faults consulted before every packet.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -99,7 +101,7 @@ impl Live {
 
     /// Serve the connection until it ends.
     pub async fn serve(mut self: Box<Self>, guard: &mut Guard) -> State {
-        let shared = guard.shared.clone();
+        let shared = &guard.shared;
         let clock = shared.clock.clone();
         for out in std::mem::take(&mut self.resend) {
             if let Err(ending) = self.send_outgoing(guard, out).await {
@@ -183,7 +185,7 @@ impl Live {
 
     /// A packet from the device.
     async fn inbound(&mut self, guard: &Guard, packet: mq::Packet) -> Step {
-        let shared = guard.shared.clone();
+        let shared = &guard.shared;
         // A fault that started since the read began already holds: a blackholed connection's
         // packet never reached the hub.
         self.hooks.refresh(&shared.faults);
@@ -238,7 +240,7 @@ impl Live {
     }
 
     async fn publish(&mut self, guard: &Guard, mut p: mq::Publish) -> Step {
-        let shared = guard.shared.clone();
+        let shared = &guard.shared;
         #[cfg(feature = "testkit")]
         if let Some(marker) = &shared.config.panic_on_topic {
             assert!(
@@ -289,9 +291,8 @@ impl Live {
         match &request {
             DevicePublish::Telemetry(bag) => {
                 let (topic, size) = (p.topic.clone(), p.payload.len());
-                let ctx = shared.fault_ctx();
                 let fresh = crate::faults::inband::trigger(
-                    &ctx,
+                    || shared.fault_ctx(),
                     &shared.triggers,
                     &self.client_id,
                     bag,
@@ -318,7 +319,7 @@ impl Live {
     }
 
     async fn subscribe(&mut self, guard: &Guard, s: mq::Subscribe) -> Step {
-        let shared = guard.shared.clone();
+        let shared = &guard.shared;
         guard.emit(EventKind::Subscribe {
             pkid: s.pkid,
             filters: s
@@ -363,7 +364,7 @@ impl Live {
 
     /// Send a message the services queued (its event shows its properties).
     async fn send_outgoing(&mut self, guard: &Guard, out: Outgoing) -> Step {
-        let shared = guard.shared.clone();
+        let shared = &guard.shared;
         self.hooks.refresh(&shared.faults);
         if !self.hooks.writes() {
             self.held.push_back(out);
@@ -400,7 +401,7 @@ impl Live {
     /// written, so the event precedes anything the device does in response. A device that does not
     /// read for a whole keep-alive window is closed (its fault: it stopped reading).
     async fn send(&mut self, guard: &Guard, packet: mq::Packet, event: EventKind) -> Step {
-        let shared = guard.shared.clone();
+        let shared = &guard.shared;
         let verdict = self.hooks.outbound(&packet);
         if !apply(verdict, guard, &packet).await {
             return Ok(());
@@ -408,15 +409,26 @@ impl Live {
         guard.emit(event);
         let window = self.window;
         let close = self.close.clone();
-        let written = tokio::select! {
-            biased;
-            // A device that does not read must not hold up a takeover or the hub's shutdown.
-            _ = shared.shutdown.cancelled() => return Err(Ending::shutdown()),
-            r = close.requested() => return Err(Ending::requested(r)),
-            r = self.io.write_packet(&packet) => r,
-            _ = shared.clock.sleep(window) => {
-                let detail = format!("the device read nothing for {window:?}");
-                return Err(Ending::hub_timeout(CloseCause::KeepAliveTimeout, detail));
+        let written = {
+            let write = self.io.write_packet(&packet);
+            let mut write = std::pin::pin!(write);
+            // Most writes complete at once (the socket has room): they arm no timer and register
+            // with neither the close slot nor the hub-wide shutdown token, which every connection
+            // would otherwise do for every packet.
+            let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+            match first {
+                Poll::Ready(r) => r,
+                Poll::Pending => tokio::select! {
+                    biased;
+                    // A device that does not read must not hold up a takeover or the hub's shutdown.
+                    _ = shared.shutdown.cancelled() => return Err(Ending::shutdown()),
+                    r = close.requested() => return Err(Ending::requested(r)),
+                    r = &mut write => r,
+                    _ = shared.clock.sleep(window) => {
+                        let detail = format!("the device read nothing for {window:?}");
+                        return Err(Ending::hub_timeout(CloseCause::KeepAliveTimeout, detail));
+                    }
+                },
             }
         };
         match written {
