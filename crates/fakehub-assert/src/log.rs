@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use fakehub::events::records::{self, ConnectionRecord, RecordContext};
+use fakehub::events::records;
 use fakehub::events::{ClockMode, Connection, Lifecycle};
 use fakehub::ResultCode;
 use fakehub::{Event, EventKind};
@@ -206,20 +206,12 @@ impl Log {
             .filter_map(|i| self.events.get(*i))
     }
 
-    /// The Connections records derived from this log.
     /// The Connections records without their text: the event each comes from, with its result
     /// code (`None` for an `Information` record). Counted once, when the log is read.
     pub fn record_codes(&self) -> impl Iterator<Item = (&Event, Option<ResultCode>)> + '_ {
         self.records
             .iter()
             .filter_map(|(i, code)| self.events.get(*i).map(|e| (e.as_ref(), *code)))
-    }
-
-    pub fn records(&self) -> Vec<ConnectionRecord> {
-        records::derive_all(
-            RecordContext::for_host("fakehub"),
-            self.events.iter().map(|e| e.as_ref()),
-        )
     }
 
     /// Up to `n` events of `device` before and after position `seq`, one line each. With

@@ -435,6 +435,24 @@ fn verdicts(scenario: Scenario, log: &Log) -> Vec<Verdict> {
         .collect()
 }
 
+/// The records the rules and the report count (`Log::record_codes`, from the log's one fold) are
+/// the Connections records connections.jsonl holds (derived event by event, each connection
+/// forgotten at its close): the same events, the same codes, in order.
+fn same_records(log: &Log, what: &str) -> usize {
+    let counted: Vec<(u64, Option<u32>)> = log
+        .record_codes()
+        .map(|(e, code)| (e.seq, code.map(|c| c.code())))
+        .collect();
+    let written = fakehub::events::records::derive_all(
+        fakehub::events::records::RecordContext::for_host("h"),
+        log.events().iter().map(|e| e.as_ref()),
+    );
+    let written_codes: Vec<Option<u32>> = written.iter().map(|r| r.code()).collect();
+    let counted_codes: Vec<Option<u32>> = counted.iter().map(|(_, c)| *c).collect();
+    assert_eq!(counted_codes, written_codes, "{what}");
+    counted.len()
+}
+
 #[tokio::test(start_paused = true)]
 async fn every_bug_is_caught_and_the_well_behaved_device_passes_everything() {
     let mut rows = Vec::new();
@@ -452,8 +470,10 @@ async fn every_bug_is_caught_and_the_well_behaved_device_passes_everything() {
     ];
     // The well-behaved device passes every scenario's assertions (judged: a rule that cannot be
     // judged is not a pass).
+    let mut records = 0;
     for s in scenarios {
         let log = run(s, &[]).await;
+        records += same_records(&log, &format!("{s:?}"));
         for v in verdicts(s, &log) {
             if !v.passed {
                 failures.push(format!("well-behaved device, {s:?}:\n{v}"));
@@ -463,6 +483,7 @@ async fn every_bug_is_caught_and_the_well_behaved_device_passes_everything() {
     for (name, bug, scenario, target) in BUGS.iter().filter(|b| b.1.is_some()) {
         let bug = bug.unwrap_or(Bug::NoBackoff);
         let log = run(*scenario, &[bug]).await;
+        records += same_records(&log, name);
         let vs = verdicts(*scenario, &log);
         let caught: Vec<&Verdict> = vs.iter().filter(|v| v.judged && !v.passed).collect();
         let by_target = caught.iter().any(|v| v.rule == *target);
@@ -492,6 +513,10 @@ async fn every_bug_is_caught_and_the_well_behaved_device_passes_everything() {
     );
     println!("\n{table}\n");
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    assert!(
+        records > 100,
+        "the runs gave {records} Connections records: too few to compare"
+    );
     let doc = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../docs/ASSERTIONS.md"

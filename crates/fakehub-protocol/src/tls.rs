@@ -442,15 +442,7 @@ pub fn client_config_with_certificate(
     cert_pem: &str,
     key_pem: &str,
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    use rustls::pki_types::pem::PemObject;
-    let chain = certificates_from_pem(cert_pem)?;
-    if chain.is_empty() {
-        return Err(TlsError::CaKey(
-            "no certificate in the device certificate file".into(),
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|_| TlsError::CaKey("the device key file holds no usable private key".into()))?;
+    let (chain, key) = chain_and_key(cert_pem, key_pem, "device")?;
     Ok(Arc::new(
         client_builder(cas)?.with_client_auth_cert(chain, key)?,
     ))
@@ -459,20 +451,32 @@ pub fn client_config_with_certificate(
 /// A TLS server configuration with the chain in `chain_pem` and the key in `key_pem`, TLS 1.2 and
 /// 1.3, ring crypto, no client certificates: the plainest acceptor (the benchmark's bare peer).
 pub fn plain_server_config(chain_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>, TlsError> {
-    use rustls::pki_types::pem::PemObject;
-    let chain = certificates_from_pem(chain_pem)?;
-    if chain.is_empty() {
-        return Err(TlsError::CaKey(
-            "no certificate in the server certificate file".into(),
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|_| TlsError::CaKey("the server key file holds no usable private key".into()))?;
+    let (chain, key) = chain_and_key(chain_pem, key_pem, "server")?;
     let config = ServerConfig::builder_with_provider(ring_provider())
         .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
     Ok(Arc::new(config))
+}
+
+/// A certificate chain and its private key (PKCS #8, PKCS #1 or SEC1) from PEM texts; `whose`
+/// names the files in errors, which never quote the key.
+fn chain_and_key(
+    chain_pem: &str,
+    key_pem: &str,
+    whose: &str,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    let chain = certificates_from_pem(chain_pem)?;
+    if chain.is_empty() {
+        return Err(TlsError::CaKey(format!(
+            "no certificate in the {whose} certificate file"
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|_| {
+        TlsError::CaKey(format!("the {whose} key file holds no usable private key"))
+    })?;
+    Ok((chain, key))
 }
 
 /// Read the certificates in a PEM text.

@@ -51,7 +51,7 @@ pub use events::records::ConnectionRecord;
 pub use events::{
     CloseCause, CloseHow, Closer, Event, EventKind, EventLog, EventStream, TwinSection,
 };
-pub use hub::{Hub, HubBuilder, HubError, HubHandle, OWNER_POLICY};
+pub use hub::{listen_tcp, Hub, HubBuilder, HubError, HubHandle, OWNER_POLICY};
 pub use registry::{IdentityRef, Right, Rights, SymmetricKeys, X509Auth};
 pub use services::c2d::CloudMessage;
 pub use services::methods::{MethodError, MethodResponse};

@@ -24,14 +24,8 @@ pub async fn serve(listen: SocketAddr, cert: &Path, key: &Path) -> anyhow::Resul
     };
     let config: Arc<ServerConfig> = fakehub::tls::plain_server_config(&read(cert)?, &read(key)?)?;
     let acceptor = TlsAcceptor::from(config);
-    let socket = if listen.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(listen)?;
-    let listener = socket.listen(4096)?;
+    // Bound as the hub binds its own (the same listen backlog).
+    let listener = fakehub::listen_tcp(listen)?;
     loop {
         let (tcp, _) = match listener.accept().await {
             Ok(c) => c,

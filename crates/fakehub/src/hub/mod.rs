@@ -337,7 +337,9 @@ impl Listen {
 /// retried a second later).
 const LISTEN_BACKLOG: u32 = 4096;
 
-fn bind_at(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// A TCP listener on `addr` as the hub's: address reuse, and a listen backlog sized for reconnect
+/// storms.
+pub fn listen_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -350,7 +352,7 @@ fn bind_at(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 fn bind(listen: &Listen) -> Result<TcpListener, HubError> {
     match *listen {
-        Listen::At(addr) => bind_at(addr).map_err(|source| HubError::Bind { addr, source }),
+        Listen::At(addr) => listen_tcp(addr).map_err(|source| HubError::Bind { addr, source }),
         Listen::Loopback(port) => {
             // Start from an address drawn from the process id and the time, so hubs started side by
             // side (tests, parallel CI jobs) rarely try the same one; walk on while taken.
@@ -366,7 +368,7 @@ fn bind(listen: &Listen) -> Result<TcpListener, HubError> {
                     continue;
                 }
                 let addr = SocketAddr::from((b, port));
-                match bind_at(addr) {
+                match listen_tcp(addr) {
                     Ok(l) => return Ok(l),
                     Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last = Some(e),
                     Err(source) => return Err(HubError::Bind { addr, source }),
