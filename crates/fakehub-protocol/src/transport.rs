@@ -132,6 +132,23 @@ impl Stream {
     pub fn is_memory(&self) -> bool {
         matches!(self, Stream::Memory(_))
     }
+
+    /// Move a TCP stream to the runtime this runs on: tokio ties a socket to the runtime that
+    /// registered it, and a connection handed to another runtime must be registered there. The
+    /// socket itself stays open throughout (a duplicate descriptor holds it while the old one is
+    /// deregistered and closed); in-memory streams belong to no runtime and are left alone.
+    /// Call it from a task of the runtime that is to serve the stream.
+    pub fn rehome(&mut self) -> io::Result<()> {
+        let Stream::Tcp(tcp) = self else {
+            return Ok(());
+        };
+        let fd = std::os::fd::AsFd::as_fd(tcp).try_clone_to_owned()?;
+        let std = std::net::TcpStream::from(fd);
+        std.set_nonblocking(true)?;
+        // Dropping the old stream deregisters it from its runtime before closing its descriptor.
+        *tcp = TcpStream::from_std(std)?;
+        Ok(())
+    }
 }
 
 macro_rules! delegate {
@@ -187,11 +204,15 @@ pub enum Secured<T> {
 /// Access to the [`Stream`] under a TLS session.
 pub trait OverStream {
     fn stream(&self) -> &Stream;
+    fn stream_mut(&mut self) -> &mut Stream;
 }
 
 impl OverStream for tokio_rustls::server::TlsStream<Stream> {
     fn stream(&self) -> &Stream {
         self.get_ref().0
+    }
+    fn stream_mut(&mut self) -> &mut Stream {
+        self.get_mut().0
     }
 }
 
@@ -199,11 +220,17 @@ impl OverStream for tokio_rustls::client::TlsStream<Stream> {
     fn stream(&self) -> &Stream {
         self.get_ref().0
     }
+    fn stream_mut(&mut self) -> &mut Stream {
+        self.get_mut().0
+    }
 }
 
 impl<T: OverStream> OverStream for Box<T> {
     fn stream(&self) -> &Stream {
         T::stream(self)
+    }
+    fn stream_mut(&mut self) -> &mut Stream {
+        T::stream_mut(self)
     }
 }
 
@@ -212,6 +239,14 @@ impl<T: OverStream> Secured<T> {
     pub fn stream(&self) -> &Stream {
         match self {
             Secured::Tls(t) => t.stream(),
+            Secured::Plain(s) => s,
+        }
+    }
+
+    /// The connection under any TLS, to change (see [`Stream::rehome`]).
+    pub fn stream_mut(&mut self) -> &mut Stream {
+        match self {
+            Secured::Tls(t) => t.stream_mut(),
             Secured::Plain(s) => s,
         }
     }

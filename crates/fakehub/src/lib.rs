@@ -14,7 +14,8 @@
 //! service side included), [`dps`] (the Device Provisioning Service a hub can serve, shared by
 //! several hubs), [`faults`] (the fault catalogue), [`events`] (the event log, the
 //! connection lifecycle, Connections records, the connected-devices series), [`registry`]
-//! (identities), [`descriptors`] (the file-descriptor limit), [`process_time`] (device processes on the hub's clock), and from the shared
+//! (identities), [`descriptors`] (the file-descriptor limit), [`LiveThread`] (a thread for live
+//! connections), [`process_time`] (device processes on the hub's clock), and from the shared
 //! protocol crate [`clock`], [`sas`], [`tls`].
 //!
 //! The machinery stays inside: `frontdoor` (accepting connections; one state machine per
@@ -29,6 +30,7 @@ pub mod events;
 pub mod faults;
 mod frontdoor;
 mod hub;
+mod live_thread;
 pub mod process_time;
 pub mod registry;
 pub mod service_api;
@@ -52,6 +54,7 @@ pub use events::{
     CloseCause, CloseHow, Closer, Event, EventKind, EventLog, EventStream, TwinSection,
 };
 pub use hub::{listen_tcp, Hub, HubBuilder, HubError, HubHandle, OWNER_POLICY};
+pub use live_thread::{LiveRuntime, LiveThread};
 pub use registry::{IdentityRef, Right, Rights, SymmetricKeys, X509Auth};
 pub use services::c2d::CloudMessage;
 pub use services::methods::{MethodError, MethodResponse};

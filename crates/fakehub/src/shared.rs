@@ -37,6 +37,9 @@ pub struct FrontDoorConfig {
     pub memory_tls: bool,
     /// How long an in-memory connection takes to establish (a network round trip).
     pub memory_rtt: Duration,
+    /// The runtime live connections are served on, when not the one that accepts them (see
+    /// [`crate::HubBuilder::live_runtime`]).
+    pub live_runtime: Option<crate::LiveRuntime>,
     /// Test only: a PUBLISH to a topic containing this makes the connection task panic.
     #[cfg(feature = "testkit")]
     pub panic_on_topic: Option<String>,

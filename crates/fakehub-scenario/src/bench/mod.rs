@@ -76,6 +76,9 @@ pub struct Figures {
     pub cpu_per_msg_unpaced: Duration,
     pub cpu_per_msg_half: Duration,
     pub cpu_per_msg_fixed: Duration,
+    /// Context switches of the server's threads per message at the fixed rate: how often a
+    /// thread went to sleep and was woken again for each message.
+    pub switches_per_msg_fixed: f64,
     pub half_rate: f64,
     pub puback_p99_half: Duration,
     pub all_back: Option<Duration>,
@@ -208,12 +211,15 @@ async fn measure(
     let (pubs, mut half) =
         load::publish(pubs, opts.inflight, Some(f.half_rate), opts.publish_for).await;
     let cpu2 = server.cpu()?;
+    let switches2 = server.switches()?;
     f.cpu_per_msg_half = per_message(cpu2.saturating_sub(cpu1), half.acked);
     f.puback_p99_half = half.quantile(0.99);
     let (pubs, fixed) =
         load::publish(pubs, opts.inflight, Some(opts.fixed_rate), opts.publish_for).await;
     let cpu3 = server.cpu()?;
     f.cpu_per_msg_fixed = per_message(cpu3.saturating_sub(cpu2), fixed.acked);
+    f.switches_per_msg_fixed =
+        server.switches()?.saturating_sub(switches2) as f64 / fixed.acked.max(1) as f64;
     drop(pubs);
 
     // Mass drop: kill the server, start it again, wait for every held device to be back.
@@ -254,7 +260,7 @@ fn per_message(cpu: Duration, messages: u64) -> Duration {
 /// The table: one row per measure, a column per server, and fakehub ÷ mosquitto.
 pub fn table(opts: &BenchOptions, results: &[(Kind, Figures)]) -> String {
     type Row = (&'static str, &'static str, fn(&Figures) -> Option<f64>);
-    let rows: [Row; 11] = [
+    let rows: [Row; 12] = [
         ("connection storm, connects/s", "higher", |f| {
             Some(f.storm_per_s)
         }),
@@ -274,6 +280,9 @@ pub fn table(opts: &BenchOptions, results: &[(Kind, Figures)]) -> String {
         }),
         ("server CPU per QoS 1 msg, fixed rate, µs", "lower", |f| {
             Some(f.cpu_per_msg_fixed.as_secs_f64() * 1e6)
+        }),
+        ("thread switches per QoS 1 msg, fixed rate", "lower", |f| {
+            Some(f.switches_per_msg_fixed)
         }),
         ("half rate (own max / 2), msgs/s", "", |f| Some(f.half_rate)),
         ("PUBACK p99 at half rate, ms", "lower", |f| {

@@ -246,6 +246,27 @@ impl Server {
         Ok(kb * 1024)
     }
 
+    /// Context switches so far, summed over the process's threads (voluntary and not, from
+    /// `/proc/PID/task/*/status`): a thread that sleeps and is woken again counts one. Threads that
+    /// already ended are not counted (a server's threads live as long as it does).
+    pub fn switches(&self) -> anyhow::Result<u64> {
+        let mut total = 0u64;
+        for task in std::fs::read_dir(format!("/proc/{}/task", self.pid()))? {
+            let Ok(status) = std::fs::read_to_string(task?.path().join("status")) else {
+                continue; // the thread ended meanwhile
+            };
+            for line in status.lines() {
+                let count = line
+                    .strip_prefix("voluntary_ctxt_switches:")
+                    .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"));
+                if let Some(n) = count.and_then(|n| n.trim().parse::<u64>().ok()) {
+                    total = total.saturating_add(n);
+                }
+            }
+        }
+        Ok(total)
+    }
+
     /// CPU time used so far (user + system, `/proc/PID/stat` utime + stime).
     pub fn cpu(&self) -> anyhow::Result<Duration> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;

@@ -261,7 +261,18 @@ impl ServeConfig {
 /// whatever the config says.
 pub async fn serve(config: ServeConfig, service_api: bool) -> anyhow::Result<()> {
     let dps = config.dps.as_ref().map(|c| Dps::new(c, 0)).transpose()?;
-    let hub = Arc::new(config.builder(dps.as_ref())?.build()?.start().await?);
+    // Handshakes and CONNECTs on every core, established traffic on one event loop (declared
+    // first: it outlives the hub, whose shutdown waits for the connections it serves).
+    let live = fakehub::LiveThread::start()?;
+    let hub = Arc::new(
+        config
+            .builder(dps.as_ref())?
+            .live_runtime(live.runtime())
+            .xxx_tmp(std::env::var_os("TMP_NO_LIVE").is_some())
+            .build()?
+            .start()
+            .await?,
+    );
     // Connection strings carry keys: they go to files in the output directory, never to the
     // terminal.
     let mut strings = String::new();

@@ -82,6 +82,7 @@ pub struct HubBuilder {
     panic_on_topic: Option<String>,
     dps: Option<Dps>,
     events: Option<EventLog>,
+    live_runtime: Option<crate::LiveRuntime>,
 }
 
 impl Default for HubBuilder {
@@ -122,6 +123,7 @@ impl HubBuilder {
             panic_on_topic: None,
             dps: None,
             events: None,
+            live_runtime: None,
         }
     }
 
@@ -138,6 +140,21 @@ impl HubBuilder {
     /// given [`Self::out_dir`] writes the log's files.
     pub fn event_log(mut self, log: EventLog) -> Self {
         self.events = Some(log);
+        self
+    }
+
+    /// Serve connections on this runtime once they are live (after the CONNACK), instead of on
+    /// the runtime that accepted them; handshakes and CONNECTs stay where they are accepted. With
+    /// [`crate::LiveThread`], the hub accepts and handshakes on all cores and serves established
+    /// traffic on one event loop, which wakes once per burst of packets instead of once per core
+    /// (see docs/BENCH.md). In-memory connections are handed over alike.
+    pub fn live_runtime(mut self, runtime: crate::LiveRuntime) -> Self {
+        self.live_runtime = Some(runtime);
+        self
+    }
+
+    pub fn xxx_tmp(mut self, off: bool) -> Self {
+        if off { self.live_runtime = None; }
         self
     }
 
@@ -464,6 +481,7 @@ impl Hub {
             max_packet_size: b.max_packet_size,
             memory_tls: b.memory_tls,
             memory_rtt: b.memory_rtt,
+            live_runtime: b.live_runtime.clone(),
             #[cfg(feature = "testkit")]
             panic_on_topic: b.panic_on_topic.clone(),
         };

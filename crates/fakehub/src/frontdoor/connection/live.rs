@@ -94,6 +94,12 @@ impl Live {
         }
     }
 
+    /// Register the connection's socket with the runtime this runs on (see
+    /// [`crate::HubBuilder::live_runtime`]).
+    pub fn rehome(&mut self) -> std::io::Result<()> {
+        self.io.get_mut().stream_mut().rehome()
+    }
+
     fn end(self, ending: Ending, fired: Option<Fired>) -> State {
         let Live { io, .. } = self;
         State::Closing(Some(io), ending, fired)

@@ -138,27 +138,66 @@ pub async fn run(shared: Arc<Shared>, stream: Stream, peer: SocketAddr, conn: u6
         closed: false,
     };
     guard.emit(EventKind::Accepted { peer });
-    let mut state = State::Handshaking(stream);
+    let elsewhere = elsewhere(&guard);
+    let state = State::Handshaking(stream);
+    let Some(mut live) = drive(&mut guard, state, elsewhere.is_some()).await else {
+        return;
+    };
+    let Some(runtime) = elsewhere else {
+        return;
+    };
+    // Live: handed over to the hub's runtime for live connections, where its socket is
+    // registered first; this task ends here.
+    let tasks = guard.shared.tasks.clone();
+    runtime.hand_over(
+        &tasks,
+        Box::pin(async move {
+            let state = match live.rehome() {
+                Ok(()) => State::Live(live),
+                Err(e) => State::Closing(
+                    None,
+                    Ending::hub(
+                        crate::sessions::WireClose::Fin,
+                        CloseCause::Internal,
+                        format!("cannot move the connection to the live runtime: {e}"),
+                    ),
+                    None,
+                ),
+            };
+            drive(&mut guard, state, false).await;
+        }),
+    );
+}
+
+/// Take a connection from `state` to its end, or (`hand_over`) until it is live.
+async fn drive(guard: &mut Guard, mut state: State, hand_over: bool) -> Option<Box<live::Live>> {
     loop {
         state = match state {
             // Each phase on the heap while it runs: the task then costs the phase it is in (a
             // held connection: the live one), not the largest of them all.
-            State::Handshaking(stream) => Box::pin(handshake::run(&mut guard, stream)).await,
+            State::Handshaking(stream) => Box::pin(handshake::run(guard, stream)).await,
             State::AwaitingConnect(io, certs) => {
-                Box::pin(connect::await_connect(&mut guard, io, certs)).await
+                Box::pin(connect::await_connect(guard, io, certs)).await
             }
             State::Authenticating(io, connect, certs) => {
-                Box::pin(connect::authenticate(&mut guard, io, *connect, certs)).await
+                Box::pin(connect::authenticate(guard, io, *connect, certs)).await
             }
-            State::Live(live) => Box::pin(live.serve(&mut guard)).await,
+            State::Live(live) if hand_over => return Some(live),
+            State::Live(live) => Box::pin(live.serve(guard)).await,
             State::Closing(io, ending, fired) => {
-                Box::pin(closing(&mut guard, io, ending)).await;
+                Box::pin(closing(guard, io, ending)).await;
                 drop(fired);
                 State::Done
             }
-            State::Done => break,
+            State::Done => return None,
         };
     }
+}
+
+/// The hub's runtime for live connections, when it has one and this task runs on another.
+fn elsewhere(guard: &Guard) -> Option<crate::LiveRuntime> {
+    let live = guard.shared.config.live_runtime.as_ref()?;
+    (!live.is_current()).then(|| live.clone())
 }
 
 /// Close the wire the way `ending` says, record the close at that moment, linger for the device's
