@@ -52,8 +52,17 @@ fn far_future() -> SystemTime {
 /// `t` as RFC 3339 with milliseconds (`2026-12-02T02:08:17.123Z`), for any `t`: times before 1970
 /// print as 1970 and times after 9999 as 9999 (the formatter would panic on them).
 pub fn rfc3339_millis(t: SystemTime) -> String {
-    let t = t.clamp(SystemTime::UNIX_EPOCH, far_future());
-    humantime::format_rfc3339_millis(t).to_string()
+    Rfc3339Millis(t).to_string()
+}
+
+/// [`rfc3339_millis`] without the allocation, for writing straight into a serializer or buffer.
+pub struct Rfc3339Millis(pub SystemTime);
+
+impl std::fmt::Display for Rfc3339Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = self.0.clamp(SystemTime::UNIX_EPOCH, far_future());
+        std::fmt::Display::fmt(&humantime::format_rfc3339_millis(t), f)
+    }
 }
 
 /// `t` as RFC 3339 to the second, clamped like [`rfc3339_millis`].

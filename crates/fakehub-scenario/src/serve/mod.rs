@@ -268,7 +268,6 @@ pub async fn serve(config: ServeConfig, service_api: bool) -> anyhow::Result<()>
         config
             .builder(dps.as_ref())?
             .live_runtime(live.runtime())
-            .xxx_tmp(std::env::var_os("TMP_NO_LIVE").is_some())
             .build()?
             .start()
             .await?,

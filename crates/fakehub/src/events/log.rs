@@ -175,20 +175,26 @@ impl Store {
         }
     }
 
-    /// Append one whole line (already serialized); lines go out in batches of
-    /// [`BATCH_BYTES`] (and at every flush).
-    fn append(&mut self, seq: u64, line: &[u8]) -> std::io::Result<()> {
+    /// Append an event as one whole line, serialized where the batch is gathered; lines go out in
+    /// batches of [`BATCH_BYTES`] (and at every flush). A line that cannot be made is not
+    /// written (and the file never holds half of one).
+    fn append(&mut self, event: &Event) -> std::io::Result<()> {
         if self.writer.is_none() {
             return Err(std::io::Error::other("events.jsonl is no longer written"));
         }
-        if seq != self.persisted {
+        if event.seq != self.persisted {
             return Err(std::io::Error::other("an earlier event is missing"));
         }
-        if seq.is_multiple_of(CHECKPOINT_EVERY) {
+        let start = self.pending.len();
+        if let Err(e) = serde_json::to_writer(&mut self.pending, event) {
+            self.pending.truncate(start);
+            return Err(e.into());
+        }
+        self.pending.push(b'\n');
+        if event.seq.is_multiple_of(CHECKPOINT_EVERY) {
             self.checkpoints.push(self.bytes);
         }
-        self.pending.extend_from_slice(line);
-        self.bytes += line.len() as u64;
+        self.bytes += self.pending.len().saturating_sub(start) as u64;
         self.persisted += 1;
         if self.pending.len() >= BATCH_BYTES {
             self.flush()?;
@@ -302,9 +308,7 @@ impl LogInner {
         let mut failed: Option<std::io::Error> = None;
         for e in &batch {
             if let Some(store) = f.store.as_mut() {
-                // A line that cannot be made is not written (and the file never holds half of one).
-                let appended = line_of(&**e).and_then(|line| store.append(e.seq, &line));
-                if let Err(err) = appended {
+                if let Err(err) = store.append(e) {
                     failed.get_or_insert(err);
                 }
             }

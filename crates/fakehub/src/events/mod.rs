@@ -444,7 +444,7 @@ mod time_ms {
     use std::time::SystemTime;
 
     pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&fakehub_protocol::clock::rfc3339_millis(*t))
+        s.collect_str(&fakehub_protocol::clock::Rfc3339Millis(*t))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {

@@ -153,11 +153,6 @@ impl HubBuilder {
         self
     }
 
-    pub fn xxx_tmp(mut self, off: bool) -> Self {
-        if off { self.live_runtime = None; }
-        self
-    }
-
     /// The run's seed: faults that pick a percentage of devices draw them with it.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
