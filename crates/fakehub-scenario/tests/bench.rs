@@ -29,6 +29,8 @@ fn bench_measures_fakehub_mosquitto_and_the_bare_acceptor_and_prints_ratios() {
         "KB per held connection",
         "QoS 1 unpaced, msgs/s",
         "server CPU per QoS 1 msg, unpaced, µs",
+        "server CPU per QoS 1 msg at 10000 msgs/s, µs",
+        "  thread switches per msg at 10000 msgs/s",
         "PUBACK p99 at half rate, ms",
         "server killed -> all back, s",
     ] {
@@ -43,6 +45,16 @@ fn bench_measures_fakehub_mosquitto_and_the_bare_acceptor_and_prints_ratios() {
             assert!(cell.parse::<f64>().is_ok(), "unmeasured cell in {line:?}");
         }
     }
+    // fakehub's event log writer is measured on its own (its thread is found by name).
+    let writer = stdout
+        .lines()
+        .find(|l| l.starts_with("  of which the event log writer"))
+        .unwrap_or_else(|| panic!("no event log writer row in:\n{stdout}"));
+    let cells: Vec<&str> = writer.split_whitespace().skip(7).collect();
+    assert!(
+        cells.first().is_some_and(|c| c.parse::<f64>().is_ok()),
+        "{writer}"
+    );
     let held = stdout
         .lines()
         .find(|l| l.starts_with("held connections"))

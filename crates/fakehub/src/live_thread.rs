@@ -146,6 +146,8 @@ impl LiveRuntime {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
         // The queue holds no invariant a panic elsewhere could break.
-        self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

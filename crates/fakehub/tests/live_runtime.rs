@@ -161,7 +161,10 @@ fn shutdown_closes_the_live_threads_connections() {
             .collect();
         assert_eq!(causes, [CloseCause::HubShutdown, CloseCause::HubShutdown]);
         for mut c in clients {
-            assert!(matches!(c.recv(T).await, Received::Closed | Received::Reset));
+            assert!(matches!(
+                c.recv(T).await,
+                Received::Closed | Received::Reset
+            ));
         }
     });
 }

@@ -36,10 +36,15 @@ pub struct BenchOptions {
     /// Unacknowledged QoS 1 messages each publisher may have.
     #[arg(long, default_value_t = 10)]
     pub inflight: usize,
-    /// The fixed rate of the third publishing run, messages/s: every server at the same load (the
-    /// half-rate run loads each at half of its own maximum).
-    #[arg(long, default_value_t = 10_000.0)]
-    pub fixed_rate: f64,
+    /// The fixed rates of the publishing runs after the half-rate one, messages/s: every server at
+    /// the same loads (the half-rate run loads each at half of its own maximum).
+    #[arg(
+        long,
+        alias = "fixed-rate",
+        value_delimiter = ',',
+        default_value = "10000,50000"
+    )]
+    pub fixed_rates: Vec<f64>,
     /// How long each publishing run lasts, e.g. `3s`.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     pub publish_for: Duration,
@@ -75,13 +80,22 @@ pub struct Figures {
     pub qos1_per_s: f64,
     pub cpu_per_msg_unpaced: Duration,
     pub cpu_per_msg_half: Duration,
-    pub cpu_per_msg_fixed: Duration,
-    /// Context switches of the server's threads per message at the fixed rate: how often a
-    /// thread went to sleep and was woken again for each message.
-    pub switches_per_msg_fixed: f64,
+    /// One run per fixed rate, in `--fixed-rates` order.
+    pub fixed: Vec<Paced>,
     pub half_rate: f64,
     pub puback_p99_half: Duration,
     pub all_back: Option<Duration>,
+}
+
+/// A publishing run at a fixed rate.
+#[derive(Clone, Debug, Default)]
+pub struct Paced {
+    pub cpu_per_msg: Duration,
+    /// Context switches of the server's threads per message: how often a thread went to sleep and
+    /// was woken again for each message.
+    pub switches_per_msg: f64,
+    /// The part of `cpu_per_msg` spent by fakehub's event log writer thread (none for the peers).
+    pub event_writer_per_msg: Option<Duration>,
 }
 
 /// Run the benchmark and print its table (and the fleet's figures).
@@ -211,15 +225,24 @@ async fn measure(
     let (pubs, mut half) =
         load::publish(pubs, opts.inflight, Some(f.half_rate), opts.publish_for).await;
     let cpu2 = server.cpu()?;
-    let switches2 = server.switches()?;
     f.cpu_per_msg_half = per_message(cpu2.saturating_sub(cpu1), half.acked);
     f.puback_p99_half = half.quantile(0.99);
-    let (pubs, fixed) =
-        load::publish(pubs, opts.inflight, Some(opts.fixed_rate), opts.publish_for).await;
-    let cpu3 = server.cpu()?;
-    f.cpu_per_msg_fixed = per_message(cpu3.saturating_sub(cpu2), fixed.acked);
-    f.switches_per_msg_fixed =
-        server.switches()?.saturating_sub(switches2) as f64 / fixed.acked.max(1) as f64;
+    let mut pubs = pubs;
+    for &rate in &opts.fixed_rates {
+        let (cpu0, switches0) = (server.cpu()?, server.switches()?);
+        let writer0 = server.thread_cpu(EVENT_WRITER)?;
+        let (back, run) = load::publish(pubs, opts.inflight, Some(rate), opts.publish_for).await;
+        pubs = back;
+        let writer = server.thread_cpu(EVENT_WRITER)?;
+        f.fixed.push(Paced {
+            cpu_per_msg: per_message(server.cpu()?.saturating_sub(cpu0), run.acked),
+            switches_per_msg: server.switches()?.saturating_sub(switches0) as f64
+                / run.acked.max(1) as f64,
+            event_writer_per_msg: writer0
+                .zip(writer)
+                .map(|(a, b)| per_message(b.saturating_sub(a), run.acked)),
+        });
+    }
     drop(pubs);
 
     // Mass drop: kill the server, start it again, wait for every held device to be back.
@@ -250,6 +273,9 @@ async fn measure(
     Ok(f)
 }
 
+/// The name (`comm`) of fakehub's event log writer thread, as far as Linux keeps it (15 bytes).
+const EVENT_WRITER: &str = "fakehub-events-";
+
 fn per_message(cpu: Duration, messages: u64) -> Duration {
     if messages == 0 {
         return Duration::ZERO;
@@ -259,51 +285,90 @@ fn per_message(cpu: Duration, messages: u64) -> Duration {
 
 /// The table: one row per measure, a column per server, and fakehub ÷ mosquitto.
 pub fn table(opts: &BenchOptions, results: &[(Kind, Figures)]) -> String {
-    type Row = (&'static str, &'static str, fn(&Figures) -> Option<f64>);
-    let rows: [Row; 12] = [
-        ("connection storm, connects/s", "higher", |f| {
-            Some(f.storm_per_s)
-        }),
-        ("held connections", "higher", |f| Some(f.held as f64)),
-        ("RSS with all held, MB", "lower", |f| {
-            Some(f.rss_held as f64 / 1e6)
-        }),
-        ("KB per held connection", "lower", |f| {
-            Some(f.bytes_per_held / 1e3)
-        }),
-        ("QoS 1 unpaced, msgs/s", "higher", |f| Some(f.qos1_per_s)),
-        ("server CPU per QoS 1 msg, unpaced, µs", "lower", |f| {
-            Some(f.cpu_per_msg_unpaced.as_secs_f64() * 1e6)
-        }),
-        ("server CPU per QoS 1 msg, half rate, µs", "lower", |f| {
-            Some(f.cpu_per_msg_half.as_secs_f64() * 1e6)
-        }),
-        ("server CPU per QoS 1 msg, fixed rate, µs", "lower", |f| {
-            Some(f.cpu_per_msg_fixed.as_secs_f64() * 1e6)
-        }),
-        ("thread switches per QoS 1 msg, fixed rate", "lower", |f| {
-            Some(f.switches_per_msg_fixed)
-        }),
-        ("half rate (own max / 2), msgs/s", "", |f| Some(f.half_rate)),
-        ("PUBACK p99 at half rate, ms", "lower", |f| {
-            Some(f.puback_p99_half.as_secs_f64() * 1e3)
-        }),
-        ("server killed -> all back, s", "lower", |f| {
-            f.all_back.map(|d| d.as_secs_f64())
-        }),
-    ];
+    type Get = Box<dyn Fn(&Figures) -> Option<f64>>;
+    let mut rows: Vec<(String, &str, Get)> = Vec::new();
+    let mut row = |name: &str, better, get: Get| rows.push((name.to_owned(), better, get));
+    row(
+        "connection storm, connects/s",
+        "higher",
+        Box::new(|f| Some(f.storm_per_s)),
+    );
+    row(
+        "held connections",
+        "higher",
+        Box::new(|f| Some(f.held as f64)),
+    );
+    row(
+        "RSS with all held, MB",
+        "lower",
+        Box::new(|f| Some(f.rss_held as f64 / 1e6)),
+    );
+    row(
+        "KB per held connection",
+        "lower",
+        Box::new(|f| Some(f.bytes_per_held / 1e3)),
+    );
+    row(
+        "QoS 1 unpaced, msgs/s",
+        "higher",
+        Box::new(|f| Some(f.qos1_per_s)),
+    );
+    let micros = |d: Duration| d.as_secs_f64() * 1e6;
+    row(
+        "server CPU per QoS 1 msg, unpaced, µs",
+        "lower",
+        Box::new(move |f| Some(micros(f.cpu_per_msg_unpaced))),
+    );
+    row(
+        "server CPU per QoS 1 msg, half rate, µs",
+        "lower",
+        Box::new(move |f| Some(micros(f.cpu_per_msg_half))),
+    );
+    for (i, rate) in opts.fixed_rates.iter().enumerate() {
+        let at = move |f: &Figures| f.fixed.get(i).cloned();
+        row(
+            &format!("server CPU per QoS 1 msg at {rate} msgs/s, µs"),
+            "lower",
+            Box::new(move |f| at(f).map(|p| micros(p.cpu_per_msg))),
+        );
+        row(
+            "  of which the event log writer, µs",
+            "",
+            Box::new(move |f| at(f)?.event_writer_per_msg.map(micros)),
+        );
+        row(
+            &format!("  thread switches per msg at {rate} msgs/s"),
+            "lower",
+            Box::new(move |f| at(f).map(|p| p.switches_per_msg)),
+        );
+    }
+    row(
+        "half rate (own max / 2), msgs/s",
+        "",
+        Box::new(|f| Some(f.half_rate)),
+    );
+    row(
+        "PUBACK p99 at half rate, ms",
+        "lower",
+        Box::new(|f| Some(f.puback_p99_half.as_secs_f64() * 1e3)),
+    );
+    row(
+        "server killed -> all back, s",
+        "lower",
+        Box::new(|f| f.all_back.map(|d| d.as_secs_f64())),
+    );
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} devices ({} at once), {} publishers x {} in flight for {:?}; fixed rate {} msgs/s",
+        "{} devices ({} at once), {} publishers x {} in flight for {:?}; fixed rates {:?} msgs/s",
         opts.devices,
         opts.concurrency,
         opts.publishers,
         opts.inflight,
         opts.publish_for,
-        opts.fixed_rate
+        opts.fixed_rates
     );
-    let _ = write!(out, "{:<42}", "measure");
+    let _ = write!(out, "{:<46}", "measure");
     for (k, _) in results {
         let _ = write!(out, "{:>12}", k.name());
     }
@@ -324,7 +389,7 @@ pub fn table(opts: &BenchOptions, results: &[(Kind, Figures)]) -> String {
     }
     let _ = writeln!(out);
     for (name, better, get) in rows {
-        let _ = write!(out, "{name:<42}");
+        let _ = write!(out, "{name:<46}");
         for (_, f) in results {
             let _ = write!(out, "{:>12}", get(f).map_or("-".to_owned(), number));
         }

@@ -267,27 +267,51 @@ impl Server {
         Ok(total)
     }
 
+    /// CPU time used so far by the process's threads named `name` (none: no such thread).
+    pub fn thread_cpu(&self, name: &str) -> anyhow::Result<Option<Duration>> {
+        let mut total = None;
+        for task in std::fs::read_dir(format!("/proc/{}/task", self.pid()))? {
+            let path = task?.path();
+            let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            if comm.trim_end() != name {
+                continue;
+            }
+            if let Ok(stat) = std::fs::read_to_string(path.join("stat")) {
+                let t = cpu_of_stat(&stat)?;
+                total = Some(total.unwrap_or(Duration::ZERO) + t);
+            }
+        }
+        Ok(total)
+    }
+
     /// CPU time used so far (user + system, `/proc/PID/stat` utime + stime).
     pub fn cpu(&self) -> anyhow::Result<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
-        // Fields after the command name (which may hold spaces) start at the state, field 3.
-        let rest = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r)
-            .context("malformed /proc/PID/stat")?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let tick = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        // utime is field 14 and stime 15 (1-based), i.e. 11 and 12 after the state.
-        let ticks = tick(11) + tick(12);
-        // SAFETY: sysconf only reads a configuration value.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-        Ok(Duration::from_secs_f64(ticks as f64 / hz as f64))
+        cpu_of_stat(&std::fs::read_to_string(format!(
+            "/proc/{}/stat",
+            self.pid()
+        ))?)
     }
+}
+
+/// utime + stime of a `/proc/.../stat` line.
+fn cpu_of_stat(stat: &str) -> anyhow::Result<Duration> {
+    // Fields after the command name (which may hold spaces) start at the state, field 3.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed /proc/PID/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime is field 14 and stime 15 (1-based), i.e. 11 and 12 after the state.
+    let ticks = tick(11) + tick(12);
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(Duration::from_secs_f64(ticks as f64 / hz as f64))
 }
 
 impl Drop for Server {
