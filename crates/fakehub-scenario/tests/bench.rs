@@ -1,5 +1,5 @@
-//! `fakehub bench` at smoke size: the three servers start, every row is measured for each, and
-//! the ratios are printed. The real sizes are run by hand (docs/BENCH.md), never by the suite.
+//! `fakehub bench` at smoke size: the three servers start, every row is measured for each (twice,
+//! interleaved, and the medians printed), and the ratios are printed. The real sizes are run by hand (docs/BENCH.md), never by the suite.
 
 use std::process::Command;
 
@@ -8,7 +8,7 @@ fn bench_measures_fakehub_mosquitto_and_the_bare_acceptor_and_prints_ratios() {
     let out = tempfile::tempdir().unwrap();
     let run = Command::new(env!("CARGO_BIN_EXE_fakehub"))
         .args(["bench", "--devices", "20", "--publishers", "2"])
-        .args(["--publish-for", "300ms", "--out"])
+        .args(["--publish-for", "300ms", "--runs", "2", "--out"])
         .arg(out.path())
         .output()
         .unwrap();
@@ -16,6 +16,10 @@ fn bench_measures_fakehub_mosquitto_and_the_bare_acceptor_and_prints_ratios() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("÷ peer = fakehub / that peer"), "{stdout}");
+    assert!(
+        stdout.contains("medians of 2 interleaved runs of each server"),
+        "{stdout}"
+    );
     let header = stdout
         .lines()
         .find(|l| l.starts_with("measure"))

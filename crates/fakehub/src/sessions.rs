@@ -69,6 +69,9 @@ pub struct CloseRequest {
 #[derive(Default)]
 pub struct CloseSlot {
     request: Mutex<Option<CloseRequest>>,
+    /// Set once `request` holds one: a live connection asks before every packet, and asking
+    /// then takes no lock.
+    set: std::sync::atomic::AtomicBool,
     notify: Notify,
 }
 
@@ -79,6 +82,7 @@ impl CloseSlot {
         if slot.is_none() {
             *slot = Some(r);
         }
+        self.set.store(true, std::sync::atomic::Ordering::Release);
         drop(slot);
         // Every waiter: a live connection waits in its loop and, while it writes, in the write.
         self.notify.notify_waiters();
@@ -86,6 +90,9 @@ impl CloseSlot {
 
     /// The pending request, if any.
     pub fn pending(&self) -> Option<CloseRequest> {
+        if !self.set.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
         self.request
             .lock()
             .unwrap_or_else(|p| p.into_inner())

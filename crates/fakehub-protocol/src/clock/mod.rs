@@ -79,6 +79,10 @@ pub fn wall_add(t: SystemTime, d: Duration) -> SystemTime {
 
 /// `d × k` for a finite, non-negative `k`, saturating at `Duration::MAX`.
 pub fn scale(d: Duration, k: f64) -> Duration {
+    if k == 1.0 {
+        // Real time, the common case (and exact: no round trip through floating point).
+        return d;
+    }
     Duration::try_from_secs_f64(d.as_secs_f64() * k).unwrap_or(Duration::MAX)
 }
 

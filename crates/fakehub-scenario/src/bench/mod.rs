@@ -45,6 +45,10 @@ pub struct BenchOptions {
         default_value = "10000,50000"
     )]
     pub fixed_rates: Vec<f64>,
+    /// Measure every server this many times, interleaved (fakehub, mosquitto, bare, fakehub, …),
+    /// and print the median of each figure.
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
     /// How long each publishing run lasts, e.g. `3s`.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     pub publish_for: Duration,
@@ -98,6 +102,54 @@ pub struct Paced {
     pub event_writer_per_msg: Option<Duration>,
 }
 
+impl Figures {
+    /// Each figure's median over several runs of one server (the upper median of an even count).
+    fn median(runs: &[Figures]) -> Figures {
+        fn mid<T: PartialOrd + Copy + Default>(mut v: Vec<T>) -> T {
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+            v.get(v.len() / 2).copied().unwrap_or_default()
+        }
+        fn of<T: PartialOrd + Copy + Default>(runs: &[Figures], get: impl Fn(&Figures) -> T) -> T {
+            mid(runs.iter().map(get).collect())
+        }
+        // A figure some run could not measure is not measured.
+        fn all<T: PartialOrd + Copy + Default>(v: Vec<Option<T>>) -> Option<T> {
+            v.into_iter().collect::<Option<Vec<T>>>().map(mid)
+        }
+        let paced = runs.iter().map(|f| f.fixed.len()).min().unwrap_or(0);
+        Figures {
+            storm_per_s: of(runs, |f| f.storm_per_s),
+            held: of(runs, |f| f.held),
+            refused: runs.iter().find_map(|f| f.refused.clone()),
+            rss_held: of(runs, |f| f.rss_held),
+            bytes_per_held: of(runs, |f| f.bytes_per_held),
+            qos1_per_s: of(runs, |f| f.qos1_per_s),
+            cpu_per_msg_unpaced: of(runs, |f| f.cpu_per_msg_unpaced),
+            cpu_per_msg_half: of(runs, |f| f.cpu_per_msg_half),
+            fixed: (0..paced)
+                .map(|i| Paced {
+                    cpu_per_msg: of(runs, |f| {
+                        f.fixed.get(i).map(|p| p.cpu_per_msg).unwrap_or_default()
+                    }),
+                    switches_per_msg: of(runs, |f| {
+                        f.fixed
+                            .get(i)
+                            .map(|p| p.switches_per_msg)
+                            .unwrap_or_default()
+                    }),
+                    event_writer_per_msg: all(runs
+                        .iter()
+                        .map(|f| f.fixed.get(i).and_then(|p| p.event_writer_per_msg))
+                        .collect()),
+                })
+                .collect(),
+            half_rate: of(runs, |f| f.half_rate),
+            puback_p99_half: of(runs, |f| f.puback_p99_half),
+            all_back: all(runs.iter().map(|f| f.all_back).collect()),
+        }
+    }
+}
+
 /// Run the benchmark and print its table (and the fleet's figures).
 pub async fn run(opts: &BenchOptions) -> anyhow::Result<Vec<(Kind, Figures)>> {
     let certs = Certificates::generate(&opts.out.join("certs"))?;
@@ -111,34 +163,51 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Vec<(Kind, Figures)>> {
         ids: &ids,
     };
     let tls = fakehub::tls::client_config_trusting(&[certs.ca_der.clone().into()])?;
-    let mut results = Vec::new();
     // `--devices 0`: only the fleet.
     let servers = if opts.devices > 0 {
         &opts.servers[..]
     } else {
         &[]
     };
-    for &kind in servers {
-        crate::tell!("bench: {} ...", kind.name());
-        let dir = opts.out.join(kind.name());
-        let wrap: Vec<String> = opts
-            .wrap
-            .as_deref()
-            .map(|w| w.split_whitespace().map(str::to_owned).collect())
-            .unwrap_or_default();
-        let mut server = Server::start(kind, &dir, &certs, &fleet, &opts.mosquitto, &wrap).await?;
-        let target = Arc::new(Target {
-            addr: server.addr,
-            tls: tokio_rustls::TlsConnector::from(tls.clone()),
-            host_name: host_name.clone(),
-            key: key.clone(),
-        });
-        let figures = measure(opts, &mut server, &target)
-            .await
-            .with_context(|| format!("measuring {}", kind.name()))?;
-        drop(server);
-        results.push((kind, figures));
+    let rounds = opts.runs.max(1);
+    let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); servers.len()];
+    // Interleaved: each round measures every server once, in order.
+    for round in 0..rounds {
+        for (i, &kind) in servers.iter().enumerate() {
+            if rounds > 1 {
+                crate::tell!("bench: {} (run {} of {rounds}) ...", kind.name(), round + 1);
+            } else {
+                crate::tell!("bench: {} ...", kind.name());
+            }
+
+            let dir = opts.out.join(kind.name());
+            let wrap: Vec<String> = opts
+                .wrap
+                .as_deref()
+                .map(|w| w.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default();
+            let mut server =
+                Server::start(kind, &dir, &certs, &fleet, &opts.mosquitto, &wrap).await?;
+            let target = Arc::new(Target {
+                addr: server.addr,
+                tls: tokio_rustls::TlsConnector::from(tls.clone()),
+                host_name: host_name.clone(),
+                key: key.clone(),
+            });
+            let figures = measure(opts, &mut server, &target)
+                .await
+                .with_context(|| format!("measuring {}", kind.name()))?;
+            drop(server);
+            if let Some(r) = runs.get_mut(i) {
+                r.push(figures);
+            }
+        }
     }
+    let results: Vec<(Kind, Figures)> = servers
+        .iter()
+        .zip(&runs)
+        .map(|(&k, r)| (k, Figures::median(r)))
+        .collect();
     if !results.is_empty() {
         crate::say!("{}", table(opts, &results));
     }
@@ -358,6 +427,13 @@ pub fn table(opts: &BenchOptions, results: &[(Kind, Figures)]) -> String {
         Box::new(|f| f.all_back.map(|d| d.as_secs_f64())),
     );
     let mut out = String::new();
+    if opts.runs > 1 {
+        let _ = writeln!(
+            out,
+            "medians of {} interleaved runs of each server",
+            opts.runs
+        );
+    }
     let _ = writeln!(
         out,
         "{} devices ({} at once), {} publishers x {} in flight for {:?}; fixed rates {:?} msgs/s",
