@@ -137,7 +137,8 @@ impl Stream {
     /// registered it, and a connection handed to another runtime must be registered there. The
     /// socket itself stays open throughout (a duplicate descriptor holds it while the old one is
     /// deregistered and closed); in-memory streams belong to no runtime and are left alone.
-    /// Call it from a task of the runtime that is to serve the stream.
+    /// Call it from a task of the runtime that is to serve the stream. On an error the stream is
+    /// as it was (still registered where it was, and usable).
     pub fn rehome(&mut self) -> io::Result<()> {
         let Stream::Tcp(tcp) = self else {
             return Ok(());

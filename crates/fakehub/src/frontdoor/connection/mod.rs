@@ -152,19 +152,13 @@ pub async fn run(shared: Arc<Shared>, stream: Stream, peer: SocketAddr, conn: u6
     runtime.hand_over(
         &tasks,
         Box::pin(async move {
-            let state = match live.rehome() {
-                Ok(()) => State::Live(live),
-                Err(e) => State::Closing(
-                    None,
-                    Ending::hub(
-                        crate::sessions::WireClose::Fin,
-                        CloseCause::Internal,
-                        format!("cannot move the connection to the live runtime: {e}"),
-                    ),
-                    None,
-                ),
-            };
-            drive(&mut guard, state, false).await;
+            if let Err(e) = live.rehome() {
+                // Out of descriptors for the duplicate, say: the socket is untouched and stays
+                // registered where it was accepted, whose poller still wakes this task (across
+                // threads, at some cost). Serving it beats dropping a device that got CONNACK 0.
+                tracing::warn!(conn = guard.conn, error = %e, "live connection left on the accepting runtime's poller");
+            }
+            drive(&mut guard, State::Live(live), false).await;
         }),
     );
 }
