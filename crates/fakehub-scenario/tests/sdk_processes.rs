@@ -75,14 +75,6 @@ fn c_app() -> PathBuf {
         .clone()
 }
 
-fn node_modules_present() {
-    let dir = common::repo_root().join("tests/devices/node/node_modules/azure-iot-device");
-    assert!(
-        dir.exists(),
-        "run `npm ci --prefix tests/devices/node` first (.ci/run does)"
-    );
-}
-
 /// Run a scenario through the binary; (exit status, stdout, stderr).
 fn run(dir: &Path, name: &str, yaml: &str) -> (i32, String, String) {
     let file = dir.join(format!("{name}.yaml"));
@@ -196,7 +188,7 @@ fn outage(run_cmd: String) -> (i32, String, String) {
 
 #[test]
 fn node_sdk_renews_its_token_and_a_fixed_token_is_caught_at_65_minutes() {
-    node_modules_present();
+    common::node_modules_present();
     token_life(App::Node);
 }
 
@@ -212,7 +204,7 @@ fn c_paho_device_renews_its_token_and_one_that_does_not_is_caught_at_65_minutes(
 
 #[test]
 fn node_sdk_recovers_from_a_reset_and_stays_connected_when_quiet() {
-    node_modules_present();
+    common::node_modules_present();
     reset(App::Node);
     idle(App::Node);
 }
@@ -232,7 +224,7 @@ fn c_paho_device_recovers_from_a_reset_and_stays_connected_when_quiet() {
 /// Every good app backs off through an outage; the times are the devices' own.
 #[test]
 fn every_good_app_backs_off_through_an_outage() {
-    node_modules_present();
+    common::node_modules_present();
     for app in [App::Node, App::Python, App::C] {
         let (code, out, err) = outage(app.run(&[]));
         assert_eq!(code, 0, "{app:?}:\n{out}\n{err}");
@@ -249,7 +241,7 @@ fn every_good_app_backs_off_through_an_outage() {
 /// SDK's own reconnect (connection_retry) retries at a fixed 10 s interval. Neither backs off.
 #[test]
 fn sdk_default_retry_patterns_that_do_not_back_off_fail_backoff() {
-    node_modules_present();
+    common::node_modules_present();
     for (what, cmd) in [
         (
             "node, sending while offline",

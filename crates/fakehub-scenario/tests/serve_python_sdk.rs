@@ -3,36 +3,18 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
-use fakehub::{ConnectionRecord, Event, EventKind};
+use fakehub::{Event, EventKind};
 
 const KEY: &str = "c2Vuc29yLTEgcHJpbWFyeSBrZXkgZm9yIGZha2VodWI=";
-
-fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 #[test]
 fn the_python_sdk_connects_to_serve_unchanged() {
     let python = common::python_with_sdk();
     let _port = common::lock_8883();
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("fakehub-out");
-    let config = dir.path().join("hub.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "host_name: myhub.azure-devices.net\nlisten: 127.0.0.1:8883\nservice_listen: null\nout: {}\ndevices:\n  - id: sensor-1\n    primary_key: \"{KEY}\"\n",
-            out.display()
-        ),
-    )
-    .unwrap();
+    let (config, out) = common::serve_config_8883(dir.path(), "sensor-1", KEY);
     let serve = common::Serve::start(&config, &[]);
     assert!(serve.console()[0].contains("listening on 127.0.0.1:8883"));
     let ca = out.join("ca.pem");
@@ -69,18 +51,8 @@ fn the_python_sdk_connects_to_serve_unchanged() {
 
     serve.stop();
 
-    let events: Vec<Event> = read_jsonl(&out.join("events.jsonl"));
-    let mut ids: Vec<String> = events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            EventKind::Publish {
-                message_id: Some(id),
-                qos: 1,
-                ..
-            } => Some(id.clone()),
-            _ => None,
-        })
-        .collect();
+    let events: Vec<Event> = common::read_jsonl(&out.join("events.jsonl"));
+    let mut ids: Vec<String> = common::qos1_message_ids(&events);
     ids.dedup();
     let expected: Vec<String> = (0..50).map(|i| format!("m-{i}")).collect();
     assert_eq!(
@@ -95,11 +67,7 @@ fn the_python_sdk_connects_to_serve_unchanged() {
         .unwrap_or_default()
         .starts_with("azure-iot-device-iothub-py/2.14.0"));
 
-    let records: Vec<ConnectionRecord> = read_jsonl(&out.join("connections.jsonl"));
-    let summary: Vec<(String, String, Option<u32>)> = records
-        .iter()
-        .map(|r| (r.operation_name.clone(), r.level.clone(), r.code()))
-        .collect();
+    let summary = common::record_summary(&out);
     assert_eq!(
         summary,
         [
@@ -193,7 +161,7 @@ fn the_python_sdk_provisions_through_serve() {
         assert!(!stdout.contains(value), "no key in the output");
     }
     serve.stop();
-    let events: Vec<Event> = read_jsonl(&out.join("events.jsonl"));
+    let events: Vec<Event> = common::read_jsonl(&out.join("events.jsonl"));
     for device in ["py-serve", "py-group-1"] {
         assert!(
             events.iter().any(|e| e.device.as_deref() == Some(device)

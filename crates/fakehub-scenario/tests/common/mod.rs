@@ -343,3 +343,60 @@ pub fn free_loopback_ip(ports: &[u16]) -> std::net::Ipv4Addr {
     }
     panic!("no free loopback address for ports {ports:?}");
 }
+
+/// Every line of a JSON-lines file (events.jsonl, connections.jsonl), parsed.
+pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The Node device SDK app's dependencies are installed (`.ci/run` installs them).
+pub fn node_modules_present() {
+    let dir = repo_root().join("tests/devices/node/node_modules/azure-iot-device");
+    assert!(
+        dir.exists(),
+        "run `npm ci --prefix tests/devices/node` first (.ci/run does)"
+    );
+}
+
+/// The message ids of the QoS 1 PUBLISHes in an event log, in order.
+pub fn qos1_message_ids(events: &[fakehub::Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            fakehub::EventKind::Publish {
+                message_id: Some(id),
+                qos: 1,
+                ..
+            } => Some(id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A run's connections.jsonl as (operation, level, code), in order.
+pub fn record_summary(out: &Path) -> Vec<(String, String, Option<u32>)> {
+    read_jsonl::<fakehub::ConnectionRecord>(&out.join("connections.jsonl"))
+        .iter()
+        .map(|r| (r.operation_name.clone(), r.level.clone(), r.code()))
+        .collect()
+}
+
+/// A `serve` config in `dir` for `myhub.azure-devices.net` on 127.0.0.1:8883 (take
+/// [`lock_8883`] first) with one device and no service API; returns (config file, output dir).
+pub fn serve_config_8883(dir: &Path, device: &str, key: &str) -> (PathBuf, PathBuf) {
+    let out = dir.join("fakehub-out");
+    let config = dir.join("hub.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "host_name: myhub.azure-devices.net\nlisten: 127.0.0.1:8883\nservice_listen: null\nout: {}\ndevices:\n  - id: {device}\n    primary_key: \"{key}\"\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    (config, out)
+}
