@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::io;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use rumqttc::mqttbytes::{self, v4 as mq};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -232,13 +232,49 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MqttIo<S> {
         }
     }
 
-    /// Write one packet and flush it.
+    /// Write one packet (behind any [queued](Self::queue_packet) ones) and flush.
     pub async fn write_packet(&mut self, packet: &mq::Packet) -> io::Result<()> {
-        self.out.clear();
-        packet
-            .write(&mut self.out, usize::MAX)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        self.stream.write_all(&self.out).await?;
+        self.queue_packet(packet)?;
+        self.flush_queued().await
+    }
+
+    /// Encode a packet behind those already queued; it goes out with the next
+    /// [`flush_queued`](Self::flush_queued) (so the answers to packets that arrived together leave
+    /// in one write, as one TLS record).
+    pub fn queue_packet(&mut self, packet: &mq::Packet) -> io::Result<()> {
+        let before = self.out.len();
+        packet.write(&mut self.out, usize::MAX).map_err(|e| {
+            self.out.truncate(before);
+            io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+        })?;
+        Ok(())
+    }
+
+    /// Whether packets wait in the queue.
+    pub fn has_queued(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Whether a whole packet is already buffered: the next [`read_packet`](Self::read_packet)
+    /// returns without waiting for the peer.
+    pub fn has_whole_packet(&self) -> bool {
+        fixed_header(&self.buf).is_some_and(|(_, header, remaining)| {
+            header
+                .checked_add(remaining)
+                .is_some_and(|whole| self.buf.len() >= whole)
+        })
+    }
+
+    /// Write out what is queued and flush. Cancel-safe: bytes written leave the queue as they go,
+    /// so a later flush goes on where a cancelled one stopped.
+    pub async fn flush_queued(&mut self) -> io::Result<()> {
+        while !self.out.is_empty() {
+            let n = self.stream.write(&self.out).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.out.advance(n);
+        }
         if self.out.capacity() > KEEP_CAPACITY {
             self.out = BytesMut::new();
         }

@@ -578,3 +578,170 @@ async fn hub_limits_subscriptions_size_retain_and_qos() {
     assert_eq!(hub.connected_count(), 1, "five subscriptions are allowed");
     hub.shutdown().await.unwrap();
 }
+
+/// The hub's answers carried by the data segments this socket has received (Linux TCP_INFO).
+fn data_segments_in(tcp: &tokio::net::TcpStream) -> u32 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a zeroed tcp_info is valid, and getsockopt writes at most `len` bytes into it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            tcp.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    info.tcpi_data_segs_in
+}
+
+/// A device's packets that arrive together, as a device with several messages in flight sends
+/// them, are answered together: their PUBACKs leave in a few writes, in order (one send per
+/// PUBACK made a segment each); and answers queued when the device's last packet ends the
+/// connection (DISCONNECT, a QoS 2 PUBLISH) still go out before the close.
+#[tokio::test]
+async fn packets_that_arrive_together_are_answered_together_and_before_a_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let hub = hub_with(&["burst-1"]).await;
+    let who = device("burst-1");
+    let connect = |hub: &HubHandle| {
+        let token = hub
+            .sas_token(&who, hub.clock().now() + Duration::from_secs(3600))
+            .unwrap();
+        let c = fakehub::testkit::connect_packet(hub.host_name(), &who, &token, true, 60);
+        mq::Packet::Connect(c)
+    };
+    let open = || async {
+        let tcp = tokio::net::TcpStream::connect(hub.local_addr())
+            .await
+            .unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let config = hub.certificates().client_config().unwrap();
+        let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .unwrap()
+    };
+    let encode = |packets: &[mq::Packet]| {
+        let mut out = bytes::BytesMut::new();
+        for p in packets {
+            p.write(&mut out, usize::MAX).unwrap();
+        }
+        out
+    };
+    let publish = |pkid: u16, qos: QoS| {
+        let mut p = mq::Publish::new("devices/burst-1/messages/events/", qos, b"{}".to_vec());
+        p.pkid = pkid;
+        mq::Packet::Publish(p)
+    };
+    // Read packets until the hub closes (or `n` arrived); `None` stands for the close.
+    async fn answers(
+        tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+        n: usize,
+    ) -> Vec<Option<mq::Packet>> {
+        let mut buf = bytes::BytesMut::new();
+        let mut got = Vec::new();
+        while got.len() < n {
+            match mq::Packet::read(&mut buf, usize::MAX) {
+                Ok(p) => {
+                    got.push(Some(p));
+                    continue;
+                }
+                Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
+                Err(e) => panic!("bad packet from the hub: {e}"),
+            }
+            match tokio::time::timeout(T, tls.read_buf(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => {
+                    got.push(None);
+                    break;
+                }
+                Err(_) => panic!("the hub answered {} of {n}", got.len()),
+            }
+        }
+        got
+    }
+
+    // A burst of 40 QoS 1 messages in one write.
+    let mut tls = open().await;
+    tls.write_all(&encode(&[connect(&hub)])).await.unwrap();
+    assert!(matches!(
+        answers(&mut tls, 1).await[..],
+        [Some(mq::Packet::ConnAck(_))]
+    ));
+    let before = data_segments_in(tls.get_ref().0);
+    let burst: Vec<mq::Packet> = (1..=40).map(|i| publish(i, QoS::AtLeastOnce)).collect();
+    tls.write_all(&encode(&burst)).await.unwrap();
+    let acks: Vec<u16> = answers(&mut tls, 40)
+        .await
+        .into_iter()
+        .map(|p| match p {
+            Some(mq::Packet::PubAck(a)) => a.pkid,
+            other => panic!("expected a PUBACK, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(acks, (1..=40).collect::<Vec<u16>>(), "in order");
+    let segments = data_segments_in(tls.get_ref().0).wrapping_sub(before);
+    assert!(segments <= 10, "40 PUBACKs came in {segments} segments");
+
+    // Messages then DISCONNECT in one write: the PUBACKs, then the close.
+    let mut packets: Vec<mq::Packet> = (1..=3).map(|i| publish(i, QoS::AtLeastOnce)).collect();
+    packets.push(mq::Packet::Disconnect);
+    tls.write_all(&encode(&packets)).await.unwrap();
+    let got = answers(&mut tls, 4).await;
+    assert!(
+        matches!(
+            got[..],
+            [
+                Some(mq::Packet::PubAck(mq::PubAck { pkid: 1, .. })),
+                Some(mq::Packet::PubAck(mq::PubAck { pkid: 2, .. })),
+                Some(mq::Packet::PubAck(mq::PubAck { pkid: 3, .. })),
+                None
+            ]
+        ),
+        "{got:?}"
+    );
+    assert_eq!(
+        closed_of(&hub, "burst-1").await.2,
+        CloseCause::DeviceDisconnect
+    );
+
+    // A message, then a QoS 2 PUBLISH (IoT Hub closes): the first is acknowledged before the close.
+    let mut tls = open().await;
+    tls.write_all(&encode(&[connect(&hub)])).await.unwrap();
+    assert!(matches!(
+        answers(&mut tls, 1).await[..],
+        [Some(mq::Packet::ConnAck(_))]
+    ));
+    tls.write_all(&encode(&[
+        publish(7, QoS::AtLeastOnce),
+        publish(8, QoS::ExactlyOnce),
+    ]))
+    .await
+    .unwrap();
+    let got = answers(&mut tls, 2).await;
+    assert!(
+        matches!(
+            got[..],
+            [Some(mq::Packet::PubAck(mq::PubAck { pkid: 7, .. })), None]
+        ),
+        "{got:?}"
+    );
+    hub.event_stream()
+        .wait_for(T, |e| {
+            matches!(
+                e.kind,
+                EventKind::Closed {
+                    cause: CloseCause::ProtocolViolation,
+                    ..
+                }
+            )
+        })
+        .await
+        .expect("closed for the QoS 2 PUBLISH");
+}

@@ -1,5 +1,7 @@
 //! How a connection ends: who ended it, how on the wire, why — and closing the wire.
 
+use std::future::Future;
+use std::task::Poll;
 use std::time::Duration;
 
 use fakehub_protocol::codec::ReadError;
@@ -127,17 +129,27 @@ impl Ending {
     }
 }
 
-/// The hub's side of a close. RST: zero linger, so the drop sends a reset and no close_notify.
-/// FIN: TLS close_notify and TCP FIN (bounded: a peer that does not read cannot hold us).
+/// The hub's side of a close, after the answers it queued (recorded as sent) go out. RST: zero
+/// linger, so the drop sends a reset and no close_notify; the queued answers get one attempt that
+/// does not wait. FIN: TLS close_notify and TCP FIN (bounded: a peer that does not read cannot
+/// hold us).
 pub(super) async fn shut_wire(mut io: Io, wire: WireClose, clock: &VirtualClock) -> Io {
     match wire {
         WireClose::Rst => {
+            if io.has_queued() {
+                let mut flush = std::pin::pin!(io.flush_queued());
+                let _ = std::future::poll_fn(|cx| Poll::Ready(flush.as_mut().poll(cx))).await;
+            }
             let _ = io.get_ref().stream().reset_on_close();
         }
         WireClose::Fin => {
             tokio::select! {
                 biased;
-                _ = io.get_mut().shutdown() => {}
+                _ = async {
+                    if io.flush_queued().await.is_ok() {
+                        let _ = io.get_mut().shutdown().await;
+                    }
+                } => {}
                 _ = clock.sleep(LINGER) => {}
             }
         }

@@ -139,6 +139,12 @@ impl Live {
                     continue;
                 }
             }
+            // Answers queued while more packets waited whole go out once none waits.
+            if !self.io.has_whole_packet() {
+                if let Err(ending) = self.flush(guard).await {
+                    return self.end(ending, None);
+                }
+            }
             let step = tokio::select! {
                 biased;
                 r = &mut requested => Err(Ending::requested(r)),
@@ -202,6 +208,10 @@ impl Live {
             return Err(Ending::requested(r));
         }
         let verdict = self.hooks.inbound(&packet);
+        if matches!(verdict, PacketVerdict::Delay(_)) {
+            // The answers queued so far do not wait behind a delayed packet.
+            self.flush(guard).await?;
+        }
         if !apply(verdict, guard, &packet).await {
             return Ok(());
         }
@@ -404,19 +414,40 @@ impl Live {
     }
 
     /// Send a packet: the faults may withhold or delay it; it is recorded just before it is
-    /// written, so the event precedes anything the device does in response. A device that does not
-    /// read for a whole keep-alive window is closed (its fault: it stopped reading).
+    /// written, so the event precedes anything the device does in response. While more of the
+    /// device's packets wait whole in the read buffer it is queued, to go out with their answers
+    /// in one write (one TLS record, one send): a device with several messages in flight gets
+    /// their PUBACKs together, as a broker that answers a read at a time sends them.
     async fn send(&mut self, guard: &Guard, packet: mq::Packet, event: EventKind) -> Step {
-        let shared = &guard.shared;
         let verdict = self.hooks.outbound(&packet);
+        if matches!(verdict, PacketVerdict::Delay(_)) {
+            // What is queued does not wait behind a delayed packet.
+            self.flush(guard).await?;
+        }
         if !apply(verdict, guard, &packet).await {
             return Ok(());
         }
         guard.emit(event);
+        if let Err(e) = self.io.queue_packet(&packet) {
+            return Err(self.after_write_failure(guard, e).await);
+        }
+        if self.io.has_whole_packet() {
+            return Ok(());
+        }
+        self.flush(guard).await
+    }
+
+    /// Write out what is queued. A device that does not read for a whole keep-alive window is
+    /// closed (its fault: it stopped reading).
+    async fn flush(&mut self, guard: &Guard) -> Step {
+        if !self.io.has_queued() {
+            return Ok(());
+        }
+        let shared = &guard.shared;
         let window = self.window;
         let close = self.close.clone();
         let written = {
-            let write = self.io.write_packet(&packet);
+            let write = self.io.flush_queued();
             let mut write = std::pin::pin!(write);
             // Most writes complete at once (the socket has room): they arm no timer and register
             // with neither the close slot nor the hub-wide shutdown token, which every connection
