@@ -56,6 +56,8 @@ struct Store {
     writer: Option<File>,
     /// Whole lines not yet in the file (written out in batches).
     pending: Vec<u8>,
+    /// The second the last line's time was in, formatted.
+    time: super::line::TimeCache,
     /// Bytes written (whole lines).
     bytes: u64,
     /// The file offset of event `k × CHECKPOINT_EVERY`, for each k so far.
@@ -186,7 +188,7 @@ impl Store {
             return Err(std::io::Error::other("an earlier event is missing"));
         }
         let start = self.pending.len();
-        if let Err(e) = serde_json::to_writer(&mut self.pending, event) {
+        if let Err(e) = super::line::write(&mut self.pending, event, &mut self.time) {
             self.pending.truncate(start);
             return Err(e.into());
         }
@@ -421,6 +423,7 @@ impl EventLog {
         let store = Store {
             writer: Some(file),
             pending: Vec::new(),
+            time: Default::default(),
             bytes: 0,
             checkpoints: Vec::new(),
             persisted: s.base,

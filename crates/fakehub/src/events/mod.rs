@@ -8,6 +8,7 @@
 
 pub mod dps_records;
 mod lifecycle;
+mod line;
 pub mod log;
 pub mod records;
 pub mod series;
@@ -458,7 +459,12 @@ mod elapsed_ms {
     use std::time::Duration;
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis() as u64)
+        s.serialize_u64(millis(*d))
+    }
+
+    /// Whole milliseconds, saturating (past 584 million years).
+    pub fn millis(d: Duration) -> u64 {
+        u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
