@@ -338,6 +338,7 @@ async fn measure(
     if back >= held {
         f.all_back = Some(last.duration_since(killed));
     }
+    server.forget_killed_output();
     stop.cancel();
     Ok(f)
 }

@@ -93,6 +93,13 @@ pub struct Server {
     /// How to start it again (the same port and files).
     command: (PathBuf, Vec<String>),
     log: PathBuf,
+    /// fakehub's output directory, moved aside at a kill (see [`Server::kill_and_restart`]).
+    out: Option<PathBuf>,
+}
+
+/// Where a killed fakehub's output directory goes.
+fn killed_output(out: &Path) -> PathBuf {
+    out.with_extension("killed")
 }
 
 /// A free port on 127.0.0.1 (the kernel's pick, released for the server to bind).
@@ -114,6 +121,7 @@ impl Server {
         let port = free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         std::fs::create_dir_all(dir)?;
+        let out = (kind == Kind::Fakehub).then(|| dir.join("out"));
         let command = match kind {
             Kind::Fakehub => {
                 let mut yaml = String::new();
@@ -191,6 +199,7 @@ impl Server {
             child,
             command,
             log,
+            out,
         };
         server.wait_ready().await?;
         Ok(server)
@@ -227,12 +236,28 @@ impl Server {
     }
 
     /// Kill the process (SIGKILL: every connection ends at once) and start it again on the same
-    /// port; returns once it listens.
+    /// port; returns once it listens. fakehub's output directory is moved aside first (a rename)
+    /// and removed by [`Server::forget_killed_output`]: the runs before the kill left gigabytes of
+    /// events.jsonl there (more, the more messages a server answered), and a restart that
+    /// truncates them measured the file system, not the reconnection (mosquitto keeps no log).
     pub async fn kill_and_restart(&mut self) -> anyhow::Result<()> {
         self.child.kill()?;
         self.child.wait()?;
+        if let Some(out) = &self.out {
+            if out.exists() {
+                std::fs::rename(out, killed_output(out))
+                    .with_context(|| format!("cannot move {} aside", out.display()))?;
+            }
+        }
         self.child = spawn(&self.command, &self.log)?;
         self.wait_ready().await
+    }
+
+    /// Remove what the killed server wrote (after the measurement).
+    pub fn forget_killed_output(&self) {
+        if let Some(out) = &self.out {
+            let _ = std::fs::remove_dir_all(killed_output(out));
+        }
     }
 
     /// Resident memory, bytes (`VmRSS`).
