@@ -1,7 +1,5 @@
 //! How a connection ends: who ended it, how on the wire, why — and closing the wire.
 
-use std::future::Future;
-use std::task::Poll;
 use std::time::Duration;
 
 use fakehub_protocol::codec::ReadError;
@@ -137,8 +135,7 @@ pub(super) async fn shut_wire(mut io: Io, wire: WireClose, clock: &VirtualClock)
     match wire {
         WireClose::Rst => {
             if io.has_queued() {
-                let mut flush = std::pin::pin!(io.flush_queued());
-                let _ = std::future::poll_fn(|cx| Poll::Ready(flush.as_mut().poll(cx))).await;
+                let _ = super::poll_once(&mut std::pin::pin!(io.flush_queued())).await;
             }
             let _ = io.get_ref().stream().reset_on_close();
         }

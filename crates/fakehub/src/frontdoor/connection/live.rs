@@ -4,7 +4,6 @@
 //! faults consulted before every packet.
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, SystemTime};
@@ -452,7 +451,7 @@ impl Live {
             // Most writes complete at once (the socket has room): they arm no timer and register
             // with neither the close slot nor the hub-wide shutdown token, which every connection
             // would otherwise do for every packet.
-            let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+            let first = super::poll_once(&mut write).await;
             match first {
                 Poll::Ready(r) => r,
                 Poll::Pending => tokio::select! {

@@ -210,6 +210,12 @@ async fn closing(guard: &mut Guard, io: Option<Io>, ending: Ending) {
 }
 
 /// The name of a packet, for details and `withheld` events.
+/// Poll a future once, without waiting: its output if it is ready at once (a write the socket has
+/// room for), else `Pending` with the future left to await or drop.
+async fn poll_once<F: std::future::Future + Unpin>(f: &mut F) -> std::task::Poll<F::Output> {
+    std::future::poll_fn(|cx| std::task::Poll::Ready(std::pin::Pin::new(&mut *f).poll(cx))).await
+}
+
 fn packet_name(p: &mq::Packet) -> &'static str {
     fakehub_protocol::codec::packet_name(p)
 }
