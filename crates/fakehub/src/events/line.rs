@@ -171,7 +171,7 @@ fn push_str(out: &mut Vec<u8>, s: &str) -> serde_json::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::net::SocketAddr;
     use std::sync::Arc;
     use std::time::Duration;
@@ -238,7 +238,7 @@ mod tests {
         b
     }
 
-    fn kinds() -> Vec<EventKind> {
+    pub(in crate::events) fn kinds() -> Vec<EventKind> {
         let peer: SocketAddr = "127.0.0.1:40000".parse().expect("address");
         let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_000_000_123);
         vec![
@@ -431,7 +431,7 @@ mod tests {
     /// Who, when: with and without each optional field, times in the same second and across
     /// seconds, at the epoch, before it and past year 9999.
     /// Connection, device, module, hub, time.
-    type Who = (
+    pub(in crate::events) type Who = (
         Option<u64>,
         Option<Arc<str>>,
         Option<String>,
@@ -439,7 +439,7 @@ mod tests {
         SystemTime,
     );
 
-    fn subjects() -> Vec<Who> {
+    pub(in crate::events) fn subjects() -> Vec<Who> {
         let t = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
         vec![
             (None, None, None, None, t(1_764_000_000_000)),

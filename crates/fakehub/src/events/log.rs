@@ -218,6 +218,7 @@ struct FileRange {
 #[derive(Default)]
 pub struct LineReader {
     names: std::collections::HashSet<Arc<str>>,
+    lines: super::line_read::Reader,
 }
 
 impl LineReader {
@@ -227,15 +228,22 @@ impl LineReader {
 
     /// One line as an event.
     pub fn parse(&mut self, line: &str) -> serde_json::Result<Event> {
+        let names = &mut self.names;
+        let mut intern = |d: &str| match names.get(d) {
+            Some(known) => Arc::clone(known),
+            None => {
+                let d: Arc<str> = Arc::from(d);
+                names.insert(Arc::clone(&d));
+                d
+            }
+        };
+        // The form the hub writes is read in place; any other, by serde.
+        if let Some(e) = self.lines.read(line, &mut intern) {
+            return Ok(e);
+        }
         let mut e: Event = serde_json::from_str(line)?;
         if let Some(d) = e.device.take() {
-            e.device = Some(match self.names.get(&*d) {
-                Some(known) => Arc::clone(known),
-                None => {
-                    self.names.insert(Arc::clone(&d));
-                    d
-                }
-            });
+            e.device = Some(intern(&d));
         }
         Ok(e)
     }

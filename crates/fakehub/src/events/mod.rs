@@ -9,6 +9,7 @@
 pub mod dps_records;
 mod lifecycle;
 mod line;
+mod line_read;
 pub mod log;
 pub mod records;
 pub mod series;
