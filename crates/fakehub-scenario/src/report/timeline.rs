@@ -1,7 +1,7 @@
 //! What the timeline draws, per identity: connected spans with their closes, CONNECTs that did not
 //! connect, the ends of device processes, and the faults — read from the log's lifecycle fold.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::SystemTime;
 
 use fakehub::events::{Connection, FaultAction};
@@ -86,9 +86,11 @@ impl Timeline {
         let end = log.events().iter().map(|e| e.time).max().unwrap_or(start);
         let mut rows: BTreeMap<String, Row> = BTreeMap::new();
         let mut faults: Vec<FaultBand> = Vec::new();
+        // Every identity the log names has a row; a fleet's log names each thousands of times.
+        let mut named: HashSet<(&str, Option<&str>)> = HashSet::new();
         for e in log.events() {
             if let Some(d) = &e.device {
-                rows.entry(row_name(d, e.module.as_deref())).or_default();
+                named.insert((d, e.module.as_deref()));
             }
             match &e.kind {
                 EventKind::Fault {
@@ -127,6 +129,9 @@ impl Timeline {
                 }
                 _ => {}
             }
+        }
+        for (device, module) in named {
+            rows.entry(row_name(device, module)).or_default();
         }
         for c in log.lifecycle().connections() {
             let Some(device) = &c.device else { continue };
