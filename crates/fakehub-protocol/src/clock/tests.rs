@@ -162,6 +162,29 @@ async fn a_deadline_in_the_past_fires_at_once() {
         .is_ok());
 }
 
+/// `has_fired` says whether `wait` would return at once, before and after the wait, without
+/// waiting (a live connection looks before it handles a packet already in its buffer).
+#[tokio::test]
+async fn has_fired_tells_a_reached_deadline_without_waiting() {
+    let clock = VirtualClock::new();
+    let later = clock.timer(clock.now() + secs(3600));
+    let idle = clock.timer_elapsed(clock.elapsed() + secs(60));
+    let mut due = clock.timer(clock.now() - secs(5));
+    assert!(!later.has_fired());
+    assert!(!idle.has_fired());
+    assert!(
+        due.has_fired(),
+        "a deadline already past fires as it is registered"
+    );
+    let fired = due.wait().await;
+    assert!(due.has_fired(), "and stays fired once waited for");
+    drop(fired);
+    assert!(!later.has_fired());
+    clock.skip(secs(61));
+    assert!(idle.has_fired(), "an elapsed deadline a skip passed");
+    assert!(!later.has_fired());
+}
+
 /// Under a paused runtime the clock is a discrete-event simulator: a sleep of two hours of
 /// virtual time runs every deadline in between, at its exact instant, without real waiting.
 #[tokio::test(start_paused = true)]

@@ -144,6 +144,13 @@ impl Timer {
         }
     }
 
+    /// Whether the deadline has been reached: [`wait`](Self::wait) would return at once. Looks
+    /// without waiting or registering to be woken. (A registry that let go of the timer without
+    /// firing it, which it never does, is seen only by `wait`.)
+    pub fn has_fired(&self) -> bool {
+        self.fired_at.is_some() || !self.rx.is_empty()
+    }
+
     /// Wait for the deadline. Cancel-safe: a cancelled wait leaves the timer registered.
     pub async fn wait(&mut self) -> Fired {
         if let Some(at) = self.fired_at {

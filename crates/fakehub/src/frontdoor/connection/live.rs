@@ -4,6 +4,7 @@
 //! faults consulted before every packet.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, SystemTime};
@@ -144,6 +145,25 @@ impl Live {
                     return self.end(ending, None);
                 }
             }
+            // A packet already whole in the buffer is taken without the wait below when nothing
+            // that the wait puts before it has happened (a close request: looked at above; either
+            // deadline reached): the wait would pick the read. A batch of a device's messages then
+            // costs one wait, not one per message.
+            if self.io.has_whole_packet()
+                && !self.token.as_ref().is_some_and(Timer::has_fired)
+                && !self.keepalive.1.has_fired()
+            {
+                // Taken from the buffer, not the socket: polled once here, without an await
+                // (which would keep the read in every held connection's task).
+                let ready = std::pin::pin!(self.io.read_packet())
+                    .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+                if let Poll::Ready(read) = ready {
+                    if let Err(ending) = self.read(guard, read).await {
+                        return self.end(ending, None);
+                    }
+                    continue;
+                }
+            }
             let step = tokio::select! {
                 biased;
                 r = &mut requested => Err(Ending::requested(r)),
@@ -177,12 +197,7 @@ impl Live {
                 }
                 // A blackhole or half-open connection still reads, and drops what it reads: the
                 // device's packets are lost, as on a dead network.
-                // Handling a packet is boxed while it runs: a held connection waits in this
-                // loop, and its task then costs the wait, not the largest handling.
-                read = self.io.read_packet() => match read {
-                    Ok(packet) => Box::pin(self.inbound(guard, packet)).await,
-                    Err(e) => Err(Ending::from_read(e)),
-                },
+                read = self.io.read_packet() => self.read(guard, read).await,
                 out = self.outgoing.recv() => match out {
                     Some(out) => Box::pin(self.send_outgoing(guard, *out)).await,
                     None => Err(Ending::hub(WireClose::Fin, CloseCause::CoreClosed, "the session was taken away")),
@@ -192,6 +207,21 @@ impl Live {
                 return self.end(ending, None);
             }
         }
+    }
+
+    /// What reading the device's next packet gave. Boxed while it runs: a held connection waits
+    /// in the loop, and its task then costs the wait, not the largest handling.
+    fn read<'a>(
+        &'a mut self,
+        guard: &'a Guard,
+        read: Result<mq::Packet, ReadError>,
+    ) -> std::pin::Pin<Box<impl Future<Output = Step> + 'a>> {
+        Box::pin(async move {
+            match read {
+                Ok(packet) => self.inbound(guard, packet).await,
+                Err(e) => Err(Ending::from_read(e)),
+            }
+        })
     }
 
     /// A packet from the device.
