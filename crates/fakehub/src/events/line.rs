@@ -431,7 +431,7 @@ pub(super) mod tests {
     /// Who, when: with and without each optional field, times in the same second and across
     /// seconds, at the epoch, before it and past year 9999.
     /// Connection, device, module, hub, time.
-    pub(in crate::events) type Who = (
+    type Who = (
         Option<u64>,
         Option<Arc<str>>,
         Option<String>,
@@ -439,7 +439,7 @@ pub(super) mod tests {
         SystemTime,
     );
 
-    pub(in crate::events) fn subjects() -> Vec<Who> {
+    fn subjects() -> Vec<Who> {
         let t = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
         vec![
             (None, None, None, None, t(1_764_000_000_000)),
@@ -478,18 +478,13 @@ pub(super) mod tests {
         ]
     }
 
-    #[test]
-    fn every_kind_is_written_as_serde_writes_it() {
-        let mut seen = [false; VARIANTS];
-        let mut cache = TimeCache::default();
-        let mut seq = 0u64;
-        for kind in kinds() {
-            if let Some(s) = seen.get_mut(variant(&kind)) {
-                *s = true;
-            }
+    /// Each kind with each subject, numbered from 1.
+    pub(in crate::events) fn events(kinds: Vec<EventKind>) -> Vec<Event> {
+        let mut out = Vec::new();
+        for kind in kinds {
             for (conn, device, module, hub, time) in subjects() {
-                seq += 1;
-                let e = Event {
+                let seq = u64::try_from(out.len()).expect("a small count") + 1;
+                out.push(Event {
                     seq,
                     time,
                     elapsed: Duration::from_micros(seq * 1_234_567),
@@ -498,17 +493,29 @@ pub(super) mod tests {
                     module,
                     hub,
                     kind: kind.clone(),
-                };
-                let mut ours = Vec::new();
-                write(&mut ours, &e, &mut cache).expect("written");
-                let serde = serde_json::to_vec(&e).expect("serialized");
-                assert_eq!(
-                    String::from_utf8_lossy(&ours),
-                    String::from_utf8_lossy(&serde)
-                );
-                let back: Event = serde_json::from_slice(&ours).expect("read back");
-                assert_eq!(back.kind, e.kind);
+                });
             }
+        }
+        out
+    }
+
+    #[test]
+    fn every_kind_is_written_as_serde_writes_it() {
+        let mut seen = [false; VARIANTS];
+        let mut cache = TimeCache::default();
+        for e in events(kinds()) {
+            if let Some(s) = seen.get_mut(variant(&e.kind)) {
+                *s = true;
+            }
+            let mut ours = Vec::new();
+            write(&mut ours, &e, &mut cache).expect("written");
+            let serde = serde_json::to_vec(&e).expect("serialized");
+            assert_eq!(
+                String::from_utf8_lossy(&ours),
+                String::from_utf8_lossy(&serde)
+            );
+            let back: Event = serde_json::from_slice(&ours).expect("read back");
+            assert_eq!(back.kind, e.kind);
         }
         let missing: Vec<usize> = (0..VARIANTS).filter(|v| !seen[*v]).collect();
         assert!(missing.is_empty(), "kinds without an example: {missing:?}");

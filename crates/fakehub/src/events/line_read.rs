@@ -310,7 +310,7 @@ mod tests {
     use fakehub_protocol::ResultCode;
 
     use super::*;
-    use crate::events::line::tests::{kinds, subjects};
+    use crate::events::line::tests::{events, kinds};
     use crate::events::line::{write, TimeCache};
     use crate::events::{AuthKind, CloseCause, CloseHow, Closer, Direction};
 
@@ -409,28 +409,16 @@ mod tests {
 
     fn lines() -> Vec<String> {
         let mut cache = TimeCache::default();
-        let mut out = Vec::new();
-        let mut seq = 0u64;
-        for kind in kinds().into_iter().chain(plain_kinds()) {
-            for (conn, device, module, hub, time) in subjects() {
-                seq += 1;
-                let e = Event {
-                    seq,
-                    time,
-                    elapsed: Duration::from_micros(seq * 1_234_567),
-                    conn,
-                    device,
-                    module,
-                    hub,
-                    kind: kind.clone(),
-                };
+        let all = kinds().into_iter().chain(plain_kinds()).collect();
+        events(all)
+            .iter()
+            .map(|e| {
                 let mut line = Vec::new();
-                write(&mut line, &e, &mut cache).expect("written");
+                write(&mut line, e, &mut cache).expect("written");
                 line.push(b'\n');
-                out.push(String::from_utf8(line).expect("UTF-8"));
-            }
-        }
-        out
+                String::from_utf8(line).expect("UTF-8")
+            })
+            .collect()
     }
 
     fn read(reader: &mut Reader, line: &str) -> Option<Event> {
