@@ -100,6 +100,9 @@ pub struct Paced {
     pub switches_per_msg: f64,
     /// The part of `cpu_per_msg` spent by fakehub's event log writer thread (none for the peers).
     pub event_writer_per_msg: Option<Duration>,
+    /// The 99th percentile of PUBLISH → PUBACK: what a server's CPU per message at this rate
+    /// bought (one that answers later reads more messages at once, for less CPU each).
+    pub puback_p99: Duration,
 }
 
 impl Figures {
@@ -141,6 +144,9 @@ impl Figures {
                         .iter()
                         .map(|f| f.fixed.get(i).and_then(|p| p.event_writer_per_msg))
                         .collect()),
+                    puback_p99: of(runs, |f| {
+                        f.fixed.get(i).map(|p| p.puback_p99).unwrap_or_default()
+                    }),
                 })
                 .collect(),
             half_rate: of(runs, |f| f.half_rate),
@@ -148,6 +154,27 @@ impl Figures {
             all_back: all(runs.iter().map(|f| f.all_back).collect()),
         }
     }
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// One run's CPU per message at each load, in µs, and its PUBACK p99s at the fixed rates.
+fn cpu_line(f: &Figures) -> String {
+    let mut line = format!(
+        "CPU µs/msg unpaced {:.2}, half rate {:.2}",
+        micros(f.cpu_per_msg_unpaced),
+        micros(f.cpu_per_msg_half)
+    );
+    for p in &f.fixed {
+        let _ = write!(line, ", {:.2}", micros(p.cpu_per_msg));
+    }
+    let _ = write!(line, " (fixed rates); PUBACK p99 ms");
+    for p in &f.fixed {
+        let _ = write!(line, " {:.2}", p.puback_p99.as_secs_f64() * 1e3);
+    }
+    line
 }
 
 /// Run the benchmark and print its table (and the fleet's figures).
@@ -198,6 +225,15 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Vec<(Kind, Figures)>> {
                 .await
                 .with_context(|| format!("measuring {}", kind.name()))?;
             drop(server);
+            if rounds > 1 {
+                // Each run's CPU figures, so that the spread behind a median can be seen.
+                crate::tell!(
+                    "bench: {} run {}: {}",
+                    kind.name(),
+                    round + 1,
+                    cpu_line(&figures)
+                );
+            }
             if let Some(r) = runs.get_mut(i) {
                 r.push(figures);
             }
@@ -300,7 +336,8 @@ async fn measure(
     for &rate in &opts.fixed_rates {
         let (cpu0, switches0) = (server.cpu()?, server.switches()?);
         let writer0 = server.thread_cpu(EVENT_WRITER)?;
-        let (back, run) = load::publish(pubs, opts.inflight, Some(rate), opts.publish_for).await;
+        let (back, mut run) =
+            load::publish(pubs, opts.inflight, Some(rate), opts.publish_for).await;
         pubs = back;
         let writer = server.thread_cpu(EVENT_WRITER)?;
         f.fixed.push(Paced {
@@ -310,6 +347,7 @@ async fn measure(
             event_writer_per_msg: writer0
                 .zip(writer)
                 .map(|(a, b)| per_message(b.saturating_sub(a), run.acked)),
+            puback_p99: run.quantile(0.99),
         });
     }
     drop(pubs);
@@ -383,7 +421,6 @@ pub fn table(opts: &BenchOptions, results: &[(Kind, Figures)]) -> String {
         "higher",
         Box::new(|f| Some(f.qos1_per_s)),
     );
-    let micros = |d: Duration| d.as_secs_f64() * 1e6;
     row(
         "server CPU per QoS 1 msg, unpaced, µs",
         "lower",
@@ -410,6 +447,11 @@ pub fn table(opts: &BenchOptions, results: &[(Kind, Figures)]) -> String {
             &format!("  thread switches per msg at {rate} msgs/s"),
             "lower",
             Box::new(move |f| at(f).map(|p| p.switches_per_msg)),
+        );
+        row(
+            &format!("  PUBACK p99 at {rate} msgs/s, ms"),
+            "lower",
+            Box::new(move |f| at(f).map(|p| p.puback_p99.as_secs_f64() * 1e3)),
         );
     }
     row(

@@ -160,6 +160,56 @@ async fn a_live_stream_wakes_for_new_events_and_never_misses_one() {
     }
 }
 
+#[tokio::test]
+async fn an_emit_wakes_the_streams_that_wait_and_a_stream_that_stops_waiting_is_counted_out() {
+    let log = EventLog::new(VirtualClock::new());
+    assert_eq!(log.lock().waiting, 0);
+    let mut s = log.stream();
+    // Nothing to read: the stream counts itself as waiting, and out again when given up.
+    let gave_up = tokio::time::timeout(Duration::from_millis(20), s.next()).await;
+    assert!(gave_up.is_err());
+    assert_eq!(log.lock().waiting, 0);
+    let waiter = tokio::spawn(async move { s.next().await.seq });
+    while log.lock().waiting == 0 {
+        tokio::task::yield_now().await;
+    }
+    log.emit(&subject(), telemetry(0));
+    let woken = tokio::time::timeout(Duration::from_secs(10), waiter).await;
+    assert_eq!(woken.expect("the emit did not wake the stream").unwrap(), 0);
+    assert_eq!(log.lock().waiting, 0);
+}
+
+/// Emits race the streams' waits on another thread, one event at a time: a wake lost between a
+/// stream's look at the log and its counting itself as waiting would leave it waiting for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_on_another_thread_miss_no_wake_one_event_at_a_time() {
+    const EVENTS: u64 = 2000;
+    let log = EventLog::new(VirtualClock::new());
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let mut s = log.stream();
+            tokio::spawn(async move {
+                for i in 0..EVENTS {
+                    assert_eq!(s.next().await.seq, i);
+                }
+            })
+        })
+        .collect();
+    let emitter = log.clone();
+    std::thread::spawn(move || {
+        for i in 0..EVENTS {
+            emitter.emit(&subject(), telemetry(i));
+            std::thread::yield_now();
+        }
+    });
+    for r in readers {
+        tokio::time::timeout(Duration::from_secs(30), r)
+            .await
+            .expect("a stream missed a wake")
+            .unwrap();
+    }
+}
+
 #[test]
 fn events_from_before_the_file_was_given_are_written_first() {
     let dir = tempfile::tempdir().unwrap();

@@ -335,7 +335,8 @@ impl Live {
         p.retain = false;
         match &request {
             DevicePublish::Telemetry(bag) => {
-                let (topic, size) = (p.topic.clone(), p.payload.len());
+                // The key of a trigger without a message id, made only for a trigger.
+                let (topic, size) = (&p.topic, p.payload.len());
                 let fresh = crate::faults::inband::trigger(
                     || shared.fault_ctx(),
                     &shared.triggers,
