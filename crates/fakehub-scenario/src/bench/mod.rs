@@ -160,10 +160,11 @@ fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-/// One run's CPU per message at each load, in µs, and its PUBACK p99s at the fixed rates.
+/// One run's storm rate, CPU per message at each load, in µs, and PUBACK p99s at the fixed rates.
 fn cpu_line(f: &Figures) -> String {
     let mut line = format!(
-        "CPU µs/msg unpaced {:.2}, half rate {:.2}",
+        "storm {:.0} connects/s; CPU µs/msg unpaced {:.2}, half rate {:.2}",
+        f.storm_per_s,
         micros(f.cpu_per_msg_unpaced),
         micros(f.cpu_per_msg_half)
     );
