@@ -35,6 +35,7 @@ fn bench_measures_fakehub_mosquitto_and_the_bare_acceptor_and_prints_ratios() {
         "server CPU per QoS 1 msg, unpaced, µs",
         "server CPU per QoS 1 msg at 10000 msgs/s, µs",
         "  thread switches per msg at 10000 msgs/s",
+        "  PUBACK p99 at 10000 msgs/s, ms",
         "PUBACK p99 at half rate, ms",
         "server killed -> all back, s",
     ] {
@@ -47,6 +48,13 @@ fn bench_measures_fakehub_mosquitto_and_the_bare_acceptor_and_prints_ratios() {
         assert!(cells.len() >= 5, "{line}");
         for cell in &cells[..5] {
             assert!(cell.parse::<f64>().is_ok(), "unmeasured cell in {line:?}");
+        }
+    }
+    // Each run's own figures, so that the spread behind a median can be seen.
+    for kind in ["fakehub", "mosquitto", "bare"] {
+        for round in 1..=2 {
+            let tag = format!("bench: {kind} run {round}: storm ");
+            assert!(stderr.contains(&tag), "no {tag:?} in:\n{stderr}");
         }
     }
     // fakehub's event log writer is measured on its own (its thread is found by name).
