@@ -36,6 +36,19 @@ pub fn telemetry_prefix(who: &IdentityRef) -> String {
     }
 }
 
+/// What follows [`telemetry_prefix`] in `topic`, when it starts with it: compared piece by piece,
+/// since a device's every message is checked and the prefix need not be made for that.
+fn strip_telemetry_prefix<'t>(who: &IdentityRef, topic: &'t str) -> Option<&'t str> {
+    let rest = topic
+        .strip_prefix("devices/")?
+        .strip_prefix(who.device_id.as_str())?;
+    let rest = match &who.module_id {
+        Some(m) => rest.strip_prefix("/modules/")?.strip_prefix(m.as_str())?,
+        None => rest,
+    };
+    rest.strip_prefix("/messages/events")
+}
+
 /// The C2D (device-bound) topic prefix of a device.
 pub fn devicebound_prefix(device_id: &str) -> String {
     format!("devices/{device_id}/messages/devicebound")
@@ -52,8 +65,7 @@ fn query_value<'a>(query: &'a str, key: &str) -> Option<&'a str> {
 /// Classify a device publish, or refuse it.
 pub fn classify_publish(who: &IdentityRef, topic: &str) -> Result<DevicePublish, TopicError> {
     let refuse = || TopicError::PublishNotAllowed(topic.to_owned());
-    let prefix = telemetry_prefix(who);
-    if let Some(rest) = topic.strip_prefix(&prefix) {
+    if let Some(rest) = strip_telemetry_prefix(who, topic) {
         if rest.is_empty() {
             return Ok(DevicePublish::Telemetry(PropertyBag::default()));
         }
@@ -143,6 +155,37 @@ mod tests {
         assert!(classify_publish(&me, "devices/sensor-2/messages/events/").is_err());
         assert!(classify_publish(&me, "devices/sensor-1/messages/eventsX").is_err());
         assert!(classify_publish(&me, "anything/else").is_err());
+    }
+
+    #[test]
+    fn module_telemetry_for_own_module_only() {
+        let module = IdentityRef {
+            device_id: "d".into(),
+            module_id: Some("m".into()),
+        };
+        assert!(classify_publish(&module, "devices/d/modules/m/messages/events/").is_ok());
+        assert!(classify_publish(&module, "devices/d/modules/m/messages/events").is_ok());
+        assert!(classify_publish(&module, "devices/d/modules/m2/messages/events/").is_err());
+        assert!(classify_publish(&module, "devices/d/messages/events/").is_err());
+        assert!(classify_publish(&dev("d"), "devices/d/modules/m/messages/events/").is_err());
+        assert!(classify_publish(&dev("sensor-1"), "devices/sensor-10/messages/events/").is_err());
+    }
+
+    proptest::proptest! {
+        /// Comparing piece by piece finds what stripping the made prefix finds, for any
+        /// identity and topic (ids drawn from a small alphabet, so that near misses are common).
+        #[test]
+        fn stripping_the_prefix_piece_by_piece_agrees_with_making_it(
+            device in "[dm/s-]{0,4}",
+            module in proptest::option::of("[dm/s-]{0,3}"),
+            topic in "(devices/)?[dm/s-]{0,6}(/modules/[dm/s-]{0,3})?(/messages/events)?[/s]{0,2}",
+        ) {
+            let who = IdentityRef { device_id: device, module_id: module };
+            proptest::prop_assert_eq!(
+                strip_telemetry_prefix(&who, &topic),
+                topic.strip_prefix(telemetry_prefix(&who).as_str())
+            );
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::time::Duration;
 use fakehub::faults::{ConnackMode, DropPuback, Fault, FaultKind, OutageMode, Selector};
 use fakehub::testkit::{device, MqttQoS as QoS, Packet, RawClient, Received};
 use fakehub::{CloseCause, EventKind, Hub, HubHandle};
+use fakehub_protocol::IdentityRef;
 use rumqttc::mqttbytes::v4 as mq;
 
 const T: Duration = Duration::from_secs(5);
@@ -407,17 +408,54 @@ async fn takeover_disable_rotate_key_and_clock_skew() {
     hub.shutdown().await.unwrap();
 }
 
-#[tokio::test]
-async fn an_inband_killtcp_trigger_is_not_acked_resets_after_its_delay_and_applies_once() {
+/// A hub with device `a`, connected (a persistent session, keep-alive 60 s).
+async fn hub_with_a_connected() -> (HubHandle, IdentityRef, RawClient) {
     let hub = hub(&["a"]).await;
     let who = device("a");
-    let (mut a, _) = RawClient::connect_as(&hub, &who, false, 60).await.unwrap();
-    let trigger = "devices/a/messages/events/%24.mid=kill-1&AzIoTHub_FaultOperationType=KillTcp&AzIoTHub_FaultOperationDelayInSecs=30&AzIoTHub_FaultOperationCloseReason=boom";
-    a.publish(trigger, QoS::AtLeastOnce, 7, b"").await.unwrap();
+    let (a, _) = RawClient::connect_as(&hub, &who, false, 60).await.unwrap();
+    (hub, who, a)
+}
+
+/// Publish a trigger (QoS 1) and see that no PUBACK comes for it.
+async fn publish_unacked(a: &mut RawClient, topic: &str, pkid: u16, payload: &[u8]) {
+    a.publish(topic, QoS::AtLeastOnce, pkid, payload)
+        .await
+        .unwrap();
     assert!(
         matches!(a.recv(SHORT).await, Received::Silence),
-        "no PUBACK for the trigger"
+        "no PUBACK for the trigger {pkid}"
     );
+}
+
+/// How many in-band KillTcp faults have started.
+fn inband_kills(hub: &HubHandle) -> usize {
+    hub.events().snapshot().iter().filter(|e| matches!(&e.kind, EventKind::Fault { fault, action: fakehub::events::FaultAction::Started, .. } if fault == "inband:KillTcp")).count()
+}
+
+/// A trigger without a message id is known again by its topic and size: the same message resent is
+/// acknowledged and starts nothing, one of another size is a fresh trigger.
+#[tokio::test]
+async fn an_inband_trigger_without_a_message_id_is_known_by_its_topic_and_size() {
+    let (hub, _, mut a) = hub_with_a_connected().await;
+    let trigger = "devices/a/messages/events/AzIoTHub_FaultOperationType=KillTcp&AzIoTHub_FaultOperationDelayInSecs=300";
+    publish_unacked(&mut a, trigger, 1, b"x").await;
+    a.publish(trigger, QoS::AtLeastOnce, 2, b"x").await.unwrap();
+    assert!(
+        matches!(a.recv(T).await, Received::Packet(Packet::PubAck(ack)) if ack.pkid == 2),
+        "the same trigger again is acknowledged"
+    );
+    assert_eq!(inband_kills(&hub), 1);
+    // One of another size is a fresh trigger.
+    publish_unacked(&mut a, trigger, 3, b"xy").await;
+    assert_eq!(inband_kills(&hub), 2);
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_inband_killtcp_trigger_is_not_acked_resets_after_its_delay_and_applies_once() {
+    let (hub, who, mut a) = hub_with_a_connected().await;
+    let trigger = "devices/a/messages/events/%24.mid=kill-1&AzIoTHub_FaultOperationType=KillTcp&AzIoTHub_FaultOperationDelayInSecs=30&AzIoTHub_FaultOperationCloseReason=boom";
+    publish_unacked(&mut a, trigger, 7, b"").await;
     hub.clock().advance(Duration::from_secs(31)).await;
     assert!(
         matches!(a.recv(T).await, Received::Reset),
@@ -439,8 +477,7 @@ async fn an_inband_killtcp_trigger_is_not_acked_resets_after_its_delay_and_appli
         matches!(a.recv(T).await, Received::Packet(Packet::PingResp)),
         "still connected"
     );
-    let kills = hub.events().snapshot().iter().filter(|e| matches!(&e.kind, EventKind::Fault { fault, action: fakehub::events::FaultAction::Started, .. } if fault == "inband:KillTcp")).count();
-    assert_eq!(kills, 1);
+    assert_eq!(inband_kills(&hub), 1);
     hub.shutdown().await.unwrap();
 }
 

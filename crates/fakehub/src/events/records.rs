@@ -168,6 +168,9 @@ impl RecordDeriver {
 
     /// The records this event causes (usually none).
     pub fn push(&mut self, event: &Event) -> Vec<ConnectionRecord> {
+        if is_traffic(&event.kind) {
+            return Vec::new();
+        }
         let Some(c) = self.lifecycle.push(event) else {
             return Vec::new();
         };
@@ -185,6 +188,24 @@ impl RecordDeriver {
         }
         records
     }
+}
+
+/// A connection's traffic once it is up: what it sets in a [`Connection`] (the first exchange,
+/// the subscriptions) no record tells, so the deriver passes it by — most of a busy log, each of
+/// which would otherwise cost the event writer a lookup in a table of every open connection.
+fn is_traffic(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Publish { .. }
+            | EventKind::Puback { .. }
+            | EventKind::Subscribe { .. }
+            | EventKind::Suback { .. }
+            | EventKind::Unsubscribe { .. }
+            | EventKind::Unsuback { .. }
+            | EventKind::Ping
+            | EventKind::Pingresp
+            | EventKind::Withheld { .. }
+    )
 }
 
 /// Which of the two operations a Connections record tells.
@@ -340,7 +361,7 @@ pub fn derive_all<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{CloseHow, Closer};
+    use crate::events::{CloseHow, Closer, Direction};
     use std::time::{Duration, SystemTime};
 
     fn ev(seq: u64, kind: EventKind) -> Event {
@@ -357,7 +378,12 @@ mod tests {
     }
 
     fn session(close: CloseCause) -> Vec<ConnectionRecord> {
-        let events = [
+        let events = session_events(close);
+        derive_all(RecordContext::for_host("myhub.azure-devices.net"), &events)
+    }
+
+    fn session_events(close: CloseCause) -> Vec<Event> {
+        vec![
             ev(
                 0,
                 EventKind::Accepted {
@@ -396,8 +422,7 @@ mod tests {
                     result: None,
                 },
             ),
-        ];
-        derive_all(RecordContext::for_host("myhub.azure-devices.net"), &events)
+        ]
     }
 
     #[test]
@@ -425,6 +450,67 @@ mod tests {
         let auth: serde_json::Value =
             serde_json::from_str(p["authType"].as_str().unwrap()).unwrap();
         assert_eq!(auth["type"], "sas");
+    }
+
+    /// The deriver passes a connection's traffic by: the records of a session are the same with
+    /// every kind of it between the CONNACK and the close (and in the first place, before the
+    /// device is known) as without.
+    #[test]
+    fn traffic_changes_no_record() {
+        let bare = session_events(CloseCause::TokenExpired);
+        let traffic = [
+            EventKind::Subscribe {
+                pkid: 1,
+                filters: vec![("devices/sensor-1/messages/devicebound/#".into(), 1)],
+            },
+            EventKind::Suback {
+                pkid: 1,
+                codes: vec![1],
+            },
+            EventKind::Publish {
+                dir: Direction::In,
+                topic: "devices/sensor-1/messages/events/".into(),
+                qos: 1,
+                pkid: 2,
+                dup: false,
+                retain: false,
+                size: 3,
+                message_id: None,
+                properties: Default::default(),
+            },
+            EventKind::Puback {
+                dir: Direction::Out,
+                pkid: 2,
+            },
+            EventKind::Withheld {
+                packet: "puback".into(),
+                pkid: Some(3),
+            },
+            EventKind::Ping,
+            EventKind::Pingresp,
+            EventKind::Unsubscribe {
+                pkid: 4,
+                filters: vec!["devices/sensor-1/messages/devicebound/#".into()],
+            },
+            EventKind::Unsuback { pkid: 4 },
+        ];
+        let mut busy = Vec::new();
+        let mut anonymous = ev(0, traffic[2].clone());
+        anonymous.device = None;
+        busy.push(anonymous);
+        for e in &bare {
+            if matches!(e.kind, EventKind::Closed { .. }) {
+                busy.extend(traffic.iter().cloned().map(|k| ev(0, k)));
+            }
+            busy.push(e.clone());
+        }
+        for (seq, e) in busy.iter_mut().enumerate() {
+            e.seq = seq as u64;
+        }
+        let context = || RecordContext::for_host("myhub.azure-devices.net");
+        let expected = derive_all(context(), &bare);
+        assert_eq!(expected.len(), 3, "{expected:?}");
+        assert_eq!(derive_all(context(), &busy), expected);
     }
 
     #[test]

@@ -107,6 +107,12 @@ fn operation(op: &str) -> Option<Operation> {
     })
 }
 
+/// Whether a message with these properties names an in-band fault (which [`trigger`] then looks
+/// at): most telemetry does not.
+pub(crate) fn names_a_fault(bag: &PropertyBag) -> bool {
+    bag.application.contains_key(OPERATION)
+}
+
 /// Look at a device's telemetry for an in-band trigger. True when it is a fresh trigger: the fault
 /// is started, and the message must not be acknowledged or forwarded. The faults' context is made
 /// only then (`ctx`): most telemetry carries no trigger.

@@ -145,18 +145,20 @@ impl Live {
                     return self.end(ending, None);
                 }
             }
-            // A packet already whole in the buffer is taken without the wait below when nothing
-            // that the wait puts before it has happened (a close request: looked at above; either
-            // deadline reached): the wait would pick the read. A batch of a device's messages then
-            // costs one wait, not one per message.
-            if self.io.has_whole_packet()
-                && !self.token.as_ref().is_some_and(Timer::has_fired)
-                && !self.keepalive.1.has_fired()
-            {
-                // Taken from the buffer, not the socket: polled once here, without an await
-                // (which would keep the read in every held connection's task).
-                let ready = std::pin::pin!(self.io.read_packet())
-                    .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+            // A packet that is there (whole in the buffer, or on the socket) is taken without the
+            // wait below when nothing that the wait puts before it has happened (a close request:
+            // looked at above; either deadline reached): the wait would pick the read. A batch of
+            // a device's messages then costs one wait, not one per message, and a message that
+            // woke the task costs none (only the wait that follows its answer polls the close
+            // request, the deadlines and the queue).
+            if !self.token.as_ref().is_some_and(Timer::has_fired) && !self.keepalive.1.has_fired() {
+                // Polled once here, inside the poll (the read is not kept across an await, which
+                // would keep it in every held connection's task).
+                let io = &mut self.io;
+                let ready = std::future::poll_fn(|cx| {
+                    Poll::Ready(std::pin::pin!(io.read_packet()).poll(cx))
+                })
+                .await;
                 if let Poll::Ready(read) = ready {
                     if let Err(ending) = self.read(guard, read).await {
                         return self.end(ending, None);
@@ -304,9 +306,19 @@ impl Live {
                 .application
                 .insert("mqtt-retain".into(), "true".into());
         }
+        // The event takes the topic: what is wanted of it later is found first. A trigger's key
+        // when the message has no id is its topic and size, made only for a message that names
+        // a fault.
+        let forbidden = p.topic.contains(['#', '+', '\0']);
+        let fallback_key = match &classified {
+            Ok(DevicePublish::Telemetry(bag)) if crate::faults::inband::names_a_fault(bag) => {
+                Some(format!("{}:{}", p.topic, p.payload.len()))
+            }
+            _ => None,
+        };
         guard.emit(EventKind::Publish {
             dir: Direction::In,
-            topic: p.topic.clone(),
+            topic: std::mem::take(&mut p.topic),
             qos: p.qos as u8,
             pkid: p.pkid,
             dup: p.dup,
@@ -320,7 +332,7 @@ impl Live {
                 "QoS 2 PUBLISH: IoT Hub closes the connection",
             ));
         }
-        if p.topic.contains(['#', '+', '\0']) {
+        if forbidden {
             return Err(Ending::violation(
                 "a PUBLISH topic may not contain wildcards or NUL (MQTT 3.1.1 §4.7)",
             ));
@@ -335,14 +347,12 @@ impl Live {
         p.retain = false;
         match &request {
             DevicePublish::Telemetry(bag) => {
-                // The key of a trigger without a message id, made only for a trigger.
-                let (topic, size) = (&p.topic, p.payload.len());
                 let fresh = crate::faults::inband::trigger(
                     || shared.fault_ctx(),
                     &shared.triggers,
                     &self.client_id,
                     bag,
-                    || format!("{topic}:{size}"),
+                    || fallback_key.unwrap_or_default(),
                 );
                 if fresh {
                     // An in-band fault trigger: not acknowledged (the fault follows).
