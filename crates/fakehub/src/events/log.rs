@@ -53,6 +53,12 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 pub const WAKE_WRITER_AT: usize = 1024;
 /// When this many events wait (the writer thread fell behind), the emitter writes them itself.
 pub const WRITE_INLINE_AT: usize = 4096;
+/// The most events a log with an output directory holds in memory, however far the writer thread
+/// lags: the window, the batch the writer thread is writing, and up to [`WRITE_INLINE_AT`] that
+/// wait (the emitter that finds that many writes them itself, after the writer's batch) — plus
+/// one for each further thread emitting at the same moment. [`EventLog::flush`] brings it back to
+/// [`WINDOW`].
+pub const HELD_AT_MOST: usize = WINDOW + 2 * WRITE_INLINE_AT;
 
 /// `events.jsonl`, as the store of a log with an output directory (the writer's).
 struct Store {
