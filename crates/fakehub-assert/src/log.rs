@@ -21,14 +21,17 @@ pub struct Log {
     records: Arc<Vec<(usize, Option<ResultCode>)>>,
 }
 
+/// The hash of the index's tables: looked up once per event of a log of millions.
+type Fast = foldhash::fast::RandomState;
+
 /// Where each device's events and connections are, found once: rules judge every device of a
 /// fleet, and a scan of the whole log per device would make judging a fleet quadratic.
 #[derive(Debug, Default)]
 struct Index {
     /// Positions in the log of each device's events.
-    events: HashMap<Arc<str>, Vec<usize>>,
+    events: HashMap<Arc<str>, Vec<usize>, Fast>,
     /// Each device's connections that got as far as CONNECT, in order.
-    connections: HashMap<Arc<str>, Vec<u64>>,
+    connections: HashMap<Arc<str>, Vec<u64>, Fast>,
     /// The `timeline_ended` marker, else the last event (time and seq).
     end: Option<(SystemTime, u64)>,
 }

@@ -67,6 +67,23 @@ fn bench_measures_fakehub_mosquitto_and_the_bare_acceptor_and_prints_ratios() {
         cells.first().is_some_and(|c| c.parse::<f64>().is_ok()),
         "{writer}"
     );
+    // The hypervisor's steal over the paced runs, for each server: a number, however small.
+    let stolen = stdout
+        .lines()
+        .find(|l| l.starts_with("host CPU stolen by the hypervisor during the paced runs, %:"))
+        .unwrap_or_else(|| panic!("no steal line in:\n{stdout}"));
+    for kind in ["fakehub", "mosquitto", "bare"] {
+        let after = stolen
+            .split_once(&format!(" {kind} "))
+            .map(|(_, rest)| rest.split_whitespace().next().unwrap_or(""))
+            .unwrap_or_else(|| panic!("no {kind} in {stolen:?}"));
+        assert!(
+            after
+                .parse::<f64>()
+                .is_ok_and(|p| (0.0..=100.0).contains(&p)),
+            "{stolen}"
+        );
+    }
     let held = stdout
         .lines()
         .find(|l| l.starts_with("held connections"))

@@ -4,6 +4,7 @@
 //! `--fleet`, an in-process fleet scenario's wall time and peak memory. See docs/BENCH.md.
 
 pub mod bare;
+pub mod host;
 pub mod load;
 pub mod server;
 
@@ -88,6 +89,9 @@ pub struct Figures {
     pub fixed: Vec<Paced>,
     pub half_rate: f64,
     pub puback_p99_half: Duration,
+    /// The share of the machine's CPU time the hypervisor stole over the paced runs (half rate
+    /// and fixed rates), %.
+    pub stolen_paced: f64,
     pub all_back: Option<Duration>,
 }
 
@@ -151,6 +155,7 @@ impl Figures {
                 .collect(),
             half_rate: of(runs, |f| f.half_rate),
             puback_p99_half: of(runs, |f| f.puback_p99_half),
+            stolen_paced: of(runs, |f| f.stolen_paced),
             all_back: all(runs.iter().map(|f| f.all_back).collect()),
         }
     }
@@ -175,6 +180,7 @@ fn cpu_line(f: &Figures) -> String {
     for p in &f.fixed {
         let _ = write!(line, " {:.2}", p.puback_p99.as_secs_f64() * 1e3);
     }
+    let _ = write!(line, "; host CPU stolen {:.1} %", f.stolen_paced);
     line
 }
 
@@ -249,13 +255,16 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Vec<(Kind, Figures)>> {
         crate::say!("{}", table(opts, &results));
     }
     if let Some(scenario) = &opts.fleet {
+        let before = host::Ticks::now()?;
         let (wall, peak, status) = fleet_run(scenario, &opts.out.join("fleet"))?;
+        let stolen = host::Ticks::now()?.stolen_since(&before);
         crate::say!(
-            "fleet {}: wall time {:.1} s, peak RSS {:.0} MB, {}",
+            "fleet {}: wall time {:.1} s, peak RSS {:.0} MB, {}; host CPU stolen {:.1} %",
             scenario.display(),
             wall.as_secs_f64(),
             peak as f64 / 1e6,
-            status
+            status,
+            stolen
         );
     }
     Ok(results)
@@ -328,6 +337,7 @@ async fn measure(
     f.qos1_per_s = unpaced.rate();
     f.cpu_per_msg_unpaced = per_message(cpu1.saturating_sub(cpu0), unpaced.acked);
     f.half_rate = f.qos1_per_s / 2.0;
+    let paced_from = host::Ticks::now()?;
     let (pubs, mut half) =
         load::publish(pubs, opts.inflight, Some(f.half_rate), opts.publish_for).await;
     let cpu2 = server.cpu()?;
@@ -351,6 +361,7 @@ async fn measure(
             puback_p99: run.quantile(0.99),
         });
     }
+    f.stolen_paced = host::Ticks::now()?.stolen_since(&paced_from);
     drop(pubs);
 
     // Mass drop: kill the server, start it again, wait for every held device to be back.
@@ -527,6 +538,18 @@ pub fn table(opts: &BenchOptions, results: &[(Kind, Figures)]) -> String {
         }
         let _ = writeln!(out);
     }
+    let _ = write!(
+        out,
+        "host CPU stolen by the hypervisor during the paced runs, %:"
+    );
+    for (k, f) in results {
+        let _ = write!(out, " {} {:.1}", k.name(), f.stolen_paced);
+    }
+    let _ = writeln!(
+        out,
+        " (a stolen vCPU stalls every thread on it: latencies and CPU per message on a VM with \
+         steal vary from run to run)"
+    );
     for (k, f) in results {
         if let Some(why) = &f.refused {
             let _ = writeln!(

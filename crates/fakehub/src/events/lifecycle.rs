@@ -155,7 +155,7 @@ pub struct Lifecycle {
     /// and a fleet's log holds a million of them, moved about as the table grows). A hash table:
     /// every event of a connection looks it up, and with thousands open a tree's search was a
     /// seventh of the event writer's time (the order lives in `order`).
-    conns: HashMap<u64, (u64, Box<Connection>)>,
+    conns: HashMap<u64, (u64, Box<Connection>), foldhash::fast::RandomState>,
     /// Connection ids by the order their first event came (keyed so that forgetting one is as
     /// cheap as adding one: a streaming reader forgets every connection it is done with).
     order: BTreeMap<u64, u64>,

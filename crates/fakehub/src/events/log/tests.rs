@@ -273,3 +273,38 @@ fn lines_go_out_in_batches_and_within_the_flush_period() {
         .lines()
         .all(|l| serde_json::from_str::<Event>(l).is_ok()));
 }
+
+#[test]
+fn a_long_read_back_split_between_threads_gives_every_event_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = on_disk(dir.path());
+    let n = CHECKPOINT_EVERY * (PARALLEL_READ_FROM as u64 + 7) + 5;
+    for i in 0..n {
+        log.emit(&subject(), telemetry(i));
+    }
+    log.flush().unwrap();
+    let base = log.lock().base;
+    assert!(
+        base > CHECKPOINT_EVERY * PARALLEL_READ_FROM as u64,
+        "{base}"
+    );
+    for from in [0, 1, CHECKPOINT_EVERY - 1, CHECKPOINT_EVERY, 5000, base - 1] {
+        let range = log.lock().file_range(from, base).unwrap();
+        for threads in 1..=READERS + 1 {
+            let events = range.read_with(threads).unwrap();
+            assert_eq!(
+                events.len() as u64,
+                base - from,
+                "from {from}, {threads} threads"
+            );
+            assert!(
+                events.iter().zip(from..).all(|(e, seq)| e.seq == seq),
+                "from {from}, {threads} threads"
+            );
+            assert_eq!(
+                events.last().map(|e| e.kind.clone()),
+                Some(telemetry(base - 1))
+            );
+        }
+    }
+}
