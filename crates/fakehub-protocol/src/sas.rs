@@ -220,12 +220,17 @@ pub fn mint_for(
     key_b64: &str,
     ttl: Duration,
 ) -> Result<(String, SystemTime), SasError> {
-    let at = (clock.now() + ttl)
+    let at = clock
+        .now()
+        .checked_add(ttl)
+        .ok_or(SasError::Malformed("se"))?
         .duration_since(UNIX_EPOCH)
         .map_err(|_| SasError::Malformed("se"))?
         .as_secs_f64()
         .round();
-    let expiry = UNIX_EPOCH + Duration::from_secs(at as u64);
+    let expiry = UNIX_EPOCH
+        .checked_add(Duration::from_secs(at as u64))
+        .ok_or(SasError::Malformed("se"))?;
     let resource = resource_uri(host_name, &who.device_id, who.module_id.as_deref());
     Ok((mint(&resource, key_b64, None, expiry)?, expiry))
 }
@@ -337,6 +342,28 @@ mod tests {
             tok.verify_not_expired(at(1000 + 301)),
             Err(SasError::Expired(_))
         ));
+    }
+
+    #[test]
+    fn a_lifetime_past_the_end_of_time_is_an_error_not_a_panic() {
+        let who = crate::identity::IdentityRef::device("d");
+        let clock = crate::clock::DeviceClock::Real;
+        for ttl in [Duration::MAX, Duration::from_secs(u64::MAX)] {
+            assert_eq!(
+                mint_for(&clock, "h.azure-devices.net", &who, KEY, ttl).map(|_| ()),
+                Err(SasError::Malformed("se"))
+            );
+        }
+        let (token, expiry) = mint_for(
+            &clock,
+            "h.azure-devices.net",
+            &who,
+            KEY,
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        assert!(expiry > SystemTime::now());
+        assert!(!token.contains(KEY));
     }
 
     #[test]

@@ -223,7 +223,9 @@ pub async fn publish(
 ) -> (Vec<(String, Conn)>, Published) {
     let n = conns.len().max(1);
     let start = Instant::now();
-    let deadline = start + duration;
+    // `--publish-for` is a person's input: a duration past the end of time publishes until it.
+    let far = start + Duration::from_secs(86_400 * 365 * 100);
+    let deadline = start.checked_add(duration).map_or(far, |d| d.min(far));
     let period = rate.map(|r| Duration::from_secs_f64(n as f64 / r.max(1e-3)));
     let mut tasks = Vec::with_capacity(conns.len());
     for (k, (id, conn)) in conns.into_iter().enumerate() {

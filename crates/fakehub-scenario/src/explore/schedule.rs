@@ -538,9 +538,14 @@ impl<'a> Fitting<'a> {
     fn block(&mut self, wanted: Duration) -> Option<Duration> {
         let settle = self.v.settle;
         let now = self.now;
-        let joined = self.blocks.last_mut().filter(|b| b.to + settle >= now);
+        let joined = self
+            .blocks
+            .last_mut()
+            .filter(|b| b.to.saturating_add(settle) >= now);
         let start = joined.as_ref().map_or(now, |b| b.from);
-        let end = (now + wanted).min(start + self.v.max_block);
+        let end = now
+            .saturating_add(wanted)
+            .min(start.saturating_add(self.v.max_block));
         let d = whole_seconds(end.saturating_sub(now));
         if d.is_zero() {
             return None;
