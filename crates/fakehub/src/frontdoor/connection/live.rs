@@ -110,7 +110,7 @@ impl Live {
         let shared = &guard.shared;
         let clock = shared.clock.clone();
         for out in std::mem::take(&mut self.resend) {
-            if let Err(ending) = self.send_outgoing(guard, out).await {
+            if let Err(ending) = Box::pin(self.send_outgoing(guard, out)).await {
                 return self.end(ending, None);
             }
         }
@@ -133,7 +133,7 @@ impl Live {
             self.hooks.refresh(&shared.faults);
             if self.hooks.writes() {
                 if let Some(out) = self.held.pop_front() {
-                    if let Err(ending) = self.send_outgoing(guard, out).await {
+                    if let Err(ending) = Box::pin(self.send_outgoing(guard, out)).await {
                         return self.end(ending, None);
                     }
                     continue;
@@ -483,34 +483,43 @@ impl Live {
         if !self.io.has_queued() {
             return Ok(());
         }
-        let shared = &guard.shared;
-        let window = self.window;
-        let close = self.close.clone();
-        let written = {
-            let write = self.io.flush_queued();
-            let mut write = std::pin::pin!(write);
-            // Most writes complete at once (the socket has room): they arm no timer and register
-            // with neither the close slot nor the hub-wide shutdown token, which every connection
-            // would otherwise do for every packet.
-            let first = super::poll_once(&mut write).await;
-            match first {
-                Poll::Ready(r) => r,
-                Poll::Pending => tokio::select! {
-                    biased;
-                    // A device that does not read must not hold up a takeover or the hub's shutdown.
-                    _ = shared.shutdown.cancelled() => return Err(Ending::shutdown()),
-                    r = close.requested() => return Err(Ending::requested(r)),
-                    r = &mut write => r,
-                    _ = shared.clock.sleep(window) => {
-                        let detail = format!("the device read nothing for {window:?}");
-                        return Err(Ending::hub_timeout(CloseCause::KeepAliveTimeout, detail));
-                    }
-                },
-            }
+        // Most writes complete at once (the socket has room): they arm no timer and register
+        // with neither the close slot nor the hub-wide shutdown token, which every connection
+        // would otherwise do for every packet.
+        let first = {
+            let mut write = std::pin::pin!(self.io.flush_queued());
+            super::poll_once(&mut write).await
+        };
+        let written = match first {
+            Poll::Ready(r) => r,
+            // The rest waits on the heap, as do the rare endings below: every held connection's
+            // task is as large as the largest thing its loop awaits in place.
+            Poll::Pending => Box::pin(self.flush_waiting(guard)).await?,
         };
         match written {
             Ok(()) => Ok(()),
-            Err(e) => Err(self.after_write_failure(guard, e).await),
+            Err(e) => Err(Box::pin(self.after_write_failure(guard, e)).await),
+        }
+    }
+
+    /// A flush whose first write found the socket full: the write again, from where the first one
+    /// stopped (the queue advances only past what a write took, and a write that is not ready
+    /// takes nothing), until it completes, the connection is to close, or the device has read
+    /// nothing for the keep-alive window.
+    async fn flush_waiting(&mut self, guard: &Guard) -> Result<std::io::Result<()>, Ending> {
+        let shared = &guard.shared;
+        let window = self.window;
+        let close = self.close.clone();
+        tokio::select! {
+            biased;
+            // A device that does not read must not hold up a takeover or the hub's shutdown.
+            _ = shared.shutdown.cancelled() => Err(Ending::shutdown()),
+            r = close.requested() => Err(Ending::requested(r)),
+            r = self.io.flush_queued() => Ok(r),
+            _ = shared.clock.sleep(window) => {
+                let detail = format!("the device read nothing for {window:?}");
+                Err(Ending::hub_timeout(CloseCause::KeepAliveTimeout, detail))
+            }
         }
     }
 
