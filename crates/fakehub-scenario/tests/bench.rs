@@ -8,7 +8,9 @@ fn bench_measures_fakehub_mosquitto_and_the_bare_acceptor_and_prints_ratios() {
     let out = tempfile::tempdir().unwrap();
     let run = Command::new(env!("CARGO_BIN_EXE_fakehub"))
         .args(["bench", "--devices", "20", "--publishers", "2"])
-        .args(["--publish-for", "300ms", "--runs", "2", "--out"])
+        .args(["--publish-for", "300ms", "--runs", "2"])
+        // A line for mosquitto's configuration: mosquitto answers at once, as fakehub does.
+        .args(["--mosquitto-conf", "set_tcp_nodelay true", "--out"])
         .arg(out.path())
         .output()
         .unwrap();
@@ -34,6 +36,8 @@ fn bench_measures_fakehub_mosquitto_and_the_bare_acceptor_and_prints_ratios() {
         "QoS 1 unpaced, msgs/s",
         "server CPU per QoS 1 msg, unpaced, µs",
         "server CPU per QoS 1 msg at 10000 msgs/s, µs",
+        "  the load tool's CPU per msg meanwhile, µs",
+        "  server + load tool, µs",
         "  thread switches per msg at 10000 msgs/s",
         "  PUBACK p99 at 10000 msgs/s, ms",
         "PUBACK p99 at half rate, ms",
@@ -50,6 +54,13 @@ fn bench_measures_fakehub_mosquitto_and_the_bare_acceptor_and_prints_ratios() {
             assert!(cell.parse::<f64>().is_ok(), "unmeasured cell in {line:?}");
         }
     }
+    // mosquitto ran with the added line (after the benchmark's own).
+    let conf =
+        std::fs::read_to_string(out.path().join("mosquitto").join("mosquitto.conf")).unwrap();
+    assert!(
+        conf.lines().last() == Some("set_tcp_nodelay true"),
+        "{conf}"
+    );
     // Each run's own figures, so that the spread behind a median can be seen.
     for kind in ["fakehub", "mosquitto", "bare"] {
         for round in 1..=2 {

@@ -60,6 +60,11 @@ pub struct BenchOptions {
     /// The mosquitto binary.
     #[arg(long, default_value = "/usr/sbin/mosquitto")]
     pub mosquitto: PathBuf,
+    /// A line to add to mosquitto's configuration (repeatable), e.g. `--mosquitto-conf
+    /// "set_tcp_nodelay true"`: mosquitto then answers each packet at once, as fakehub does, instead
+    /// of leaving small answers to Nagle's algorithm.
+    #[arg(long = "mosquitto-conf", value_name = "LINE")]
+    pub mosquitto_conf: Vec<String>,
     /// Start each server under this command, e.g. `--wrap heaptrack` or `--wrap "perf record -g
     /// --"` (to profile it under the benchmark's load; the figures then include the wrapper).
     #[arg(long)]
@@ -99,6 +104,11 @@ pub struct Figures {
 #[derive(Clone, Debug, Default)]
 pub struct Paced {
     pub cpu_per_msg: Duration,
+    /// The load tool's own CPU per message over the same run: what the server's way of answering
+    /// costs its clients (loopback charges the receiving side's TCP work to the sender, and a
+    /// server that leaves answers to Nagle's algorithm sends them when the client's next segment
+    /// acknowledges the last, on the client's time).
+    pub load_cpu_per_msg: Duration,
     /// Context switches of the server's threads per message: how often a thread went to sleep and
     /// was woken again for each message.
     pub switches_per_msg: f64,
@@ -137,6 +147,12 @@ impl Figures {
                 .map(|i| Paced {
                     cpu_per_msg: of(runs, |f| {
                         f.fixed.get(i).map(|p| p.cpu_per_msg).unwrap_or_default()
+                    }),
+                    load_cpu_per_msg: of(runs, |f| {
+                        f.fixed
+                            .get(i)
+                            .map(|p| p.load_cpu_per_msg)
+                            .unwrap_or_default()
                     }),
                     switches_per_msg: of(runs, |f| {
                         f.fixed
@@ -220,8 +236,16 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Vec<(Kind, Figures)>> {
                 .as_deref()
                 .map(|w| w.split_whitespace().map(str::to_owned).collect())
                 .unwrap_or_default();
-            let mut server =
-                Server::start(kind, &dir, &certs, &fleet, &opts.mosquitto, &wrap).await?;
+            let mut server = Server::start(
+                kind,
+                &dir,
+                &certs,
+                &fleet,
+                &opts.mosquitto,
+                &opts.mosquitto_conf,
+                &wrap,
+            )
+            .await?;
             let target = Arc::new(Target {
                 addr: server.addr,
                 tls: tokio_rustls::TlsConnector::from(tls.clone()),
@@ -346,6 +370,7 @@ async fn measure(
     let mut pubs = pubs;
     for &rate in &opts.fixed_rates {
         let (cpu0, switches0) = (server.cpu()?, server.switches()?);
+        let load0 = server::own_cpu()?;
         let writer0 = server.thread_cpu(EVENT_WRITER)?;
         let (back, mut run) =
             load::publish(pubs, opts.inflight, Some(rate), opts.publish_for).await;
@@ -353,6 +378,7 @@ async fn measure(
         let writer = server.thread_cpu(EVENT_WRITER)?;
         f.fixed.push(Paced {
             cpu_per_msg: per_message(server.cpu()?.saturating_sub(cpu0), run.acked),
+            load_cpu_per_msg: per_message(server::own_cpu()?.saturating_sub(load0), run.acked),
             switches_per_msg: server.switches()?.saturating_sub(switches0) as f64
                 / run.acked.max(1) as f64,
             event_writer_per_msg: writer0
@@ -454,6 +480,16 @@ pub fn table(opts: &BenchOptions, results: &[(Kind, Figures)]) -> String {
             "  of which the event log writer, µs",
             "",
             Box::new(move |f| at(f)?.event_writer_per_msg.map(micros)),
+        );
+        row(
+            "  the load tool's CPU per msg meanwhile, µs",
+            "",
+            Box::new(move |f| at(f).map(|p| micros(p.load_cpu_per_msg))),
+        );
+        row(
+            "  server + load tool, µs",
+            "lower",
+            Box::new(move |f| at(f).map(|p| micros(p.cpu_per_msg + p.load_cpu_per_msg))),
         );
         row(
             &format!("  thread switches per msg at {rate} msgs/s"),

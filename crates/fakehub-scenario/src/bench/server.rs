@@ -116,6 +116,7 @@ impl Server {
         certs: &Certificates,
         fleet: &Fleet<'_>,
         mosquitto: &Path,
+        mosquitto_conf: &[String],
         wrap: &[String],
     ) -> anyhow::Result<Server> {
         let port = free_port()?;
@@ -175,6 +176,9 @@ impl Server {
                     // As root mosquitto would switch to the `mosquitto` user, which cannot read the
                     // benchmark's files.
                     let _ = writeln!(conf, "user root");
+                }
+                for line in mosquitto_conf {
+                    let _ = writeln!(conf, "{line}");
                 }
                 let config = dir.join("mosquitto.conf");
                 std::fs::write(&config, conf)?;
@@ -316,6 +320,11 @@ impl Server {
             self.pid()
         ))?)
     }
+}
+
+/// CPU time this process (the benchmark and its load tool) used so far, user + system.
+pub fn own_cpu() -> anyhow::Result<Duration> {
+    cpu_of_stat(&std::fs::read_to_string("/proc/self/stat")?)
 }
 
 /// utime + stime of a `/proc/.../stat` line.
