@@ -54,8 +54,8 @@ const POLL: Duration = Duration::from_micros(100);
 ///
 /// The top speed is what a tight loop's own timing is stretched by: a device that retries without
 /// backoff makes an attempt every 5–10 ms of real time over loopback (debug builds, this 2-core VM),
-/// so at 50× its retries are 0.25–0.5 s apart in virtual time, well inside what the field diagnosis
-/// and `no_tight_loop` call a tight loop (1 s). At 200× (before) they were 1–2 s apart: the
+/// so at 50× its retries are 0.25–0.5 s apart in virtual time, well inside the 1 s under which the
+/// field diagnosis calls retries a reconnect storm. At 200× (before) they were 1–2 s apart: the
 /// hammering looked like a backoff of a second, and the field diagnosis of the run's own records
 /// no longer saw a reconnect storm. (20× would stretch less, but a 4-minute outage hammered without
 /// backoff then took 12 s of real time, and the field round trip, which runs it several times, 2–3
