@@ -26,7 +26,7 @@ type Fast = foldhash::fast::RandomState;
 
 /// Where each device's events and connections are, found once: rules judge every device of a
 /// fleet, and a scan of the whole log per device would make judging a fleet quadratic.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 struct Index {
     /// Positions in the log of each device's events.
     events: HashMap<Arc<str>, Vec<usize>, Fast>,
@@ -36,8 +36,14 @@ struct Index {
     end: Option<(SystemTime, u64)>,
 }
 
+/// Logs at least this long are read on two threads at once: the lifecycle fold on one, the
+/// positions of each device's events on the other (for a fleet's log of millions of events each
+/// pass takes seconds; a short log is not worth a thread).
+const TWO_THREADS_FROM: usize = 100_000;
+
 impl Index {
-    fn of(events: &[Arc<Event>], lifecycle: &Lifecycle) -> Index {
+    /// The part that reads the events alone: each device's positions, and the end.
+    fn positions(events: &[Arc<Event>]) -> Index {
         let mut index = Index::default();
         for (i, e) in events.iter().enumerate() {
             if let Some(d) = &e.device {
@@ -55,41 +61,68 @@ impl Index {
         if index.end.is_none() {
             index.end = events.last().map(|e| (e.time, e.seq));
         }
+        index
+    }
+
+    /// The part that reads the lifecycle: each device's connections.
+    fn add_connections(&mut self, lifecycle: &Lifecycle) {
         for c in lifecycle.connections().filter(|c| c.connect.is_some()) {
             if let Some(d) = &c.device {
-                match index.connections.get_mut(d) {
+                match self.connections.get_mut(d) {
                     Some(list) => list.push(c.conn),
                     None => {
-                        index.connections.insert(d.clone(), vec![c.conn]);
+                        self.connections.insert(d.clone(), vec![c.conn]);
                     }
                 }
             }
         }
-        index
     }
+}
+
+/// The connections and the records they cause, in one fold.
+fn fold(events: &[Arc<Event>]) -> (Lifecycle, Vec<(usize, Option<ResultCode>)>) {
+    let mut lifecycle = Lifecycle::new();
+    let mut record_codes = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        if let Some(c) = lifecycle.push(e) {
+            record_codes.extend(records::facts(c, e).into_iter().map(|f| (i, f.code)));
+        }
+    }
+    (lifecycle, record_codes)
 }
 
 impl Log {
     /// A log from events (e.g. `hub.events().snapshot()`, or a parsed `events.jsonl`).
     pub fn new(events: Vec<Arc<Event>>) -> Log {
+        let two = events.len() >= TWO_THREADS_FROM;
+        Log::build(events, two)
+    }
+
+    /// [`Log::new`], on two threads or one.
+    fn build(events: Vec<Arc<Event>>, two_threads: bool) -> Log {
         let start = events
             .first()
             .map(|e| e.time)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        // One fold for the connections and the records they cause.
-        let mut lifecycle = Lifecycle::new();
-        let mut record_codes = Vec::new();
-        for (i, e) in events.iter().enumerate() {
-            if let Some(c) = lifecycle.push(e) {
-                record_codes.extend(records::facts(c, e).into_iter().map(|f| (i, f.code)));
-            }
-        }
-        let index = Arc::new(Index::of(&events, &lifecycle));
+        let ((lifecycle, record_codes), mut index) = if two_threads {
+            std::thread::scope(|scope| {
+                let positions = scope.spawn(|| Index::positions(&events));
+                let folded = fold(&events);
+                // A panic on the other thread is this thread's (the same code run in line).
+                match positions.join() {
+                    Ok(index) => (folded, index),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            })
+        } else {
+            (fold(&events), Index::positions(&events))
+        };
+        index.add_connections(&lifecycle);
         Log {
             events,
             start,
             lifecycle: Arc::new(lifecycle),
-            index,
+            index: Arc::new(index),
             records: Arc::new(record_codes),
         }
     }
@@ -406,5 +439,72 @@ pub fn fmt_offset(d: Duration) -> String {
         format!("{h}:{m:02}:{s:02}.{ms:03}")
     } else {
         format!("{m:02}:{s:02}.{ms:03}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `events.jsonl` lines of `devices` devices that connect, ping and are dropped, `rounds` times,
+    /// then the timeline's end.
+    fn fleet_log(devices: u64, rounds: u64) -> String {
+        let mut out = String::new();
+        let mut seq = 0u64;
+        let mut line = |out: &mut String, ms: u64, body: &str| {
+            out.push_str(&format!(
+                "{{\"seq\":{seq},\"time\":\"2026-12-03T12:{:02}:{:02}.{:03}Z\",\"elapsed_ms\":{ms},{body}}}\n",
+                ms / 60_000,
+                ms / 1000 % 60,
+                ms % 1000
+            ));
+            seq += 1;
+        };
+        for r in 0..rounds {
+            for d in 0..devices {
+                let conn = r * devices + d + 1;
+                let ms = r * 60_000 + d;
+                let who = format!("\"conn\":{conn},\"device\":\"meter-{d}\"");
+                line(
+                    &mut out,
+                    ms,
+                    &format!("\"conn\":{conn},\"event\":\"accepted\",\"peer\":\"127.0.0.1:1\""),
+                );
+                line(&mut out, ms, &format!("{who},\"event\":\"connect\",\"client_id\":\"meter-{d}\",\"username\":\"h/meter-{d}/?api-version=2021-04-12\",\"keep_alive\":60,\"clean_session\":false,\"auth\":\"sas\",\"will\":false"));
+                line(
+                    &mut out,
+                    ms,
+                    &format!("{who},\"event\":\"connack\",\"code\":0,\"session_present\":false"),
+                );
+                line(&mut out, ms + 1, &format!("{who},\"event\":\"ping\""));
+                line(&mut out, ms + 1, &format!("{who},\"event\":\"pingresp\""));
+                line(&mut out, ms + 2, &format!("{who},\"event\":\"closed\",\"by\":\"hub\",\"how\":\"rst\",\"cause\":\"fault\",\"detail\":\"fault 1 (mass_drop)\""));
+            }
+        }
+        line(&mut out, rounds * 60_000, "\"event\":\"timeline_ended\"");
+        out
+    }
+
+    /// A long log is folded and indexed on two threads: the result is the one thread's, field for
+    /// field (and the log is long enough for [`Log::new`] to take the two-thread path).
+    #[test]
+    fn two_threads_build_the_same_log_as_one() {
+        let text = fleet_log(2_000, 9);
+        let one = Log::parse_jsonl(&text).expect("the log parses");
+        let events = one.events().to_vec();
+        assert!(events.len() >= TWO_THREADS_FROM, "{} events", events.len());
+        let two = Log::build(events.clone(), true);
+        let single = Log::build(events, false);
+        assert_eq!(*two.index, *single.index);
+        assert_eq!(two.records, single.records);
+        assert_eq!(
+            two.lifecycle.connections().collect::<Vec<_>>(),
+            single.lifecycle.connections().collect::<Vec<_>>()
+        );
+        // And what was read is right: every device connected 9 times, each drop a record.
+        assert_eq!(two.connections_of("meter-1999").count(), 9);
+        assert_eq!(two.of_device("meter-0").count(), 9 * 5);
+        assert_eq!(two.end().1, 2_000 * 9 * 6);
+        assert!(two.record_codes().count() >= 2_000 * 9);
     }
 }

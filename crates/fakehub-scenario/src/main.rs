@@ -201,7 +201,11 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         }
-        let opts = runner::RunOptions { seed, sample_bugs };
+        let opts = runner::RunOptions {
+            seed,
+            sample_bugs,
+            draw: true,
+        };
         return match run(&scenarios, out.as_deref(), opts) {
             Ok(code) => code,
             Err(e) => {
@@ -302,7 +306,10 @@ fn run(
         let log = &outcome.log;
         std::fs::write(
             dir.join("report.html"),
-            report::render_html(&s.name, log, &outcome.verdicts),
+            match &outcome.drawing {
+                Some(drawing) => report::render_drawn(&s.name, log, drawing, &outcome.verdicts),
+                None => report::render_html(&s.name, log, &outcome.verdicts),
+            },
         )?;
         let result = junit::ScenarioResult {
             name: s.name.clone(),

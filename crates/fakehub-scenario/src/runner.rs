@@ -32,6 +32,7 @@ use tokio::process::Command;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::report::Drawing;
 use crate::scenario::{
     ClockAdapter, DeviceSpec, HubSettings, Provision, Scenario, Step, X509Device,
 };
@@ -47,6 +48,9 @@ pub struct Outcome {
     pub regime: Regime,
     /// The virtual time the run took, from the hub's start to its end.
     pub virtual_time: Duration,
+    /// What the report draws from the log, when [`RunOptions::draw`] asked for it: made on a
+    /// second thread while the verdicts are judged.
+    pub drawing: Option<Drawing>,
 }
 
 impl Outcome {
@@ -85,6 +89,8 @@ pub struct RunOptions {
     pub seed: Option<u64>,
     /// Bugs added to every sample device, in-process or process (to show a scenario catching them).
     pub sample_bugs: Vec<String>,
+    /// Also draw the report's timeline (see [`Outcome::drawing`]).
+    pub draw: bool,
 }
 
 /// How virtual time passes in a run (see the module documentation).
@@ -319,16 +325,31 @@ async fn run_in(
     rig.stop_all().await;
     let log = Log::of(&hub);
     let devices: Vec<String> = scenario.devices.iter().flat_map(|d| d.ids()).collect();
-    let verdicts: Vec<(String, Verdict)> = scenario
-        .expect
-        .iter()
-        .flat_map(|e| {
-            let text = describe_expectation(e);
-            e.evaluate_for(&log, &devices)
-                .into_iter()
-                .map(move |v| (text.clone(), v))
+    let judge = || -> Vec<(String, Verdict)> {
+        scenario
+            .expect
+            .iter()
+            .flat_map(|e| {
+                let text = describe_expectation(e);
+                e.evaluate_for(&log, &devices)
+                    .into_iter()
+                    .map(move |v| (text.clone(), v))
+            })
+            .collect()
+    };
+    let (verdicts, drawing) = if opts.draw {
+        std::thread::scope(|scope| {
+            let drawing = scope.spawn(|| Drawing::of(&log));
+            let verdicts = judge();
+            // A panic while drawing is this thread's (the same code run in line).
+            match drawing.join() {
+                Ok(d) => (verdicts, Some(d)),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
         })
-        .collect();
+    } else {
+        (judge(), None)
+    };
     if let Some(time) = rig.time.take() {
         let r = time.stop();
         if how.narrate {
@@ -355,6 +376,7 @@ async fn run_in(
         }
     }
     Ok(Outcome {
+        drawing,
         verdicts,
         log,
         interrupted,

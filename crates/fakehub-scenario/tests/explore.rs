@@ -326,6 +326,7 @@ fn proptest_finds_and_shrinks_a_bug_and_records_its_seed() {
     let bugs = RunOptions {
         seed: None,
         sample_bugs: vec!["no-resubscribe".into()],
+        draw: false,
     };
     let mut runner = TestRunner::new_with_rng(
         config,

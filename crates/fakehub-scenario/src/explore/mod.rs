@@ -157,6 +157,7 @@ pub fn explore(
     let bugs = RunOptions {
         seed: None,
         sample_bugs: opts.sample_bugs.clone(),
+        draw: false,
     };
     let well = RunOptions::default();
     let contrast = !opts.sample_bugs.is_empty();

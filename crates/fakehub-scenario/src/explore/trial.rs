@@ -27,6 +27,7 @@ pub fn run_schedule(
     let opts = RunOptions {
         seed: Some(schedule.seed),
         sample_bugs: opts.sample_bugs.clone(),
+        draw: false,
     };
     let dir = (Regime::of(&scenario) != Regime::Simulated).then(|| scratch_dir(scratch));
     let how = Execution {

@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use fakehub::events::series::connected_device_count;
+use fakehub::events::series::{connected_device_count, CountSample};
 use fakehub::{CloseCause, ResultCode};
 use fakehub_assert::{Log, Verdict};
 
@@ -139,14 +139,40 @@ fn close_style(cause: CloseCause) -> &'static CloseStyle {
     &CLOSE_STYLES[close_style_index(cause)]
 }
 
+/// What the report draws from the log alone: the timeline's rows and the connected-devices
+/// series. Made apart from the page so that a run can draw while it judges (for a fleet's log of
+/// millions of events, each takes about a second).
+pub struct Drawing {
+    timeline: Timeline,
+    series: Vec<CountSample>,
+}
+
+impl Drawing {
+    pub fn of(log: &Log) -> Drawing {
+        Drawing {
+            timeline: Timeline::of(log),
+            series: connected_device_count(log.events().iter().map(|e| e.as_ref())),
+        }
+    }
+}
+
 /// Render the report of a run as a complete HTML document.
 ///
 /// `verdicts` pairs each expectation as the scenario wrote it (e.g. `recovers: { within: 60s }`)
 /// with its verdict; the overall verdict is FAIL when any failed, CANNOT JUDGE when none failed but
 /// some could not be judged, and PASS when every one passed.
 pub fn render_html(title: &str, log: &Log, verdicts: &[(String, Verdict)]) -> String {
-    let timeline = Timeline::of(log);
-    let series = connected_device_count(log.events().iter().map(|e| e.as_ref()));
+    render_drawn(title, log, &Drawing::of(log), verdicts)
+}
+
+/// [`render_html`] with the drawing already made from the same log.
+pub fn render_drawn(
+    title: &str,
+    log: &Log,
+    drawing: &Drawing,
+    verdicts: &[(String, Verdict)],
+) -> String {
+    let Drawing { timeline, series } = drawing;
     let failing: BTreeSet<&str> = verdicts
         .iter()
         .filter(|(_, v)| v.judged && !v.passed)
@@ -161,10 +187,10 @@ pub fn render_html(title: &str, log: &Log, verdicts: &[(String, Verdict)]) -> St
          <title>{} — fakehub report</title>\n<style>{CSS}</style>\n</head>\n<body>\n",
         esc(title)
     );
-    header(&mut out, title, log, &timeline, verdicts);
+    header(&mut out, title, log, timeline, verdicts);
     out.push_str("<section>\n<h2>Timeline <span class=\"sub\">virtual time since the start of the log</span></h2>\n");
-    legend(&mut out, &timeline);
-    timeline_svg(&mut out, log, &timeline, &series, &failing);
+    legend(&mut out, timeline);
+    timeline_svg(&mut out, log, timeline, series, &failing);
     out.push_str("</section>\n");
     expectations(&mut out, verdicts);
     out.push_str("</body>\n</html>\n");
