@@ -13,6 +13,7 @@
 //! hub).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -31,7 +32,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::TlsConnector;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::connection_string::ConnectionString;
 use crate::provision::Provisioning;
@@ -510,6 +511,11 @@ impl Device {
 
     /// Run until `stop` is cancelled.
     pub async fn run(mut self, stop: CancellationToken) {
+        // One wait for the stop, kept across every select: a new one per select joined the token's
+        // list of waiters and left it again, and a fleet's devices enter their selects millions of
+        // times.
+        let cancelled = stop.cancelled();
+        tokio::pin!(cancelled);
         let mut attempt: u32 = 0;
         let mut held: Option<Fired> = None;
         loop {
@@ -519,13 +525,16 @@ impl Device {
             if !self.assigned {
                 let registered = tokio::select! {
                     biased;
-                    _ = stop.cancelled() => break,
+                    _ = cancelled.as_mut() => break,
                     r = self.provision(attempt) => r,
                 };
                 if let Err(reason) = registered {
                     self.emit(DeviceEvent::ProvisionFailed { reason });
                     attempt += 1;
-                    match self.wait_backoff(attempt, None, held.take(), &stop).await {
+                    match self
+                        .wait_backoff(attempt, None, held.take(), cancelled.as_mut())
+                        .await
+                    {
                         Some(guard) => held = guard,
                         None => break,
                     }
@@ -536,7 +545,7 @@ impl Device {
             let (token, expiry) = self.token();
             let connected = tokio::select! {
                 biased;
-                _ = stop.cancelled() => break,
+                _ = cancelled.as_mut() => break,
                 r = self.connect(&token) => r,
             };
             let (io, session_present) = match connected {
@@ -546,7 +555,10 @@ impl Device {
                     self.count_failed_connect();
                     attempt += 1;
                     // The retry timer is armed before the guard of this attempt is released.
-                    match self.wait_backoff(attempt, io, held.take(), &stop).await {
+                    match self
+                        .wait_backoff(attempt, io, held.take(), cancelled.as_mut())
+                        .await
+                    {
                         Some(guard) => held = guard,
                         None => break,
                     }
@@ -556,7 +568,7 @@ impl Device {
             attempt = 0;
             self.failed_connects = 0;
             let ended = self
-                .session(io, session_present, expiry, &mut held, &stop)
+                .session(io, session_present, expiry, &mut held, cancelled.as_mut())
                 .await;
             drop(held.take());
             match ended {
@@ -572,7 +584,7 @@ impl Device {
                     }
                     attempt += 1;
                     match self
-                        .wait_backoff(attempt, io.map(|b| *b), None, &stop)
+                        .wait_backoff(attempt, io.map(|b| *b), None, cancelled.as_mut())
                         .await
                     {
                         Some(guard) => held = guard,
@@ -632,7 +644,7 @@ impl Device {
         attempt: u32,
         dead: Option<Io>,
         held: Option<Fired>,
-        stop: &CancellationToken,
+        stop: Pin<&mut WaitForCancellationFuture<'_>>,
     ) -> Option<Option<Fired>> {
         let delay = self.backoff(attempt);
         self.emit(DeviceEvent::Backoff {
@@ -648,7 +660,7 @@ impl Device {
         }
         tokio::select! {
             biased;
-            _ = stop.cancelled() => None,
+            _ = stop => None,
             g = timer.wait() => Some(g),
         }
     }
@@ -782,7 +794,7 @@ impl Device {
         session_present: bool,
         expiry: SystemTime,
         held: &mut Option<Fired>,
-        stop: &CancellationToken,
+        mut stop: Pin<&mut WaitForCancellationFuture<'_>>,
     ) -> Ended {
         if let Err(e) = self.start_session(&mut io).await {
             return Ended::Dropped(e, Some(Box::new(io)));
@@ -804,7 +816,7 @@ impl Device {
         loop {
             tokio::select! {
                 biased;
-                _ = stop.cancelled() => {
+                _ = stop.as_mut() => {
                     if self.has(Bug::NoDisconnect) {
                         close(io).await;
                     } else {
