@@ -169,13 +169,22 @@ impl SasToken {
     }
 }
 
-fn sign(key_b64: &str, raw_sr: &str, expiry: u64) -> Result<String, SasError> {
+/// The HMAC keyed with a base64 key.
+fn keyed(key_b64: &str) -> Result<Hmac<Sha256>, SasError> {
     let key = B64.decode(key_b64.trim()).map_err(|_| SasError::BadKey)?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).map_err(|_| SasError::BadKey)?;
+    Hmac::<Sha256>::new_from_slice(&key).map_err(|_| SasError::BadKey)
+}
+
+/// The signature of `raw_sr` and `expiry` with an HMAC already keyed.
+fn signature(mut mac: Hmac<Sha256>, raw_sr: &str, expiry: u64) -> String {
     mac.update(raw_sr.as_bytes());
     mac.update(b"\n");
     mac.update(expiry.to_string().as_bytes());
-    Ok(B64.encode(mac.finalize().into_bytes()))
+    B64.encode(mac.finalize().into_bytes())
+}
+
+fn sign(key_b64: &str, raw_sr: &str, expiry: u64) -> Result<String, SasError> {
+    Ok(signature(keyed(key_b64)?, raw_sr, expiry))
 }
 
 /// The resource URI a device or module token is scoped to.
@@ -183,6 +192,79 @@ pub fn resource_uri(host_name: &str, device_id: &str, module_id: Option<&str>) -
     match module_id {
         Some(m) => format!("{host_name}/devices/{device_id}/modules/{m}"),
         None => format!("{host_name}/devices/{device_id}"),
+    }
+}
+
+/// `expiry` as `se`: whole seconds since the epoch, rounded down.
+fn se_of(expiry: SystemTime) -> Result<u64, SasError> {
+    Ok(expiry
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| SasError::Malformed("se"))?
+        .as_secs())
+}
+
+/// Mints the tokens of one resource with one key. The resource is percent-encoded, and the key
+/// decoded and set into the HMAC, once: a device mints a token per connect attempt, and a fleet's
+/// reconnect storm makes a million of them.
+#[derive(Clone)]
+pub struct Minter {
+    /// The resource, percent-encoded as it goes into `sr`.
+    sr: String,
+    mac: Hmac<Sha256>,
+}
+
+impl Minter {
+    pub fn new(resource: &str, key_b64: &str) -> Result<Minter, SasError> {
+        Ok(Minter {
+            sr: utf8_percent_encode(resource, NON_ALPHANUMERIC).to_string(),
+            mac: keyed(key_b64)?,
+        })
+    }
+
+    /// The minter of a device's or module's own tokens.
+    pub fn for_identity(
+        host_name: &str,
+        who: &crate::identity::IdentityRef,
+        key_b64: &str,
+    ) -> Result<Minter, SasError> {
+        let resource = resource_uri(host_name, &who.device_id, who.module_id.as_deref());
+        Minter::new(&resource, key_b64)
+    }
+
+    /// A token the way the Python SDK makes one (percent-encoded `sr`, upper-case hex), valid
+    /// until `expiry` (rounded down to a whole second), naming `key_name` when given.
+    pub fn mint(&self, key_name: Option<&str>, expiry: SystemTime) -> Result<String, SasError> {
+        let se = se_of(expiry)?;
+        let sig = signature(self.mac.clone(), &self.sr, se);
+        let sig = utf8_percent_encode(&sig, NON_ALPHANUMERIC);
+        let mut token = format!("SharedAccessSignature sr={}&sig={sig}&se={se}", self.sr);
+        if let Some(name) = key_name {
+            token.push_str("&skn=");
+            token.push_str(&utf8_percent_encode(name, NON_ALPHANUMERIC).to_string());
+        }
+        Ok(token)
+    }
+
+    /// A token that expires `ttl` after the device's own clock says now (in-process devices on the
+    /// hub's shared clock get tokens that expire in virtual time), `se` rounded to the nearest
+    /// second; with that expiry.
+    pub fn mint_for(
+        &self,
+        clock: &crate::clock::DeviceClock,
+        ttl: Duration,
+    ) -> Result<(String, SystemTime), SasError> {
+        let at = clock
+            .now()
+            .checked_add(ttl)
+            .ok_or(SasError::Malformed("se"))?
+            .duration_since(UNIX_EPOCH)
+            .map_err(|_| SasError::Malformed("se"))?
+            .as_secs_f64()
+            .round();
+        let expiry = UNIX_EPOCH
+            .checked_add(Duration::from_secs(at as u64))
+            .ok_or(SasError::Malformed("se"))?;
+        Ok((self.mint(None, expiry)?, expiry))
     }
 }
 
@@ -195,24 +277,13 @@ pub fn mint(
     key_name: Option<&str>,
     expiry: SystemTime,
 ) -> Result<String, SasError> {
-    let se = expiry
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| SasError::Malformed("se"))?
-        .as_secs();
-    let sr = utf8_percent_encode(resource, NON_ALPHANUMERIC).to_string();
-    let sig = sign(key_b64, &sr, se)?;
-    let sig = utf8_percent_encode(&sig, NON_ALPHANUMERIC);
-    let mut token = format!("SharedAccessSignature sr={sr}&sig={sig}&se={se}");
-    if let Some(name) = key_name {
-        token.push_str("&skn=");
-        token.push_str(&utf8_percent_encode(name, NON_ALPHANUMERIC).to_string());
-    }
-    Ok(token)
+    // An expiry before the epoch is named before a bad key, as it always was.
+    se_of(expiry)?;
+    Minter::new(resource, key_b64)?.mint(key_name, expiry)
 }
 
-/// Mint a token for an identity that expires `ttl` after the device's own clock says now (in-process
-/// devices on the hub's shared clock get tokens that expire in virtual time). `se` is rounded to the
-/// nearest second.
+/// Mint a token for an identity that expires `ttl` after the device's own clock says now (see
+/// [`Minter::mint_for`]; a device that mints again and again keeps a [`Minter`]).
 pub fn mint_for(
     clock: &crate::clock::DeviceClock,
     host_name: &str,
@@ -220,19 +291,7 @@ pub fn mint_for(
     key_b64: &str,
     ttl: Duration,
 ) -> Result<(String, SystemTime), SasError> {
-    let at = clock
-        .now()
-        .checked_add(ttl)
-        .ok_or(SasError::Malformed("se"))?
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| SasError::Malformed("se"))?
-        .as_secs_f64()
-        .round();
-    let expiry = UNIX_EPOCH
-        .checked_add(Duration::from_secs(at as u64))
-        .ok_or(SasError::Malformed("se"))?;
-    let resource = resource_uri(host_name, &who.device_id, who.module_id.as_deref());
-    Ok((mint(&resource, key_b64, None, expiry)?, expiry))
+    Minter::for_identity(host_name, who, key_b64)?.mint_for(clock, ttl)
 }
 
 /// A fresh random symmetric key (32 bytes, base64), as the hub generates for new identities.
@@ -257,6 +316,45 @@ mod tests {
         parsed.verify_audience(&res).unwrap();
         assert_eq!(parsed.expiry(), exp);
         assert_eq!(parsed.key_name(), None);
+    }
+
+    /// One minter, many tokens: each is signed from the same keyed HMAC (cloned, never worn), and
+    /// each signature is the one Python's `hmac` computes for that `sr` and `se`.
+    #[test]
+    fn a_minter_signs_every_expiry_as_a_fresh_key_would() {
+        let who = crate::identity::IdentityRef {
+            device_id: "sensor-1".into(),
+            module_id: None,
+        };
+        let minter = Minter::for_identity("myhub.azure-devices.net", &who, KEY).unwrap();
+        // hmac.new(b64decode(KEY), sr + "\n" + se, sha256), base64: computed outside this code.
+        for (se, expected) in [
+            (
+                1_800_000_000u64,
+                "YtY7kGv32shTbyKzWQQ6pTRT7bDaeFvBkIdQQFTpan8=",
+            ),
+            (
+                1_800_003_600,
+                "D9RtGc8HdL+eAUBXGlREG0MuVdSpLvB5LXgV+VZwh00=",
+            ),
+            (
+                1_800_000_000,
+                "YtY7kGv32shTbyKzWQQ6pTRT7bDaeFvBkIdQQFTpan8=",
+            ),
+        ] {
+            let exp = UNIX_EPOCH + Duration::from_secs(se);
+            let tok = minter.mint(None, exp).unwrap();
+            let parsed = SasToken::parse(&tok).unwrap();
+            assert_eq!(parsed.signature, expected);
+            parsed.verify_signature(KEY).unwrap();
+            assert_eq!(parsed.expiry(), exp);
+            let res = resource_uri("myhub.azure-devices.net", "sensor-1", None);
+            assert_eq!(tok, mint(&res, KEY, None, exp).unwrap());
+        }
+        assert_eq!(
+            Minter::new("r", "not base64!").err(),
+            Some(SasError::BadKey)
+        );
     }
 
     #[test]

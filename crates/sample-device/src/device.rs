@@ -329,6 +329,9 @@ pub struct Device {
     next_pkid: u16,
     inflight: BTreeMap<u16, Inflight>,
     first_token: Option<(String, SystemTime)>,
+    /// Mints this device's tokens (made at the first token, again when provisioning names a new
+    /// hub or identity).
+    minter: Option<sas::Minter>,
     subscribed_once: bool,
     /// The highest desired `$version` acknowledged in the reported properties.
     desired_acked: u64,
@@ -396,6 +399,7 @@ impl Device {
             next_pkid: 0,
             inflight: BTreeMap::new(),
             first_token: None,
+            minter: None,
             subscribed_once: false,
             desired_acked: 0,
             next_rid: 0,
@@ -489,14 +493,19 @@ impl Device {
         }
         // The key was checked when the device was made: a failure here means no usable key, and
         // the hub will refuse the empty token, which is the honest outcome.
-        let t = sas::mint_for(
-            &self.clock,
-            &self.conn.host_name,
-            &self.conn.identity,
-            &self.conn.shared_access_key,
-            self.opts.token_ttl,
-        )
-        .unwrap_or_else(|_| (String::new(), self.clock.now()));
+        if self.minter.is_none() {
+            self.minter = sas::Minter::for_identity(
+                &self.conn.host_name,
+                &self.conn.identity,
+                &self.conn.shared_access_key,
+            )
+            .ok();
+        }
+        let t = self
+            .minter
+            .as_ref()
+            .and_then(|m| m.mint_for(&self.clock, self.opts.token_ttl).ok())
+            .unwrap_or_else(|| (String::new(), self.clock.now()));
         self.first_token.get_or_insert(t.clone());
         t
     }
@@ -617,6 +626,7 @@ impl Device {
         });
         // A new hub, a new token.
         self.first_token = None;
+        self.minter = None;
         self.conn = conn;
         self.assigned = true;
         Ok(())
