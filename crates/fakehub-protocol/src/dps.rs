@@ -14,7 +14,6 @@
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use percent_encoding::percent_decode_str;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
@@ -74,7 +73,7 @@ pub fn query(topic: &str) -> Vec<(String, String)> {
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            let decode = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
+            let decode = |s: &str| crate::percent::decode_lossy(s).into_owned();
             (decode(k), decode(v))
         })
         .collect()

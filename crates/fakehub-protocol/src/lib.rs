@@ -3,6 +3,7 @@
 //! * [`codec`]: MQTT 3.1.1 framing over any byte stream.
 //! * [`identity`], [`username`], [`topics`], [`properties`]: the IoT Hub dialect of MQTT — who a
 //!   client is, what its CONNECT username says, which topics it may use, and property bags.
+//! * [`percent`]: percent-decoding of what devices send, with a fast path for plain text.
 //! * [`sas`]: SAS tokens (parse, verify over the raw `sr`, mint).
 //! * [`dps`]: the Device Provisioning Service's dialect (topics, bodies, group key derivation).
 //! * [`tls`]: certificates (CA, server, device) and TLS configurations.
@@ -18,6 +19,7 @@ pub mod connection_string;
 pub mod dps;
 pub mod host;
 pub mod identity;
+pub mod percent;
 pub mod properties;
 pub mod result_code;
 pub mod sas;

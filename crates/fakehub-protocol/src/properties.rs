@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
 
 /// Characters left as they are when the hub encodes a bag: RFC 2396 unreserved.
@@ -41,8 +41,8 @@ impl PropertyBag {
             .filter(|p| !p.is_empty())
         {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let key = percent_decode_str(k).decode_utf8_lossy().into_owned();
-            let value = percent_decode_str(v).decode_utf8_lossy().into_owned();
+            let key = crate::percent::decode_lossy(k).into_owned();
+            let value = crate::percent::decode_lossy(v).into_owned();
             match key.strip_prefix("$.") {
                 Some(system) => bag.system.insert(system.to_owned(), value),
                 None => bag.application.insert(key, value),

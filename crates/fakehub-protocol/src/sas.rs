@@ -11,8 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use percent_encoding::{percent_decode_str, utf8_percent_encode, NON_ALPHANUMERIC};
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use sha2::Sha256;
+use std::borrow::Cow;
 use subtle::ConstantTimeEq;
 
 /// The hub tolerates this much clock difference when it checks `se` (Microsoft's `MaxClockSkew`).
@@ -58,10 +59,9 @@ impl std::fmt::Debug for SasToken {
 }
 
 fn decode(field: &'static str, value: &str) -> Result<String, SasError> {
-    percent_decode_str(value)
-        .decode_utf8()
-        .map(|s| s.into_owned())
-        .map_err(|_| SasError::Malformed(field))
+    crate::percent::decode_utf8(value)
+        .map(Cow::into_owned)
+        .ok_or(SasError::Malformed(field))
 }
 
 impl SasToken {

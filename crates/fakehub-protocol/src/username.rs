@@ -7,8 +7,6 @@
 //! `{host}/{device}/api-version=…` with no `?`, and query keys come in any order. Unknown keys are
 //! ignored; values are percent-decoded (keys too, as some SDKs encode `$`).
 
-use percent_encoding::percent_decode_str;
-
 use crate::identity::IdentityRef;
 
 /// What a username says.
@@ -34,7 +32,7 @@ pub enum UsernameError {
 }
 
 fn decode(s: &str) -> String {
-    percent_decode_str(s).decode_utf8_lossy().into_owned()
+    crate::percent::decode_lossy(s).into_owned()
 }
 
 impl Username {
@@ -75,7 +73,7 @@ impl Username {
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let value = Some(decode(v));
-            match decode(k).as_str() {
+            match crate::percent::decode_lossy(k).as_ref() {
                 "api-version" => name.api_version = value,
                 "DeviceClientType" => name.client_type = value,
                 "model-id" => name.model_id = value,
@@ -121,7 +119,7 @@ impl DpsUsername {
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            match decode(k).as_str() {
+            match crate::percent::decode_lossy(k).as_ref() {
                 "api-version" => name.api_version = Some(decode(v)),
                 "ClientVersion" => name.client_version = Some(decode(v)),
                 _ => {}

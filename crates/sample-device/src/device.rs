@@ -84,11 +84,14 @@ impl Dial {
         let secured = if secure {
             let name = ServerName::try_from(host.to_owned())
                 .map_err(|_| format!("'{host}' is not a valid TLS server name"))?;
-            let tls = TlsConnector::from(tls.clone())
-                .connect(name, stream)
+            // The handshake's future and the session it makes hold a TLS connection (over a
+            // kilobyte): both live on the heap, so that every future holding an `Io` (connect,
+            // session, the device's whole run) stays small for in-memory devices without TLS,
+            // which a fleet moves in and out of its state millions of times.
+            let tls = Box::pin(TlsConnector::from(tls.clone()).connect(name, stream))
                 .await
                 .map_err(|e| format!("TLS: {e}"))?;
-            Secured::Tls(tls)
+            Secured::Tls(Box::new(tls))
         } else {
             Secured::Plain(stream)
         };
@@ -299,7 +302,7 @@ pub enum DeviceError {
     Unknown(String),
 }
 
-pub(crate) type Io = MqttIo<Secured<TlsStream<Stream>>>;
+pub(crate) type Io = MqttIo<Secured<Box<TlsStream<Stream>>>>;
 
 struct Inflight {
     seq: u64,
@@ -535,7 +538,9 @@ impl Device {
                 let registered = tokio::select! {
                     biased;
                     _ = cancelled.as_mut() => break,
-                    r = self.provision(attempt) => r,
+                    // On the heap: a registration (its own connection, TLS and all) is rare
+                    // next to the connects and sessions the run's future is sized by.
+                    r = Box::pin(self.provision(attempt)) => r,
                 };
                 if let Err(reason) = registered {
                     self.emit(DeviceEvent::ProvisionFailed { reason });

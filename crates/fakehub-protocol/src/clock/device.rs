@@ -78,7 +78,10 @@ impl DeviceClock {
 
     /// A timer `d` from now.
     pub fn timer_in(&self, d: Duration) -> DeviceTimer {
-        self.timer(super::wall_add(self.now(), d))
+        match self {
+            DeviceClock::Shared(c) => DeviceTimer::Shared(c.timer_in(d)),
+            DeviceClock::Real => DeviceTimer::Real(super::wall_add(SystemTime::now(), d)),
+        }
     }
 
     /// Sleep for `d` of the device's *monotonic* time: jumps do not shorten it. For timeouts on

@@ -26,6 +26,7 @@
 mod device;
 mod timers;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -124,6 +125,9 @@ struct Inner {
     /// Wakes the clock task: a new earliest deadline, a skip, a jump, a speed change, or the
     /// clock's end.
     wake: Arc<Notify>,
+    /// Timers dropped unfired since the registry last swept their entries out (counted without
+    /// the lock: dropping a timer costs one atomic add).
+    abandoned: AtomicUsize,
 }
 
 impl Drop for Inner {
@@ -189,6 +193,11 @@ impl State {
     /// Fire every timer that is due now (no jump waits for them).
     fn fire_due(&mut self) {
         let (now, elapsed) = self.readings();
+        self.fire_due_at(now, elapsed);
+    }
+
+    /// [`Self::fire_due`] with the readings taken already.
+    fn fire_due_at(&mut self, now: SystemTime, elapsed: Duration) {
         if self.jumping > 0 {
             self.timers.fire_due_elapsed(now, elapsed);
         } else {
@@ -197,13 +206,13 @@ impl State {
     }
 
     /// How long (real time) until the earliest registered deadline, at the current speed.
-    fn real_until_next(&self) -> Option<Duration> {
+    fn real_until_next(&mut self) -> Option<Duration> {
         let next = self.next_deadline()?;
         let left = next.saturating_sub(self.elapsed());
         Some(scale(left, 1.0 / self.speed))
     }
 
-    fn next_deadline(&self) -> Option<Duration> {
+    fn next_deadline(&mut self) -> Option<Duration> {
         let wall = self.timers.first_wall().map(|w| self.elapsed_at_wall(w));
         let elapsed = self.timers.first_elapsed();
         match (wall, elapsed) {
@@ -261,6 +270,7 @@ impl VirtualClock {
                 state: Mutex::new(state),
                 changes,
                 wake: Arc::new(Notify::new()),
+                abandoned: AtomicUsize::new(0),
             }),
         }
     }
@@ -411,35 +421,61 @@ impl VirtualClock {
         self.publish(&mut s);
     }
 
-    fn register(&self, key: TimerKey) -> Timer {
+    /// Register the deadline `key_at` makes of the clock's readings (wall, elapsed), taken once
+    /// under the same lock as the registration.
+    fn register(&self, key_at: impl FnOnce(SystemTime, Duration) -> TimerKey) -> Timer {
         let mut s = self.lock();
-        let earliest_before = s.next_deadline();
-        let (id, rx) = s.timers.insert(key);
-        // Due already: fire at once (by time flowing; no jump waits for it).
-        s.fire_due();
-        let earlier = match (earliest_before, s.next_deadline()) {
-            (Some(before), Some(after)) => after < before,
-            (None, Some(_)) => true,
-            _ => false,
+        let abandoned = self.inner.abandoned.load(Ordering::Relaxed);
+        if s.timers.sweep_if_worth_it(abandoned) {
+            // Drops counted meanwhile (outside the lock) are kept for the next sweep.
+            self.inner.abandoned.fetch_sub(abandoned, Ordering::Relaxed);
+        }
+        let (now, elapsed) = s.readings();
+        let key = match key_at(now, elapsed) {
+            TimerKey::Wall(w) => TimerKey::Wall(w.min(far_future())),
+            elapsed_key => elapsed_key,
         };
+        let earliest_before = s.next_deadline();
+        let rx = s.timers.insert(key);
+        // The new deadline on the elapsed axis (a wall one as if no jump came first).
+        let at = match key {
+            TimerKey::Wall(w) => s.elapsed_at_wall(w),
+            TimerKey::Elapsed(e) => e,
+        };
+        let due = match key {
+            TimerKey::Wall(w) => w <= now,
+            TimerKey::Elapsed(e) => e <= elapsed,
+        };
+        if due || earliest_before.is_some_and(|first| first <= elapsed) {
+            // Due already: fire at once (by time flowing; no jump waits for it), with whatever
+            // else is due.
+            s.fire_due_at(now, elapsed);
+        }
+        let earlier = !due && earliest_before.is_none_or(|first| at < first);
         self.ensure_task(&mut s);
         drop(s);
         if earlier {
             self.inner.wake.notify_one();
         }
-        Timer::new(self.clone(), key, id, rx)
+        Timer::new(self.clone(), key, rx)
     }
 
     /// Register a wall deadline now. A jump that crosses it stops there until the timer has fired
     /// and its [`Fired`] guard is dropped. Register the next deadline *before* dropping the guard of
     /// the last one, and a jump cannot skip it.
     pub fn timer(&self, deadline: SystemTime) -> Timer {
-        self.register(TimerKey::Wall(deadline.min(far_future())))
+        self.register(|_, _| TimerKey::Wall(deadline))
+    }
+
+    /// A wall deadline `d` from now ([`Self::timer`] at `now() + d`, read and registered under
+    /// one lock).
+    pub fn timer_in(&self, d: Duration) -> Timer {
+        self.register(|now, _| TimerKey::Wall(wall_add(now, d)))
     }
 
     /// Register an elapsed (monotonic) deadline now. Jumps do not move it; flow and skips do.
     pub fn timer_elapsed(&self, deadline: Duration) -> Timer {
-        self.register(TimerKey::Elapsed(deadline))
+        self.register(|_, _| TimerKey::Elapsed(deadline))
     }
 
     /// Wait until virtual wall time reaches `deadline`, by time flowing, a skip or a jump. The
@@ -455,14 +491,13 @@ impl VirtualClock {
 
     /// Wait for `d` of virtual elapsed time.
     pub async fn sleep(&self, d: Duration) {
-        let deadline = self.elapsed().saturating_add(d);
-        self.sleep_until_elapsed(deadline).await
+        let mut timer = self.register(|_, elapsed| TimerKey::Elapsed(elapsed.saturating_add(d)));
+        let _ = timer.wait().await;
     }
 
-    /// Remove a timer (its guard was dropped unfired).
-    fn unregister(&self, key: TimerKey, id: u64) {
-        let mut s = self.lock();
-        s.timers.remove(key, id);
+    /// A timer was dropped unfired: its entry is let go lazily (see `timers::Deadlines`).
+    fn abandon(&self) {
+        self.inner.abandoned.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Make sure a task sleeps for the earliest deadline, on the current runtime. Without a

@@ -87,7 +87,7 @@ async fn dropped_waiter_does_not_stall_a_jump() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     t.abort();
     let _ = t.await;
-    assert!(clock.lock().timers.is_empty());
+    assert_eq!(clock.lock().timers.live(), 0);
     tokio::time::timeout(Duration::from_millis(500), clock.advance(secs(60)))
         .await
         .unwrap();
@@ -230,4 +230,51 @@ async fn refused_speeds_leave_the_clock_alone() {
     }
     assert_eq!(clock.speed(), 1.0);
     assert!(clock.set_speed(60.0));
+}
+
+/// A timer dropped unfired is let go lazily: it no longer counts as the next deadline, a jump
+/// passes it by without waiting, and the entries of many dropped timers are swept out instead of
+/// piling up (a fleet drops hundreds of thousands of keep-alive and retry timers).
+#[tokio::test]
+async fn dropped_timers_are_passed_over_and_swept_out() {
+    let start = SystemTime::UNIX_EPOCH + secs(1_700_000_000);
+    let clock = VirtualClock::starting_at(start);
+    let early = clock.timer_elapsed(secs(10));
+    let early_wall = clock.timer(start + secs(5));
+    let mut kept = clock.timer_elapsed(secs(20));
+    assert_eq!(clock.next_deadline(), Some(secs(5)));
+    drop(early_wall);
+    assert_eq!(clock.next_deadline(), Some(secs(10)));
+    drop(early);
+    assert_eq!(
+        clock.next_deadline(),
+        Some(secs(20)),
+        "dropped deadlines do not count"
+    );
+    assert_eq!(clock.lock().timers.live(), 1);
+
+    // Register and drop far more timers than the sweep threshold, a few thousand at a time, the
+    // way a fleet churns them: the held entries stay bounded by a multiple of the live ones.
+    let mut most = 0;
+    for round in 0..20u64 {
+        let batch: Vec<Timer> = (0..3000u64)
+            .map(|i| clock.timer_elapsed(secs(1000 + round * 3000 + i)))
+            .collect();
+        drop(batch);
+        most = most.max(clock.lock().timers.entries());
+    }
+    assert!(most <= 3 * 3000 + 1, "entries held at most: {most}");
+    assert_eq!(clock.lock().timers.live(), 1);
+    assert_eq!(clock.next_deadline(), Some(secs(20)));
+
+    // A jump past abandoned wall deadlines does not wait for them, and time flowing to the live
+    // one still fires it at its instant.
+    let abandoned: Vec<Timer> = (1..=5).map(|i| clock.timer(start + secs(i))).collect();
+    drop(abandoned);
+    tokio::time::timeout(Duration::from_millis(500), clock.advance(secs(60)))
+        .await
+        .expect("the jump does not wait for dropped timers");
+    clock.skip(secs(20));
+    let fired = tokio::time::timeout(Duration::from_secs(1), kept.wait()).await;
+    assert!(fired.is_ok(), "the live deadline fired");
 }

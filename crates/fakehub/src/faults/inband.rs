@@ -244,9 +244,7 @@ impl FaultUnit for InbandUnit {
     fn started(&self, ctx: &Context, fault: &Started<'_>, _matches: &dyn Fn(&str) -> bool) {
         let ctx = ctx.clone();
         let id = fault.id;
-        let mut act = ctx
-            .clock
-            .timer(crate::clock::wall_add(ctx.clock.now(), self.delay));
+        let mut act = ctx.clock.timer_in(self.delay);
         let request = CloseRequest {
             wire: self.wire,
             cause: CloseCause::Fault,
