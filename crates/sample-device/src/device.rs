@@ -673,10 +673,13 @@ impl Device {
         if delay.is_zero() {
             return Some(None);
         }
+        // The timer first: a device woken by its retry instant then does not look at the stop
+        // (a lock on the token per look, and a fleet retries millions of times); a stop that came
+        // at the same instant is seen by the run loop before it dials.
         tokio::select! {
             biased;
-            _ = stop => None,
             g = timer.wait() => Some(g),
+            _ = stop => None,
         }
     }
 
@@ -831,14 +834,6 @@ impl Device {
         loop {
             tokio::select! {
                 biased;
-                _ = stop.as_mut() => {
-                    if self.has(Bug::NoDisconnect) {
-                        close(io).await;
-                    } else {
-                        self.disconnect(io).await;
-                    }
-                    return Ended::Stopped;
-                }
                 guard = async { match renew.as_mut() { Some(t) => t.wait().await, None => std::future::pending().await } } => {
                     self.emit(DeviceEvent::Renewing);
                     self.disconnect(io).await;
@@ -898,6 +893,17 @@ impl Device {
                     Err(ReadError::Eof) => return Ended::Dropped("the hub closed the connection".into(), Some(Box::new(io))),
                     Err(e) => return Ended::Dropped(e.to_string(), Some(Box::new(io))),
                 },
+                // The stop last: most of a session's wake-ups are a packet or a timer, and then the
+                // token is not looked at (a lock per look). A packet or timer at the stop's own
+                // instant is handled first (the next turn of the loop stops).
+                _ = stop.as_mut() => {
+                    if self.has(Bug::NoDisconnect) {
+                        close(io).await;
+                    } else {
+                        self.disconnect(io).await;
+                    }
+                    return Ended::Stopped;
+                }
             }
         }
     }
