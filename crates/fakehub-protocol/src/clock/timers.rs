@@ -151,11 +151,12 @@ impl<K: Ord> Slot<K> {
 /// The deadlines of one reading, earliest first: a calendar of short slots, each a small vector.
 ///
 /// Not one ordered map or heap of every timer: a fleet registers, fires and drops hundreds of
-/// thousands of timers a second, and a B-tree insert or a heap pop over that many entries is a
-/// walk through memory that misses the cache at every level (measured: the clock was a sixth of
-/// a 100,000-device fleet's simulation with either). Here a registration finds its slot in a map
-/// of a few thousand slots and pushes; the earliest slot is sorted once, when it is first looked
-/// into. A timer dropped unfired is not searched for: its entry stays until it is the earliest
+/// thousands of timers a second, and a B-tree insert or a heap pop over that many entries walks
+/// memory far apart. Here a registration finds its slot in a map of a few thousand slots and
+/// pushes; the earliest slot is sorted once, when it is first looked into. (Measured with
+/// cachegrind on a 10,000-device fleet against two B-trees: 0.9 % fewer instructions and 3.9 %
+/// fewer L1 data misses over the whole run; a binary heap's pop was 7 % of the 100,000-device
+/// fleet's simulation thread, more than the B-tree's insert had been.) A timer dropped unfired is not searched for: its entry stays until it is the earliest
 /// (where the closed channel shows it is abandoned and it is passed over) or until abandoned
 /// entries are half of all, when they are swept out at once.
 struct Deadlines<K> {
