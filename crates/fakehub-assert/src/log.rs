@@ -382,7 +382,7 @@ pub fn describe(e: &Event) -> String {
             (Some(s), None) => format!("method {name}: status {s}"),
             (None, None) => format!("method {name}"),
         },
-        EventKind::DpsConnect { id_scope, .. } => format!("DPS CONNECT (scope {id_scope})"),
+        EventKind::DpsConnect(d) => format!("DPS CONNECT (scope {})", d.id_scope),
         EventKind::DpsConnack { code, reason, .. } => match reason {
             Some(r) => format!("DPS CONNACK {code} ({r})"),
             None => format!("DPS CONNACK {code}"),

@@ -322,8 +322,11 @@ async fn run_in(
     rig.say("stopping the devices");
     hub.events()
         .emit(&Subject::default(), EventKind::TimelineEnded);
+    // What the timeline made is read back from events.jsonl while the devices stop (a fleet's
+    // millions of events are most of the run's end).
+    let ahead = hub.events().read_ahead();
     rig.stop_all().await;
-    let log = Log::of(&hub);
+    let log = Log::new(ahead.finish());
     let devices: Vec<String> = scenario.devices.iter().flat_map(|d| d.ids()).collect();
     let judge = || -> Vec<(String, Verdict)> {
         scenario

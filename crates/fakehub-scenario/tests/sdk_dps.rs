@@ -135,7 +135,7 @@ impl Rig {
                 e.device.as_deref() == Some(device)
                     && matches!(e.kind, EventKind::Connack { code: 0, .. })
             })
-            .and_then(|e| e.hub.clone());
+            .and_then(|e| e.hub.as_deref().map(str::to_owned));
         let sent = events
             .iter()
             .filter(|e| {
@@ -239,9 +239,7 @@ async fn the_python_sdk_provisions_individually_by_group_and_with_x509() {
         .snapshot()
         .iter()
         .find_map(|e| match &e.kind {
-            EventKind::DpsConnect { sdk, .. } if e.device.as_deref() == Some("py-solo") => {
-                sdk.clone()
-            }
+            EventKind::DpsConnect(d) if e.device.as_deref() == Some("py-solo") => d.sdk.clone(),
             _ => None,
         })
         .unwrap_or_default();
@@ -392,9 +390,7 @@ async fn the_node_sdk_provisions_individually_and_by_group() {
         .snapshot()
         .iter()
         .find_map(|e| match &e.kind {
-            EventKind::DpsConnect { sdk, .. } if e.device.as_deref() == Some("node-solo") => {
-                sdk.clone()
-            }
+            EventKind::DpsConnect(d) if e.device.as_deref() == Some("node-solo") => d.sdk.clone(),
             _ => None,
         })
         .unwrap_or_default();

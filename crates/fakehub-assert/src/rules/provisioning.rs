@@ -78,7 +78,7 @@ fn steps(log: &Log, device: &str) -> Vec<Step> {
         if c.connack.is_none() && c.closed.is_none() {
             continue;
         }
-        let hub = connect.hub.clone();
+        let hub = connect.hub.as_deref().map(str::to_owned);
         out.push((
             connect.at.seq,
             Step::Connect {

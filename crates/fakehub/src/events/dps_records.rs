@@ -271,7 +271,7 @@ mod tests {
             ev(
                 1,
                 10,
-                EventKind::DpsConnect {
+                EventKind::DpsConnect(Box::new(crate::events::DpsConnect {
                     client_id: "dev-01".into(),
                     id_scope: "0ne00000001".into(),
                     registration_id: "dev-01".into(),
@@ -279,7 +279,7 @@ mod tests {
                     clean_session: true,
                     auth: AuthKind::Sas,
                     sdk: None,
-                },
+                })),
             ),
             ev(
                 2,

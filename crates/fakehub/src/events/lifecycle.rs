@@ -39,7 +39,7 @@ pub struct Connect {
     pub sdk: Option<String>,
     pub token_expiry: Option<SystemTime>,
     /// The hub it came to, when several hubs write the log.
-    pub hub: Option<String>,
+    pub hub: Option<std::sync::Arc<str>>,
 }
 
 /// How the hub answered it.
@@ -79,10 +79,12 @@ pub struct Connection {
     pub conn: u64,
     pub accepted: Option<At>,
     pub peer: Option<SocketAddr>,
-    pub tls: Option<String>,
+    /// The TLS version (a boxed `str`: a connection is boxed in a size class of 512 bytes, and a
+    /// `String`'s capacity would take it to the next).
+    pub tls: Option<Box<str>>,
     /// The identity, once the CONNECT named one.
     pub device: Option<std::sync::Arc<str>>,
-    pub module: Option<String>,
+    pub module: Option<std::sync::Arc<str>>,
     pub connect: Option<Connect>,
     pub connack: Option<Connack>,
     /// The first packet the hub answered after CONNACK 0 (a PUBACK, SUBACK or PINGRESP): the
@@ -92,8 +94,9 @@ pub struct Connection {
     pub subscriptions: BTreeSet<String>,
     pub closed: Option<Closed>,
     /// For a provisioning connection (a DPS username): what it registered as. Such a connection is
-    /// never a hub connection (no `connect`).
-    pub dps: Option<DpsClient>,
+    /// never a hub connection (no `connect`). Boxed: a fleet's log holds a million connections, and
+    /// few are to DPS.
+    pub dps: Option<Box<DpsClient>>,
     /// SUBSCRIBE filters waiting for their SUBACK, by packet id.
     pending_subscribes: BTreeMap<u16, Vec<String>>,
 }
@@ -126,7 +129,7 @@ impl Connection {
     pub fn identity(&self) -> Option<IdentityRef> {
         self.device.as_ref().map(|d| IdentityRef {
             device_id: d.to_string(),
-            module_id: self.module.clone(),
+            module_id: self.module.as_deref().map(str::to_owned),
         })
     }
 
@@ -199,7 +202,7 @@ impl Lifecycle {
                 c.accepted = Some(at);
                 c.peer = Some(*peer);
             }
-            EventKind::Tls { version } => c.tls = Some(version.clone()),
+            EventKind::Tls { version } => c.tls = Some(version.as_str().into()),
             EventKind::Connect {
                 client_id,
                 keep_alive,
@@ -244,17 +247,13 @@ impl Lifecycle {
             {
                 c.first_exchange = Some(at);
             }
-            EventKind::DpsConnect {
-                registration_id,
-                id_scope,
-                ..
-            } => {
-                c.dps = Some(DpsClient {
+            EventKind::DpsConnect(d) => {
+                c.dps = Some(Box::new(DpsClient {
                     at,
-                    registration_id: registration_id.clone(),
-                    id_scope: id_scope.clone(),
+                    registration_id: d.registration_id.clone(),
+                    id_scope: d.id_scope.clone(),
                     connack: None,
-                });
+                }));
             }
             EventKind::DpsConnack { code, .. } => {
                 if let Some(d) = c.dps.as_mut() {
@@ -325,5 +324,28 @@ impl Lifecycle {
     pub fn of_device<'a>(&'a self, device: &'a str) -> impl Iterator<Item = &'a Connection> + 'a {
         self.connections()
             .filter(move |c| c.device.as_deref() == Some(device) && c.connect.is_some())
+    }
+}
+
+#[cfg(all(test, target_pointer_width = "64"))]
+mod sizes {
+    use super::{Connection, Event};
+
+    /// A fleet's log holds millions of events and a million connections, each in an allocation
+    /// of its own: an event (behind its `Arc`, 16 bytes more) in the allocator's 224-byte class
+    /// and a connection (boxed) in the 512-byte class. One field more would move each up a class
+    /// (256 and 640 bytes: 220 MB and 130 MB more for the 100,000-device fleet).
+    #[test]
+    fn events_and_connections_stay_in_their_size_classes() {
+        assert!(
+            std::mem::size_of::<Event>() + 16 <= 224,
+            "{}",
+            std::mem::size_of::<Event>()
+        );
+        assert!(
+            std::mem::size_of::<Connection>() <= 512,
+            "{}",
+            std::mem::size_of::<Connection>()
+        );
     }
 }

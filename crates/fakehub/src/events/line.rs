@@ -218,7 +218,7 @@ pub(super) mod tests {
             EventKind::IdentityChanged { .. } => 29,
             EventKind::ClockAdvanced { .. } => 30,
             EventKind::C2dPurged { .. } => 31,
-            EventKind::DpsConnect { .. } => 32,
+            EventKind::DpsConnect(_) => 32,
             EventKind::DpsConnack { .. } => 33,
             EventKind::DpsSubscribe { .. } => 34,
             EventKind::DpsRequest { .. } => 35,
@@ -286,7 +286,7 @@ pub(super) mod tests {
                 retain: true,
                 size: 262_144,
                 message_id: Some("1".into()),
-                properties: bag(&[("a", "b"), ("é\"", "\\x")], &[("$.mid", "1")]),
+                properties: Box::new(bag(&[("a", "b"), ("é\"", "\\x")], &[("$.mid", "1")])),
             },
             EventKind::Publish {
                 dir: Direction::Out,
@@ -297,7 +297,7 @@ pub(super) mod tests {
                 retain: false,
                 size: 0,
                 message_id: None,
-                properties: PropertyBag::default(),
+                properties: Box::default(),
             },
             EventKind::Puback {
                 dir: Direction::Out,
@@ -334,7 +334,7 @@ pub(super) mod tests {
                 id: 4,
                 action: FaultAction::Started,
                 fault: "outage".into(),
-                detail: Some(serde_json::json!({"for": "3m", "n": [1, 2]})),
+                detail: Some(Box::new(serde_json::json!({"for": "3m", "n": [1, 2]}))),
             },
             EventKind::DeviceProcess {
                 action: "exited".into(),
@@ -386,7 +386,7 @@ pub(super) mod tests {
             },
             EventKind::ClockAdvanced { by_ms: 3_900_000 },
             EventKind::C2dPurged { count: 0 },
-            EventKind::DpsConnect {
+            EventKind::DpsConnect(Box::new(crate::events::DpsConnect {
                 client_id: "reg".into(),
                 id_scope: "0ne00000000".into(),
                 registration_id: "reg".into(),
@@ -394,7 +394,7 @@ pub(super) mod tests {
                 clean_session: true,
                 auth: AuthKind::None,
                 sdk: None,
-            },
+            })),
             EventKind::DpsConnack {
                 code: 0,
                 status: Some(401),
@@ -490,8 +490,8 @@ pub(super) mod tests {
                     elapsed: Duration::from_micros(seq * 1_234_567),
                     conn,
                     device,
-                    module,
-                    hub,
+                    module: module.map(Arc::from),
+                    hub: hub.map(Arc::from),
                     kind: kind.clone(),
                 });
             }

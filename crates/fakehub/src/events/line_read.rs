@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use fakehub_protocol::properties::PropertyBag;
 use fakehub_protocol::ResultCode;
 use serde::de::DeserializeOwned;
 
@@ -46,8 +45,8 @@ impl Reader {
         let elapsed = Duration::from_millis(c.u64()?);
         let conn = c.opt(b",\"conn\":", Cursor::u64)?;
         let device = c.opt(b",\"device\":", Cursor::str)?.map(&mut *intern);
-        let module = c.opt(b",\"module\":", Cursor::str)?.map(str::to_owned);
-        let hub = c.opt(b",\"hub\":", Cursor::str)?.map(str::to_owned);
+        let module = c.opt(b",\"module\":", Cursor::str)?.map(Arc::from);
+        let hub = c.opt(b",\"hub\":", Cursor::str)?.map(Arc::from);
         c.lit(b",\"event\":")?;
         let name = c.str()?;
         let kind = kind(name, &mut c)?;
@@ -143,7 +142,7 @@ fn kind(name: &str, c: &mut Cursor<'_>) -> Option<EventKind> {
             size: usize::try_from(c.field(b"size", Cursor::u64)?).ok()?,
             message_id: c.opt(b",\"message_id\":", Cursor::str)?.map(str::to_owned),
             // A message with properties is left to serde (the `}` expected next fails).
-            properties: PropertyBag::default(),
+            properties: Box::default(),
         },
         "subscribe" => EventKind::Subscribe {
             pkid: c.field(b"pkid", Cursor::u16)?,
@@ -376,7 +375,7 @@ mod tests {
                 retain: false,
                 size: 64,
                 message_id: Some("m-1".into()),
-                properties: PropertyBag::default(),
+                properties: Box::default(),
             },
             EventKind::Subscribe {
                 pkid: 2,

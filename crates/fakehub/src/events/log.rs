@@ -231,6 +231,7 @@ impl Store {
 }
 
 /// Events `from..to` of a log's file, which start at or after `offset`.
+#[derive(Clone)]
 struct FileRange {
     path: PathBuf,
     /// The file offsets of events `(first + i) × CHECKPOINT_EVERY`, for each i the range spans
@@ -305,45 +306,41 @@ impl FileRange {
 
     /// [`FileRange::read`] with at most `threads` readers.
     fn read_with(&self, threads: usize) -> std::io::Result<Vec<Arc<Event>>> {
-        let offset = |i: usize| self.checkpoints.get(i).copied();
         if threads < 2 || self.checkpoints.len() < PARALLEL_READ_FROM {
-            return self.read_part(offset(0).unwrap_or(0), self.from, self.to);
+            let at = self.checkpoints.first().copied().unwrap_or(0);
+            return self.read_part(at, self.from, self.to);
         }
-        // Part j starts at checkpoint cut(j); the first starts at `from`, the last ends at `to`.
-        let n = self.checkpoints.len();
-        let cut = |j: usize| j.saturating_mul(n) / threads;
+        let job = Parts::of(self.clone(), threads);
+        std::thread::scope(|scope| {
+            let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(|| job.work())).collect();
+            job.work();
+            for helper in helpers {
+                if let Err(panic) = helper.join() {
+                    std::panic::resume_unwind(panic);
+                }
+            }
+        });
+        job.collect()
+    }
+
+    /// The range cut at checkpoints into `n` parts, each `(offset, from, to)`: the first starts at
+    /// `from`, the last ends at `to`.
+    fn cut(&self, n: usize) -> Vec<(u64, u64, u64)> {
+        let count = self.checkpoints.len();
+        let n = n.clamp(1, count.max(1));
+        let cut = |j: usize| j.saturating_mul(count) / n;
         let seq_at = |i: usize| (self.first + i as u64).saturating_mul(CHECKPOINT_EVERY);
-        let mut parts = Vec::with_capacity(threads);
-        for j in 0..threads {
+        let mut parts = Vec::with_capacity(n);
+        for j in 0..n {
             let (start, end) = (cut(j), cut(j + 1));
             let from = if j == 0 { self.from } else { seq_at(start) };
-            let to = if j + 1 == threads {
-                self.to
-            } else {
-                seq_at(end)
-            };
-            if let Some(at) = offset(start) {
+            let to = if j + 1 == n { self.to } else { seq_at(end) };
+            let at = self.checkpoints.get(start).copied();
+            if let Some(at) = at.or((count == 0).then_some(0)) {
                 parts.push((at, from.max(self.from), to.min(self.to)));
             }
         }
-        std::thread::scope(|scope| {
-            let readers: Vec<_> = parts
-                .iter()
-                .map(|&(at, from, to)| scope.spawn(move || self.read_part(at, from, to)))
-                .collect();
-            let mut out = Vec::new();
-            for reader in readers {
-                let part = reader
-                    .join()
-                    .map_err(|_| std::io::Error::other("a reader of events.jsonl panicked"))??;
-                if out.is_empty() {
-                    out = part;
-                } else {
-                    out.extend(part);
-                }
-            }
-            Ok(out)
-        })
+        parts
     }
 
     /// Events `from..to`, reading from `offset` (a line at or before event `from`).
@@ -371,6 +368,122 @@ impl FileRange {
             }
         }
         Ok(out)
+    }
+}
+
+/// What reading one part gave.
+type PartRead = std::io::Result<Vec<Arc<Event>>>;
+
+/// A range of the file being read back in parts that any number of threads take one at a time:
+/// a thread that has nothing else to do joins in, and the parts are put back in order.
+struct Parts {
+    range: FileRange,
+    /// Each part's `(offset, from, to)`.
+    cuts: Vec<(u64, u64, u64)>,
+    /// The next part to take; past the end once every part is taken (or the reading was given up).
+    next: std::sync::atomic::AtomicUsize,
+    /// What each part read, once read.
+    read: Mutex<Vec<Option<PartRead>>>,
+}
+
+impl Parts {
+    fn of(range: FileRange, parts: usize) -> Parts {
+        let cuts = range.cut(parts);
+        let read = Mutex::new(cuts.iter().map(|_| None).collect());
+        Parts {
+            range,
+            cuts,
+            next: std::sync::atomic::AtomicUsize::new(0),
+            read,
+        }
+    }
+
+    /// Read parts until none is left.
+    fn work(&self) {
+        use std::sync::atomic::Ordering;
+        loop {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            let Some(&(at, from, to)) = self.cuts.get(i) else {
+                return;
+            };
+            let part = self.range.read_part(at, from, to);
+            if let Some(slot) = self
+                .read
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_mut(i)
+            {
+                *slot = Some(part);
+            }
+        }
+    }
+
+    /// Stop taking parts (those being read are finished).
+    fn give_up(&self) {
+        self.next
+            .store(usize::MAX, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The parts, joined in order (after every worker is done).
+    fn collect(&self) -> std::io::Result<Vec<Arc<Event>>> {
+        let read = std::mem::take(&mut *self.read.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut parts = Vec::with_capacity(read.len());
+        for part in read {
+            parts.push(
+                part.ok_or_else(|| std::io::Error::other("a part of events.jsonl was not read"))??,
+            );
+        }
+        // Sized once: a fleet's millions of events would otherwise be copied as the vector grows.
+        let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+        for part in parts {
+            out.extend(part);
+        }
+        Ok(out)
+    }
+}
+
+/// The events so far of a log kept on disk, being read back by a thread of its own while the hub
+/// goes on (see [`EventLog::read_ahead`]). [`ReadAhead::finish`] gives every event of the log, as
+/// [`EventLog::since`]`(0)` would.
+pub struct ReadAhead {
+    log: EventLog,
+    /// Events `0..upto` are being read back by `job`.
+    upto: u64,
+    job: Option<(Arc<Parts>, std::thread::JoinHandle<()>)>,
+}
+
+/// The parts a read-ahead is cut into (the thread that finishes it takes what is left).
+const READ_AHEAD_PARTS: usize = 64;
+
+impl ReadAhead {
+    /// Every event of the log: those read ahead, then those since. The calling thread reads what
+    /// is left of the parts beside the read-ahead's thread.
+    pub fn finish(mut self) -> Vec<Arc<Event>> {
+        let Some((job, thread)) = self.job.take() else {
+            return self.log.since(0);
+        };
+        job.work();
+        if let Err(panic) = thread.join() {
+            std::panic::resume_unwind(panic);
+        }
+        match job.collect() {
+            Ok(mut events) => {
+                events.extend(self.log.since(self.upto));
+                events
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "events.jsonl could not be read ahead");
+                self.log.since(0)
+            }
+        }
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        if let Some((job, _)) = &self.job {
+            job.give_up();
+        }
     }
 }
 
@@ -637,7 +750,7 @@ impl EventLog {
             conn: subject.conn,
             device: subject.device.clone(),
             module: subject.module.clone(),
-            hub: self.hub.as_deref().map(str::to_owned),
+            hub: self.hub.clone(),
             kind,
         });
         s.next += 1;
@@ -686,6 +799,33 @@ impl EventLog {
         };
         out.extend(in_memory);
         out
+    }
+
+    /// Start reading back the events so far on a thread of their own, while the hub goes on (a
+    /// run's devices stop meanwhile): [`ReadAhead::finish`] then gives every event. For a log in
+    /// memory, or one too short to be worth a thread, nothing is read until `finish`.
+    pub fn read_ahead(&self) -> ReadAhead {
+        self.inner.write_waiting();
+        let (upto, range) = {
+            let s = self.lock();
+            (s.flushed, s.file_range(0, s.flushed))
+        };
+        let job = range
+            .filter(|r| r.checkpoints.len() >= PARALLEL_READ_FROM)
+            .and_then(|range| {
+                let job = Arc::new(Parts::of(range, READ_AHEAD_PARTS));
+                let worker = Arc::clone(&job);
+                std::thread::Builder::new()
+                    .name("fakehub-read-ahead".into())
+                    .spawn(move || worker.work())
+                    .ok()
+                    .map(|thread| (job, thread))
+            });
+        ReadAhead {
+            log: self.clone(),
+            upto,
+            job,
+        }
     }
 
     /// Every event so far (read back from the file for a log kept on disk).

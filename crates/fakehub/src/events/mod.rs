@@ -200,8 +200,9 @@ pub enum EventKind {
         size: usize,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         message_id: Option<String>,
+        /// Boxed: most events are not messages, and an event's size is its largest kind's.
         #[serde(default, skip_serializing_if = "is_empty_bag")]
-        properties: PropertyBag,
+        properties: Box<PropertyBag>,
     },
     /// A PUBACK in either direction.
     Puback {
@@ -247,8 +248,10 @@ pub enum EventKind {
         id: u64,
         action: FaultAction,
         fault: String,
+        /// Boxed: a JSON value is the size of a map, and every event in memory takes the size of
+        /// the largest kind (a fleet's log holds millions).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        detail: Option<serde_json::Value>,
+        detail: Option<Box<serde_json::Value>>,
     },
     /// The runner started, stopped, crashed or saw the exit of a device process (`code`/`signal` on
     /// exit). A crash of the device under test is an observed event, not a harness failure.
@@ -337,18 +340,9 @@ pub enum EventKind {
     C2dPurged {
         count: usize,
     },
-    /// A CONNECT to the Device Provisioning Service (a DPS username). Never carries the password.
-    /// The event's device is the registration id.
-    DpsConnect {
-        client_id: String,
-        id_scope: String,
-        registration_id: String,
-        keep_alive: u16,
-        clean_session: bool,
-        auth: AuthKind,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        sdk: Option<String>,
-    },
+    /// A CONNECT to the Device Provisioning Service (boxed, as the largest kind but one: every
+    /// event in memory takes the size of the largest kind).
+    DpsConnect(Box<DpsConnect>),
     /// DPS answered the CONNECT: 0, or a refusal (`status`/`error_code` as DPS logs it, and why).
     DpsConnack {
         code: u8,
@@ -375,6 +369,20 @@ pub enum EventKind {
     /// DPS's answer to a request (boxed: it is the largest kind, and every event in memory takes
     /// the size of the largest kind — a fleet's log holds millions).
     DpsResponse(Box<DpsResponse>),
+}
+
+/// A CONNECT to the Device Provisioning Service (a DPS username). Never carries the password. The
+/// event's device is the registration id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DpsConnect {
+    pub client_id: String,
+    pub id_scope: String,
+    pub registration_id: String,
+    pub keep_alive: u16,
+    pub clean_session: bool,
+    pub auth: AuthKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdk: Option<String>,
 }
 
 /// DPS's answer to a request: the status of the answer topic, its `retry-after`, and what the
@@ -492,10 +500,11 @@ pub struct Event {
     pub device: Option<Arc<str>>,
     /// The module id, for module connections.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub module: Option<String>,
-    /// The hub (its host name) when several hubs write one log; absent with a single hub.
+    pub module: Option<Arc<str>>,
+    /// The hub (its host name) when several hubs write one log; absent with a single hub (shared:
+    /// every event of a hub names it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hub: Option<String>,
+    pub hub: Option<Arc<str>>,
     #[serde(flatten)]
     pub kind: EventKind,
 }
@@ -516,5 +525,5 @@ pub enum Stamp {
 pub struct Subject {
     pub conn: Option<u64>,
     pub device: Option<Arc<str>>,
-    pub module: Option<String>,
+    pub module: Option<Arc<str>>,
 }

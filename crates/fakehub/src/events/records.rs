@@ -319,7 +319,7 @@ fn record(
     });
     let properties = RecordProperties {
         device_id: event.device.as_deref().unwrap_or_default().to_owned(),
-        module_id: event.module.clone(),
+        module_id: event.module.as_deref().map(str::to_owned),
         sdk_version: if operation == Operation::DeviceConnect {
             c.connect.as_ref().and_then(|connect| connect.sdk.clone())
         } else {

@@ -257,7 +257,7 @@ pub(crate) fn start(
             id,
             action: FaultAction::Started,
             fault: name.to_owned(),
-            detail,
+            detail: detail.map(Box::new),
         },
     );
     ctx.active.insert(id, name, unit.clone(), matcher.clone());

@@ -79,7 +79,7 @@ fn subject(who: &IdentityRef) -> Subject {
     Subject {
         conn: None,
         device: Some(who.device_id.as_str().into()),
-        module: who.module_id.clone(),
+        module: who.module_id.as_deref().map(std::sync::Arc::from),
     }
 }
 

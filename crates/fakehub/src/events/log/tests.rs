@@ -17,7 +17,7 @@ fn telemetry(i: u64) -> EventKind {
         retain: false,
         size: 10,
         message_id: Some(format!("m{i}")),
-        properties,
+        properties: Box::new(properties),
     }
 }
 
@@ -307,4 +307,43 @@ fn a_long_read_back_split_between_threads_gives_every_event_once_in_order() {
             );
         }
     }
+}
+
+#[test]
+fn a_read_ahead_gives_every_event_in_order_with_those_emitted_after_it_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = on_disk(dir.path());
+    let before = CHECKPOINT_EVERY * (PARALLEL_READ_FROM as u64 + 3) + 11;
+    for i in 0..before {
+        log.emit(&subject(), telemetry(i));
+    }
+    let ahead = log.read_ahead();
+    assert_eq!(
+        ahead.upto, before,
+        "everything emitted so far is read ahead"
+    );
+    assert!(ahead.job.is_some(), "a log this long is read on a thread");
+    // More than the window after it started: some of these are read back from the file too.
+    let after = before + HELD_AT_MOST as u64 + 5;
+    for i in before..after {
+        log.emit(&subject(), telemetry(i));
+    }
+    let events = ahead.finish();
+    assert_eq!(events.len() as u64, after);
+    assert!(events.iter().zip(0..).all(|(e, seq)| e.seq == seq));
+    assert!(events.iter().zip(0..).all(|(e, i)| e.kind == telemetry(i)));
+    // A short log is not worth a thread: finishing reads it all then.
+    let short_dir = tempfile::tempdir().unwrap();
+    let short = on_disk(short_dir.path());
+    for i in 0..3 * CHECKPOINT_EVERY {
+        short.emit(&subject(), telemetry(i));
+    }
+    let ahead = short.read_ahead();
+    assert!(ahead.job.is_none());
+    short.emit(&subject(), telemetry(3 * CHECKPOINT_EVERY));
+    assert_eq!(ahead.finish().len() as u64, 3 * CHECKPOINT_EVERY + 1);
+    // One given up stops taking parts (its thread ends by itself).
+    let ahead = log.read_ahead();
+    drop(ahead);
+    assert_eq!(log.since(0).len() as u64, after);
 }

@@ -46,7 +46,7 @@ pub(super) async fn serve(
         (true, false) => AuthKind::X509,
         (true, true) => AuthKind::None,
     };
-    guard.emit(EventKind::DpsConnect {
+    guard.emit(EventKind::DpsConnect(Box::new(crate::events::DpsConnect {
         client_id: connect.client_id.clone(),
         id_scope: username.id_scope.clone(),
         registration_id: username.registration_id.clone(),
@@ -54,7 +54,7 @@ pub(super) async fn serve(
         clean_session: connect.clean_session,
         auth,
         sdk: username.client_version.clone(),
-    });
+    })));
     let attested = match dps.attest(
         &username,
         &connect.client_id,

@@ -325,7 +325,7 @@ impl Live {
             retain: p.retain,
             size: p.payload.len(),
             message_id: properties.message_id().map(str::to_owned),
-            properties,
+            properties: Box::new(properties),
         });
         if p.qos == QoS::ExactlyOnce {
             return Err(Ending::violation(
@@ -440,7 +440,7 @@ impl Live {
             retain: false,
             size: out.payload.len(),
             message_id: bag.message_id().map(str::to_owned),
-            properties: bag,
+            properties: Box::new(bag),
         };
         let qos = if out.qos == 0 {
             QoS::AtMostOnce

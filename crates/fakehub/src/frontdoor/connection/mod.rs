@@ -72,7 +72,7 @@ impl Guard {
 
     fn identify(&mut self, who: &IdentityRef) {
         self.subject.device = Some(who.device_id.as_str().into());
-        self.subject.module = who.module_id.clone();
+        self.subject.module = who.module_id.as_deref().map(Arc::from);
     }
 
     /// Record the close, then release the count (stamped alike).
