@@ -69,7 +69,7 @@ impl SasToken {
     pub fn parse(password: &str) -> Result<SasToken, SasError> {
         let body = password
             .trim()
-            .strip_prefix("SharedAccessSignature ")
+            .strip_prefix(PREFIX)
             .ok_or(SasError::NotSas)?;
         let (mut sr, mut sig, mut se, mut skn) = (None, None, None, None);
         for pair in body.split('&') {
@@ -170,6 +170,9 @@ impl SasToken {
 }
 
 /// The HMAC keyed with a base64 key.
+/// What every SAS token starts with.
+const PREFIX: &str = "SharedAccessSignature ";
+
 fn keyed(key_b64: &str) -> Result<Hmac<Sha256>, SasError> {
     let key = B64.decode(key_b64.trim()).map_err(|_| SasError::BadKey)?;
     Hmac::<Sha256>::new_from_slice(&key).map_err(|_| SasError::BadKey)
@@ -236,8 +239,26 @@ impl Minter {
     pub fn mint(&self, key_name: Option<&str>, expiry: SystemTime) -> Result<String, SasError> {
         let se = se_of(expiry)?;
         let sig = signature(self.mac.clone(), &self.sr, se);
-        let sig = utf8_percent_encode(&sig, NON_ALPHANUMERIC);
-        let mut token = format!("SharedAccessSignature sr={}&sig={sig}&se={se}", self.sr);
+        // Put together piece by piece (a device mints a token per connect attempt; through
+        // `format!` and the encoder's `Display` this was most of a mint). The signature is base64:
+        // of its alphabet only `+`, `/` and `=` are not alphanumeric.
+        let se = se.to_string();
+        let mut token =
+            String::with_capacity(PREFIX.len() + self.sr.len() + sig.len() * 3 + se.len() + 12);
+        token.push_str(PREFIX);
+        token.push_str("sr=");
+        token.push_str(&self.sr);
+        token.push_str("&sig=");
+        for c in sig.chars() {
+            match c {
+                '+' => token.push_str("%2B"),
+                '/' => token.push_str("%2F"),
+                '=' => token.push_str("%3D"),
+                c => token.push(c),
+            }
+        }
+        token.push_str("&se=");
+        token.push_str(&se);
         if let Some(name) = key_name {
             token.push_str("&skn=");
             token.push_str(&utf8_percent_encode(name, NON_ALPHANUMERIC).to_string());
@@ -350,6 +371,16 @@ mod tests {
             assert_eq!(parsed.expiry(), exp);
             let res = resource_uri("myhub.azure-devices.net", "sensor-1", None);
             assert_eq!(tok, mint(&res, KEY, None, exp).unwrap());
+            // Every field encoded as the `percent_encoding` crate encodes it.
+            let encoded = |s: &str| utf8_percent_encode(s, NON_ALPHANUMERIC).to_string();
+            assert_eq!(
+                tok,
+                format!(
+                    "SharedAccessSignature sr={}&sig={}&se={se}",
+                    encoded(&res),
+                    encoded(expected)
+                )
+            );
         }
         assert_eq!(
             Minter::new("r", "not base64!").err(),
