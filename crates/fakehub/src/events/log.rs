@@ -418,10 +418,11 @@ impl Parts {
         }
     }
 
-    /// Stop taking parts (those being read are finished).
+    /// Stop taking parts (those being read are finished). The count is set to the end, not to
+    /// its largest value, which the next take would wrap back to the first part.
     fn give_up(&self) {
         self.next
-            .store(usize::MAX, std::sync::atomic::Ordering::Relaxed);
+            .store(self.cuts.len(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The parts, joined in order (after every worker is done).
