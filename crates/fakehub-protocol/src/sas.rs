@@ -169,10 +169,10 @@ impl SasToken {
     }
 }
 
-/// The HMAC keyed with a base64 key.
 /// What every SAS token starts with.
 const PREFIX: &str = "SharedAccessSignature ";
 
+/// The HMAC keyed with a base64 key.
 fn keyed(key_b64: &str) -> Result<Hmac<Sha256>, SasError> {
     let key = B64.decode(key_b64.trim()).map_err(|_| SasError::BadKey)?;
     Hmac::<Sha256>::new_from_slice(&key).map_err(|_| SasError::BadKey)
