@@ -73,23 +73,42 @@ impl AsyncRead for MemoryStream {
     }
 }
 
+impl MemoryStream {
+    /// A write's result as TCP would give it: writing to a reset peer fails with a reset.
+    fn as_tcp(&self, written: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        match written {
+            Poll::Ready(Err(e))
+                if e.kind() == io::ErrorKind::BrokenPipe
+                    && self.reset_theirs.load(Ordering::Acquire) =>
+            {
+                Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()))
+            }
+            other => other,
+        }
+    }
+}
+
 impl AsyncWrite for MemoryStream {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.io).poll_write(cx, buf) {
-            // Writing to a reset peer fails as TCP does.
-            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::BrokenPipe => {
-                if self.reset_theirs.load(Ordering::Acquire) {
-                    Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()))
-                } else {
-                    Poll::Ready(Err(e))
-                }
-            }
-            other => other,
-        }
+        let written = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.as_tcp(written)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let written = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.as_tcp(written)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -184,6 +203,24 @@ impl AsyncWrite for Stream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         delegate!(self, s => s.poll_write(cx, buf))
+    }
+
+    /// Several buffers in one system call. tokio-rustls writes what a TLS session has to send
+    /// (a handshake flight is several records) as a vector of buffers: without this, the default
+    /// wrote the first buffer alone, one `send` per record.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, s => s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Tcp(t) => t.is_write_vectored(),
+            Stream::Memory(m) => m.is_write_vectored(),
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -285,6 +322,21 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Secured<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         delegate_secured!(self, s => s.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        delegate_secured!(self, s => s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Secured::Tls(t) => t.is_write_vectored(),
+            Secured::Plain(s) => s.is_write_vectored(),
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -407,5 +459,43 @@ mod tests {
         drop(listener);
         assert!(connector.connect().is_err(), "refused once the hub is gone");
         Ok(())
+    }
+
+    /// Write `parts` with one vectored write and read back what arrived.
+    async fn one_vectored_write(mut from: Stream, mut to: impl AsyncRead + Unpin) -> Vec<u8> {
+        let parts: [&[u8]; 3] = [b"server hello ", b"certificate ", b"finished"];
+        let slices = parts.map(io::IoSlice::new);
+        assert!(from.is_write_vectored());
+        let written =
+            std::future::poll_fn(|cx| Pin::new(&mut from).poll_write_vectored(cx, &slices))
+                .await
+                .unwrap();
+        assert_eq!(written, parts.concat().len(), "every buffer in one call");
+        drop(from);
+        let mut got = Vec::new();
+        to.read_to_end(&mut got).await.unwrap();
+        got
+    }
+
+    #[tokio::test]
+    async fn a_vectored_write_sends_every_buffer_at_once() {
+        // TLS hands its records over as several buffers: TCP and memory streams take them all.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (server, _) = accepted.unwrap();
+        let got = one_vectored_write(Stream::Tcp(server), client.unwrap()).await;
+        assert_eq!(got, b"server hello certificate finished");
+
+        let (a, b) = MemoryStream::pair();
+        let got = one_vectored_write(Stream::Memory(a), b).await;
+        assert_eq!(got, b"server hello certificate finished");
+
+        let (a, b) = MemoryStream::pair();
+        let plain: Secured<tokio_rustls::server::TlsStream<Stream>> =
+            Secured::Plain(Stream::Memory(a));
+        assert!(plain.is_write_vectored());
+        drop(plain);
+        drop(b);
     }
 }

@@ -31,6 +31,7 @@ fn bench_measures_fakehub_mosquitto_and_the_bare_acceptor_and_prints_ratios() {
     }
     for row in [
         "connection storm, connects/s",
+        "  server CPU per connect, µs",
         "held connections",
         "KB per held connection",
         "QoS 1 unpaced, msgs/s",
@@ -53,6 +54,27 @@ fn bench_measures_fakehub_mosquitto_and_the_bare_acceptor_and_prints_ratios() {
         for cell in &cells[..5] {
             assert!(cell.parse::<f64>().is_ok(), "unmeasured cell in {line:?}");
         }
+    }
+    // The ratios run by run: a median, its lowest and highest for each peer.
+    let storm = stdout
+        .split("ratios run by run")
+        .nth(1)
+        .and_then(|block| block.lines().find(|l| l.starts_with("connection storm")))
+        .unwrap_or_else(|| panic!("no run-by-run ratios in:\n{stdout}"));
+    let cells: Vec<&str> = storm["connection storm, connects/s".len()..]
+        .split_whitespace()
+        .collect();
+    assert_eq!(cells.len(), 5, "{storm}");
+    for cell in [cells[0], cells[2]] {
+        assert!(cell.parse::<f64>().is_ok(), "{storm}");
+    }
+    for cell in [cells[1], cells[3]] {
+        let range = cell.trim_start_matches('(').trim_end_matches(')');
+        let (low, high) = range.split_once('–').unwrap_or_else(|| panic!("{storm}"));
+        assert!(
+            low.parse::<f64>().unwrap() <= high.parse::<f64>().unwrap(),
+            "{storm}"
+        );
     }
     // mosquitto ran with the added line (after the benchmark's own).
     let conf =

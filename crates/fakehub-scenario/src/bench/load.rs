@@ -122,6 +122,8 @@ pub enum Held {
     Up(Instant),
     /// Its connection ended.
     Down,
+    /// A try failed and will be made again after a backoff.
+    Retry,
     /// It stopped trying: the first connection failed this way (after `attempts`).
     GaveUp(ConnectError),
 }
@@ -157,6 +159,7 @@ pub async fn hold(
                     return;
                 }
                 Err(_) => {
+                    let _ = tell.send(Held::Retry);
                     let ceiling = Duration::from_millis(50)
                         .saturating_mul(1 << tries.min(5))
                         .min(Duration::from_secs(1));

@@ -82,6 +82,15 @@ pub struct BenchOptions {
 #[derive(Clone, Debug, Default)]
 pub struct Figures {
     pub storm_per_s: f64,
+    /// Connection attempts of the storm that failed and were made again after a backoff (each
+    /// waits up to a second: a few of them set the storm's last CONNACK).
+    pub storm_retries: u64,
+    /// The server's CPU over the storm ÷ connections held: a full TLS handshake, CONNECT and
+    /// CONNACK each.
+    pub cpu_per_connect: Duration,
+    /// The load tool's own CPU over the storm ÷ connections held (the storm shares the machine's
+    /// cores with it).
+    pub load_cpu_per_connect: Duration,
     pub held: usize,
     /// Why devices were not held (the first refusal), if any were not.
     pub refused: Option<String>,
@@ -136,6 +145,9 @@ impl Figures {
         let paced = runs.iter().map(|f| f.fixed.len()).min().unwrap_or(0);
         Figures {
             storm_per_s: of(runs, |f| f.storm_per_s),
+            storm_retries: of(runs, |f| f.storm_retries),
+            cpu_per_connect: of(runs, |f| f.cpu_per_connect),
+            load_cpu_per_connect: of(runs, |f| f.load_cpu_per_connect),
             held: of(runs, |f| f.held),
             refused: runs.iter().find_map(|f| f.refused.clone()),
             rss_held: of(runs, |f| f.rss_held),
@@ -184,8 +196,11 @@ fn micros(d: Duration) -> f64 {
 /// One run's storm rate, CPU per message at each load, in µs, and PUBACK p99s at the fixed rates.
 fn cpu_line(f: &Figures) -> String {
     let mut line = format!(
-        "storm {:.0} connects/s; CPU µs/msg unpaced {:.2}, half rate {:.2}",
+        "storm {:.0} connects/s ({} tries failed, CPU µs/connect {:.0}); CPU µs/msg unpaced {:.2}, \
+         half rate {:.2}",
         f.storm_per_s,
+        f.storm_retries,
+        micros(f.cpu_per_connect),
         micros(f.cpu_per_msg_unpaced),
         micros(f.cpu_per_msg_half)
     );
@@ -276,7 +291,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Vec<(Kind, Figures)>> {
         .map(|(&k, r)| (k, Figures::median(r)))
         .collect();
     if !results.is_empty() {
-        crate::say!("{}", table(opts, &results));
+        crate::say!("{}", table(opts, &results, &runs));
     }
     if let Some(scenario) = &opts.fleet {
         let before = host::Ticks::now()?;
@@ -308,6 +323,7 @@ async fn measure(
     let gate = Arc::new(Semaphore::new(opts.concurrency.max(1)));
     let stop = CancellationToken::new();
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let (cpu_before, load_before) = (server.cpu()?, server::own_cpu()?);
     let start = Instant::now();
     for i in 0..opts.devices {
         tokio::spawn(load::hold(
@@ -334,10 +350,14 @@ async fn measure(
                 f.refused.get_or_insert_with(|| e.to_string());
             }
             Some(Held::Down) => f.held = f.held.saturating_sub(1),
+            Some(Held::Retry) => f.storm_retries = f.storm_retries.saturating_add(1),
             None => break,
         }
     }
     f.storm_per_s = f.held as f64 / last_up.duration_since(start).as_secs_f64().max(1e-9);
+    let held = u64::try_from(f.held).unwrap_or(u64::MAX);
+    f.cpu_per_connect = per_message(server.cpu()?.saturating_sub(cpu_before), held);
+    f.load_cpu_per_connect = per_message(server::own_cpu()?.saturating_sub(load_before), held);
     tokio::time::sleep(Duration::from_millis(500)).await;
     f.rss_held = server.rss()?;
     f.bytes_per_held = idle_rss.abs_diff(f.rss_held) as f64 / f.held.max(1) as f64;
@@ -429,8 +449,10 @@ fn per_message(cpu: Duration, messages: u64) -> Duration {
     cpu / u32::try_from(messages).unwrap_or(u32::MAX)
 }
 
-/// The table: one row per measure, a column per server, and fakehub ÷ mosquitto.
-pub fn table(opts: &BenchOptions, results: &[(Kind, Figures)]) -> String {
+/// The table: one row per measure, a column per server, and fakehub ÷ each peer; with several
+/// runs of each server (`runs`, one list per entry of `results`, in order), then each row's ratios
+/// run by run (see [`paired`]).
+pub fn table(opts: &BenchOptions, results: &[(Kind, Figures)], runs: &[Vec<Figures>]) -> String {
     type Get = Box<dyn Fn(&Figures) -> Option<f64>>;
     let mut rows: Vec<(String, &str, Get)> = Vec::new();
     let mut row = |name: &str, better, get: Get| rows.push((name.to_owned(), better, get));
@@ -438,6 +460,16 @@ pub fn table(opts: &BenchOptions, results: &[(Kind, Figures)]) -> String {
         "connection storm, connects/s",
         "higher",
         Box::new(|f| Some(f.storm_per_s)),
+    );
+    row(
+        "  server CPU per connect, µs",
+        "lower",
+        Box::new(|f| Some(micros(f.cpu_per_connect))),
+    );
+    row(
+        "  the load tool's CPU per connect meanwhile, µs",
+        "",
+        Box::new(|f| Some(micros(f.load_cpu_per_connect))),
     );
     row(
         "held connections",
@@ -555,7 +587,7 @@ pub fn table(opts: &BenchOptions, results: &[(Kind, Figures)]) -> String {
         let _ = write!(out, "  better");
     }
     let _ = writeln!(out);
-    for (name, better, get) in rows {
+    for (name, better, get) in &rows {
         let _ = write!(out, "{name:<46}");
         for (_, f) in results {
             let _ = write!(out, "{:>12}", get(f).map_or("-".to_owned(), number));
@@ -601,7 +633,74 @@ pub fn table(opts: &BenchOptions, results: &[(Kind, Figures)]) -> String {
         out,
         "÷ peer = fakehub / that peer (bare: a tokio-rustls acceptor answering just enough MQTT)"
     );
+    // Each round measured every server once, one after the other: a round's runs are minutes
+    // apart, its rounds further. On a VM whose speed wanders from minute to minute, the ratio
+    // within each round, then its median, says more than the ratio of two medians.
+    let fh_runs = results
+        .iter()
+        .zip(runs)
+        .find(|((k, _), _)| *k == Kind::Fakehub)
+        .map(|(_, r)| r);
+    let peer_runs: Vec<(Kind, &Vec<Figures>)> = results
+        .iter()
+        .zip(runs)
+        .filter(|((k, _), _)| *k != Kind::Fakehub)
+        .map(|((k, _), r)| (*k, r))
+        .collect();
+    if let Some(fh_runs) = fh_runs.filter(|r| r.len() > 1) {
+        if !peer_runs.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nratios run by run: fakehub's run of each round ÷ the peer's run of the same \
+                 round; median (lowest–highest) over {} rounds",
+                fh_runs.len()
+            );
+            let _ = write!(out, "{:<46}", "measure");
+            for (k, _) in &peer_runs {
+                let _ = write!(out, "{:>22}", format!("÷ {}", k.name()));
+            }
+            let _ = writeln!(out, "  better");
+            for (name, better, get) in rows.iter().filter(|(_, b, _)| !b.is_empty()) {
+                let _ = write!(out, "{name:<46}");
+                let ours: Vec<Option<f64>> = fh_runs.iter().map(get).collect();
+                for (_, theirs) in &peer_runs {
+                    let theirs: Vec<Option<f64>> = theirs.iter().map(get).collect();
+                    let cell = paired(&ours, &theirs).map_or("-".to_owned(), |r| {
+                        format!("{:.2} ({:.2}–{:.2})", r.median, r.lowest, r.highest)
+                    });
+                    let _ = write!(out, "{cell:>22}");
+                }
+                let _ = writeln!(out, "  {better}");
+            }
+        }
+    }
     out
+}
+
+/// The ratios of two servers' figures round by round.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Paired {
+    /// The median ratio (the upper median of an even count).
+    pub median: f64,
+    pub lowest: f64,
+    pub highest: f64,
+}
+
+/// `ours[i] ÷ theirs[i]` for every round both measured (and `theirs[i]` is not 0): their median,
+/// lowest and highest; `None` when no round gives a ratio.
+pub fn paired(ours: &[Option<f64>], theirs: &[Option<f64>]) -> Option<Paired> {
+    let mut ratios: Vec<f64> = ours
+        .iter()
+        .zip(theirs)
+        .filter_map(|(a, b)| Some((*a)? / (*b).filter(|b| *b != 0.0)?))
+        .filter(|r| r.is_finite())
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    Some(Paired {
+        median: *ratios.get(ratios.len() / 2)?,
+        lowest: *ratios.first()?,
+        highest: *ratios.last()?,
+    })
 }
 
 fn number(x: f64) -> String {
@@ -645,4 +744,30 @@ pub fn fleet_run(scenario: &Path, out: &Path) -> anyhow::Result<(Duration, u64, 
     // ru_maxrss is in kilobytes on Linux.
     let peak = u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024;
     Ok((wall, peak, how))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paired_ratios_are_taken_round_by_round_not_between_medians() {
+        // Round 2 ran in a slow spell for both: the ratio of medians (20 / 20 = 1.0) hides that
+        // fakehub was ahead in every round.
+        let ours = [Some(10.0), Some(40.0), Some(20.0)];
+        let theirs = [Some(20.0), Some(50.0), Some(12.5)];
+        let p = paired(&ours, &theirs).unwrap();
+        assert_eq!(p.lowest, 0.5);
+        assert_eq!(p.median, 0.8);
+        assert_eq!(p.highest, 1.6);
+        // A round either side did not measure, or measured 0 for the peer, gives no ratio.
+        let p = paired(
+            &[Some(3.0), None, Some(8.0)],
+            &[Some(0.0), Some(1.0), Some(4.0)],
+        )
+        .unwrap();
+        assert_eq!((p.lowest, p.median, p.highest), (2.0, 2.0, 2.0));
+        assert_eq!(paired(&[None, Some(1.0)], &[Some(1.0), None]), None);
+        assert_eq!(paired(&[], &[]), None);
+    }
 }
