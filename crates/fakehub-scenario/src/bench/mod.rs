@@ -752,14 +752,16 @@ mod tests {
 
     #[test]
     fn paired_ratios_are_taken_round_by_round_not_between_medians() {
-        // Round 2 ran in a slow spell for both: the ratio of medians (20 / 20 = 1.0) hides that
-        // fakehub was ahead in every round.
-        let ours = [Some(10.0), Some(40.0), Some(20.0)];
-        let theirs = [Some(20.0), Some(50.0), Some(12.5)];
+        // The ratio of the medians (19 / 20) says fakehub used less; round by round it used
+        // more in two rounds of three, and the median of the rounds says so.
+        let ours = [Some(10.0), Some(30.0), Some(19.0)];
+        let theirs = [Some(8.0), Some(20.0), Some(25.0)];
         let p = paired(&ours, &theirs).unwrap();
-        assert_eq!(p.lowest, 0.5);
-        assert_eq!(p.median, 0.8);
-        assert_eq!(p.highest, 1.6);
+        assert_eq!(p.lowest, 0.76);
+        assert_eq!(p.median, 1.25);
+        assert_eq!(p.highest, 1.5);
+        let medians = |v: &[Option<f64>]| Figures::median(&figures(v)).storm_per_s;
+        assert_eq!(medians(&ours) / medians(&theirs), 0.95);
         // A round either side did not measure, or measured 0 for the peer, gives no ratio.
         let p = paired(
             &[Some(3.0), None, Some(8.0)],
@@ -769,5 +771,15 @@ mod tests {
         assert_eq!((p.lowest, p.median, p.highest), (2.0, 2.0, 2.0));
         assert_eq!(paired(&[None, Some(1.0)], &[Some(1.0), None]), None);
         assert_eq!(paired(&[], &[]), None);
+    }
+
+    /// One run's figures per value, the value as its storm rate.
+    fn figures(v: &[Option<f64>]) -> Vec<Figures> {
+        v.iter()
+            .map(|x| Figures {
+                storm_per_s: x.unwrap_or_default(),
+                ..Figures::default()
+            })
+            .collect()
     }
 }
