@@ -1,4 +1,5 @@
-//! `fakehub bench` at smoke size: the three servers start, every row is measured for each (twice,
+//! `fakehub bench` at smoke size: the four servers start (mosquitto twice: as it comes, and
+//! answering at once), every row is measured for each (twice,
 //! interleaved, and the medians printed), and the ratios are printed. The real sizes are run by hand (docs/BENCH.md), never by the suite.
 
 use std::process::Command;
@@ -9,8 +10,8 @@ fn bench_measures_fakehub_mosquitto_and_the_bare_acceptor_and_prints_ratios() {
     let run = Command::new(env!("CARGO_BIN_EXE_fakehub"))
         .args(["bench", "--devices", "20", "--publishers", "2"])
         .args(["--publish-for", "300ms", "--runs", "2"])
-        // A line for mosquitto's configuration: mosquitto answers at once, as fakehub does.
-        .args(["--mosquitto-conf", "set_tcp_nodelay true", "--out"])
+        // A line for both mosquittos' configuration.
+        .args(["--mosquitto-conf", "max_inflight_messages 20", "--out"])
         .arg(out.path())
         .output()
         .unwrap();
@@ -26,7 +27,15 @@ fn bench_measures_fakehub_mosquitto_and_the_bare_acceptor_and_prints_ratios() {
         .lines()
         .find(|l| l.starts_with("measure"))
         .unwrap_or_else(|| panic!("no table header in:\n{stdout}"));
-    for column in ["fakehub", "mosquitto", "bare", "÷ mosquitto", "÷ bare"] {
+    for column in [
+        "fakehub",
+        "mosquitto",
+        "mosquitto-nodelay",
+        "bare",
+        "÷ mosquitto",
+        "÷ mosquitto-nodelay",
+        "÷ bare",
+    ] {
         assert!(header.contains(column), "{header}");
     }
     for row in [
@@ -49,9 +58,9 @@ fn bench_measures_fakehub_mosquitto_and_the_bare_acceptor_and_prints_ratios() {
             .find(|l| l.starts_with(row))
             .unwrap_or_else(|| panic!("no row {row:?} in:\n{stdout}"));
         let cells: Vec<&str> = line[row.len()..].split_whitespace().collect();
-        // fakehub, mosquitto, bare and the two ratios (and which way is better): all measured.
-        assert!(cells.len() >= 5, "{line}");
-        for cell in &cells[..5] {
+        // The four servers and the three ratios (and which way is better): all measured.
+        assert!(cells.len() >= 7, "{line}");
+        for cell in &cells[..7] {
             assert!(cell.parse::<f64>().is_ok(), "unmeasured cell in {line:?}");
         }
     }
@@ -64,11 +73,11 @@ fn bench_measures_fakehub_mosquitto_and_the_bare_acceptor_and_prints_ratios() {
     let cells: Vec<&str> = storm["connection storm, connects/s".len()..]
         .split_whitespace()
         .collect();
-    assert_eq!(cells.len(), 5, "{storm}");
-    for cell in [cells[0], cells[2]] {
+    assert_eq!(cells.len(), 7, "{storm}");
+    for cell in [cells[0], cells[2], cells[4]] {
         assert!(cell.parse::<f64>().is_ok(), "{storm}");
     }
-    for cell in [cells[1], cells[3]] {
+    for cell in [cells[1], cells[3], cells[5]] {
         let range = cell.trim_start_matches('(').trim_end_matches(')');
         let (low, high) = range.split_once('–').unwrap_or_else(|| panic!("{storm}"));
         assert!(
@@ -76,15 +85,21 @@ fn bench_measures_fakehub_mosquitto_and_the_bare_acceptor_and_prints_ratios() {
             "{storm}"
         );
     }
-    // mosquitto ran with the added line (after the benchmark's own).
+    // Both mosquittos ran with the added line (after the benchmark's own); one of them answers
+    // at once, the other as it comes.
     let conf =
-        std::fs::read_to_string(out.path().join("mosquitto").join("mosquitto.conf")).unwrap();
+        |kind: &str| std::fs::read_to_string(out.path().join(kind).join("mosquitto.conf")).unwrap();
+    let (plain, nodelay) = (conf("mosquitto"), conf("mosquitto-nodelay"));
+    for c in [&plain, &nodelay] {
+        assert!(c.lines().last() == Some("max_inflight_messages 20"), "{c}");
+    }
+    assert!(!plain.contains("set_tcp_nodelay"), "{plain}");
     assert!(
-        conf.lines().last() == Some("set_tcp_nodelay true"),
-        "{conf}"
+        nodelay.lines().any(|l| l == "set_tcp_nodelay true"),
+        "{nodelay}"
     );
     // Each run's own figures, so that the spread behind a median can be seen.
-    for kind in ["fakehub", "mosquitto", "bare"] {
+    for kind in ["fakehub", "mosquitto", "mosquitto-nodelay", "bare"] {
         for round in 1..=2 {
             let tag = format!("bench: {kind} run {round}: storm ");
             assert!(stderr.contains(&tag), "no {tag:?} in:\n{stderr}");
@@ -105,7 +120,7 @@ fn bench_measures_fakehub_mosquitto_and_the_bare_acceptor_and_prints_ratios() {
         .lines()
         .find(|l| l.starts_with("host CPU stolen by the hypervisor during the paced runs, %:"))
         .unwrap_or_else(|| panic!("no steal line in:\n{stdout}"));
-    for kind in ["fakehub", "mosquitto", "bare"] {
+    for kind in ["fakehub", "mosquitto", "mosquitto-nodelay", "bare"] {
         let after = stolen
             .split_once(&format!(" {kind} "))
             .map(|(_, rest)| rest.split_whitespace().next().unwrap_or(""))
@@ -122,7 +137,7 @@ fn bench_measures_fakehub_mosquitto_and_the_bare_acceptor_and_prints_ratios() {
         .find(|l| l.starts_with("held connections"))
         .unwrap();
     assert!(
-        held.split_whitespace().filter(|c| *c == "20").count() == 3,
+        held.split_whitespace().filter(|c| *c == "20").count() == 4,
         "{held}"
     );
 }

@@ -53,16 +53,20 @@ pub struct BenchOptions {
     /// How long each publishing run lasts, e.g. `3s`.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     pub publish_for: Duration,
-    /// The servers to measure, in this order (`bare`: a tokio-rustls acceptor that answers just
-    /// enough MQTT).
-    #[arg(long, value_delimiter = ',', default_value = "fakehub,mosquitto,bare")]
+    /// The servers to measure, in this order (`mosquitto-nodelay`: the same mosquitto with
+    /// `set_tcp_nodelay true`, answering at once as fakehub does; `bare`: a tokio-rustls acceptor
+    /// that answers just enough MQTT).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "fakehub,mosquitto,mosquitto-nodelay,bare"
+    )]
     pub servers: Vec<Kind>,
     /// The mosquitto binary.
     #[arg(long, default_value = "/usr/sbin/mosquitto")]
     pub mosquitto: PathBuf,
-    /// A line to add to mosquitto's configuration (repeatable), e.g. `--mosquitto-conf
-    /// "set_tcp_nodelay true"`: mosquitto then answers each packet at once, as fakehub does, instead
-    /// of leaving small answers to Nagle's algorithm.
+    /// A line to add to mosquitto's configuration (repeatable; both mosquitto servers get it), e.g.
+    /// `--mosquitto-conf "max_inflight_messages 10"`.
     #[arg(long = "mosquitto-conf", value_name = "LINE")]
     pub mosquitto_conf: Vec<String>,
     /// Start each server under this command, e.g. `--wrap heaptrack` or `--wrap "perf record -g
@@ -569,18 +573,23 @@ pub fn table(opts: &BenchOptions, results: &[(Kind, Figures)], runs: &[Vec<Figur
     );
     let _ = write!(out, "{:<46}", "measure");
     for (k, _) in results {
-        let _ = write!(out, "{:>12}", k.name());
+        let _ = write!(out, "{:>w$}", k.name(), w = column(k.name()));
     }
     let of = |kind| results.iter().find(|(k, _)| *k == kind).map(|(_, f)| f);
     let fh = of(Kind::Fakehub);
     // fakehub ÷ each peer measured.
-    let peers: Vec<(Kind, &Figures)> = [Kind::Mosquitto, Kind::Bare]
+    let peers: Vec<(Kind, &Figures)> = [Kind::Mosquitto, Kind::MosquittoNodelay, Kind::Bare]
         .into_iter()
         .filter_map(|k| Some((k, of(k)?)))
         .collect();
     if fh.is_some() {
         for (k, _) in &peers {
-            let _ = write!(out, "{:>12}", format!("÷ {}", k.name()));
+            let _ = write!(
+                out,
+                "{:>w$}",
+                ratio_header(*k),
+                w = column(&ratio_header(*k))
+            );
         }
     }
     if fh.is_some() && !peers.is_empty() {
@@ -589,16 +598,17 @@ pub fn table(opts: &BenchOptions, results: &[(Kind, Figures)], runs: &[Vec<Figur
     let _ = writeln!(out);
     for (name, better, get) in &rows {
         let _ = write!(out, "{name:<46}");
-        for (_, f) in results {
-            let _ = write!(out, "{:>12}", get(f).map_or("-".to_owned(), number));
+        for (k, f) in results {
+            let cell = get(f).map_or("-".to_owned(), number);
+            let _ = write!(out, "{cell:>w$}", w = column(k.name()));
         }
         if let Some(a) = fh {
-            for (_, b) in &peers {
+            for (k, b) in &peers {
                 let ratio = get(a)
                     .zip(get(b))
                     .filter(|(_, b)| *b != 0.0)
                     .map_or("-".to_owned(), |(a, b)| format!("{:.2}", a / b));
-                let _ = write!(out, "{ratio:>12}");
+                let _ = write!(out, "{ratio:>w$}", w = column(&ratio_header(*k)));
             }
             if !peers.is_empty() {
                 let _ = write!(out, "  {better}");
@@ -631,7 +641,8 @@ pub fn table(opts: &BenchOptions, results: &[(Kind, Figures)], runs: &[Vec<Figur
     }
     let _ = writeln!(
         out,
-        "÷ peer = fakehub / that peer (bare: a tokio-rustls acceptor answering just enough MQTT)"
+        "÷ peer = fakehub / that peer (mosquitto-nodelay: mosquitto with set_tcp_nodelay true, \
+         answering at once as fakehub does; bare: a tokio-rustls acceptor answering just enough MQTT)"
     );
     // Each round measured every server once, one after the other: a round's runs are minutes
     // apart, its rounds further. On a VM whose speed wanders from minute to minute, the ratio
@@ -657,24 +668,39 @@ pub fn table(opts: &BenchOptions, results: &[(Kind, Figures)], runs: &[Vec<Figur
             );
             let _ = write!(out, "{:<46}", "measure");
             for (k, _) in &peer_runs {
-                let _ = write!(out, "{:>22}", format!("÷ {}", k.name()));
+                let _ = write!(out, "{:>w$}", ratio_header(*k), w = run_column(*k));
             }
             let _ = writeln!(out, "  better");
             for (name, better, get) in rows.iter().filter(|(_, b, _)| !b.is_empty()) {
                 let _ = write!(out, "{name:<46}");
                 let ours: Vec<Option<f64>> = fh_runs.iter().map(get).collect();
-                for (_, theirs) in &peer_runs {
+                for (k, theirs) in &peer_runs {
                     let theirs: Vec<Option<f64>> = theirs.iter().map(get).collect();
                     let cell = paired(&ours, &theirs).map_or("-".to_owned(), |r| {
                         format!("{:.2} ({:.2}–{:.2})", r.median, r.lowest, r.highest)
                     });
-                    let _ = write!(out, "{cell:>22}");
+                    let _ = write!(out, "{cell:>w$}", w = run_column(*k));
                 }
                 let _ = writeln!(out, "  {better}");
             }
         }
     }
     out
+}
+
+/// A column's width in the table: its header and two spaces, at least 12.
+fn column(header: &str) -> usize {
+    header.chars().count().max(10) + 2
+}
+
+/// The header of the column of ratios to a peer.
+fn ratio_header(peer: Kind) -> String {
+    format!("÷ {}", peer.name())
+}
+
+/// A column's width among the ratios run by run (each cell a median and its range).
+fn run_column(peer: Kind) -> usize {
+    column(&ratio_header(peer)).max(22)
 }
 
 /// The ratios of two servers' figures round by round.

@@ -16,7 +16,11 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kind {
     Fakehub,
+    /// Debian's mosquitto as it comes: small answers are left to Nagle's algorithm.
     Mosquitto,
+    /// The same mosquitto with `set_tcp_nodelay true`: it answers each packet at once, as fakehub
+    /// does.
+    MosquittoNodelay,
     /// A bare tokio-rustls acceptor that answers just enough MQTT ([`super::bare`]).
     Bare,
 }
@@ -26,6 +30,7 @@ impl Kind {
         match self {
             Kind::Fakehub => "fakehub",
             Kind::Mosquitto => "mosquitto",
+            Kind::MosquittoNodelay => "mosquitto-nodelay",
             Kind::Bare => "bare",
         }
     }
@@ -159,7 +164,7 @@ impl Server {
                 ];
                 (exe, args)
             }
-            Kind::Mosquitto => {
+            Kind::Mosquitto | Kind::MosquittoNodelay => {
                 let c = &certs.dir;
                 let mut conf = String::new();
                 let _ = writeln!(conf, "listener {port} 127.0.0.1");
@@ -176,6 +181,9 @@ impl Server {
                     // As root mosquitto would switch to the `mosquitto` user, which cannot read the
                     // benchmark's files.
                     let _ = writeln!(conf, "user root");
+                }
+                if kind == Kind::MosquittoNodelay {
+                    let _ = writeln!(conf, "set_tcp_nodelay true");
                 }
                 for line in mosquitto_conf {
                     let _ = writeln!(conf, "{line}");
