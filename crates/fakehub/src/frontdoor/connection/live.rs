@@ -62,6 +62,15 @@ pub(super) struct Live {
 /// What handling one packet led to.
 type Step = Result<(), Ending>;
 
+/// What a live connection's wait ended with.
+enum Woke {
+    Close(crate::sessions::CloseRequest),
+    Token(Fired),
+    KeepAlive,
+    Read(Result<mq::Packet, ReadError>),
+    Out(Option<Box<Outgoing>>),
+}
+
 impl Live {
     pub fn new(
         guard: &Guard,
@@ -145,47 +154,68 @@ impl Live {
                     return self.end(ending, None);
                 }
             }
-            // A packet that is there (whole in the buffer, or on the socket) is taken without the
-            // wait below when nothing that the wait puts before it has happened (a close request:
-            // looked at above; either deadline reached): the wait would pick the read. A batch of
-            // a device's messages then costs one wait, not one per message, and a message that
-            // woke the task costs none (only the wait that follows its answer polls the close
-            // request, the deadlines and the queue).
-            if !self.token.as_ref().is_some_and(Timer::has_fired) && !self.keepalive.1.has_fired() {
-                // Polled once here, inside the poll (the read is not kept across an await, which
-                // would keep it in every held connection's task).
+            // One wait for whatever comes first. The device's next packet is looked at before
+            // the others when nothing that goes before it has happened (a close request, either
+            // deadline: all three seen without registering anything): a woken connection with a
+            // packet to read then polls nothing else, and only the wait that follows its answer
+            // registers with the close request, the deadlines and the queue. When several are
+            // ready at once, a close request goes first, then the token's deadline, the
+            // keep-alive deadline, the read and the queue.
+            let woke = {
+                let close = &self.close;
                 let io = &mut self.io;
-                let ready = std::future::poll_fn(|cx| {
-                    Poll::Ready(std::pin::pin!(io.read_packet()).poll(cx))
+                let token = &mut self.token;
+                let keepalive = &mut self.keepalive.1;
+                let outgoing = &mut self.outgoing;
+                let mut requested = requested.as_mut();
+                std::future::poll_fn(move |cx| {
+                    if let Some(r) = close.pending() {
+                        return Poll::Ready(Woke::Close(r));
+                    }
+                    let due = token.as_ref().is_some_and(Timer::has_fired) || keepalive.has_fired();
+                    if !due {
+                        if let Poll::Ready(read) = std::pin::pin!(io.read_packet()).poll(cx) {
+                            return Poll::Ready(Woke::Read(read));
+                        }
+                    }
+                    if let Poll::Ready(r) = requested.as_mut().poll(cx) {
+                        return Poll::Ready(Woke::Close(r));
+                    }
+                    if let Some(t) = token.as_mut() {
+                        if let Poll::Ready(fired) = std::pin::pin!(t.wait()).poll(cx) {
+                            return Poll::Ready(Woke::Token(fired));
+                        }
+                    }
+                    if std::pin::pin!(keepalive.wait()).poll(cx).is_ready() {
+                        return Poll::Ready(Woke::KeepAlive);
+                    }
+                    if due {
+                        // A blackhole or half-open connection still reads, and drops what it
+                        // reads: the device's packets are lost, as on a dead network.
+                        if let Poll::Ready(read) = std::pin::pin!(io.read_packet()).poll(cx) {
+                            return Poll::Ready(Woke::Read(read));
+                        }
+                    }
+                    outgoing.poll_recv(cx).map(Woke::Out)
                 })
-                .await;
-                if let Poll::Ready(read) = ready {
-                    if let Err(ending) = self.read(guard, read).await {
-                        return self.end(ending, None);
-                    }
-                    continue;
-                }
-            }
-            let step = tokio::select! {
-                biased;
-                r = &mut requested => Err(Ending::requested(r)),
-                fired = async {
-                    match self.token.as_mut() {
-                        Some(t) => t.wait().await,
-                        None => std::future::pending().await,
-                    }
-                } => {
+                .await
+            };
+            let step = match woke {
+                Woke::Close(r) => Err(Ending::requested(r)),
+                Woke::Token(fired) => {
                     let grace = shared.config.token_grace;
                     let detail = format!(
                         "the SAS token expired at {} and the {grace:?} grace passed",
-                        crate::clock::rfc3339_seconds(fired.at.checked_sub(grace).unwrap_or(fired.at)),
+                        crate::clock::rfc3339_seconds(
+                            fired.at.checked_sub(grace).unwrap_or(fired.at)
+                        ),
                     );
                     let ending = Ending::hub(WireClose::Fin, CloseCause::TokenExpired, detail)
                         .at(Stamp::Wall(fired.at));
                     // The guard holds a jump at the deadline until the records are written.
                     return self.end(ending, Some(fired));
                 }
-                _ = self.keepalive.1.wait() => {
+                Woke::KeepAlive => {
                     let deadline = self.last_inbound.saturating_add(self.window);
                     if deadline > self.keepalive.0 {
                         // The device spoke since: wait for the new deadline.
@@ -197,13 +227,13 @@ impl Live {
                             .at(Stamp::Elapsed(self.keepalive.0)))
                     }
                 }
-                // A blackhole or half-open connection still reads, and drops what it reads: the
-                // device's packets are lost, as on a dead network.
-                read = self.io.read_packet() => self.read(guard, read).await,
-                out = self.outgoing.recv() => match out {
-                    Some(out) => Box::pin(self.send_outgoing(guard, *out)).await,
-                    None => Err(Ending::hub(WireClose::Fin, CloseCause::CoreClosed, "the session was taken away")),
-                },
+                Woke::Read(read) => self.read(guard, read).await,
+                Woke::Out(Some(out)) => Box::pin(self.send_outgoing(guard, *out)).await,
+                Woke::Out(None) => Err(Ending::hub(
+                    WireClose::Fin,
+                    CloseCause::CoreClosed,
+                    "the session was taken away",
+                )),
             };
             if let Err(ending) = step {
                 return self.end(ending, None);
