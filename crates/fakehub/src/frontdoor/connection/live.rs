@@ -174,6 +174,8 @@ impl Live {
                     }
                     let due = token.as_ref().is_some_and(Timer::has_fired) || keepalive.has_fired();
                     if !due {
+                        // A blackhole or half-open connection still reads, and drops what it
+                        // reads (`inbound`): the device's packets are lost, as on a dead network.
                         if let Poll::Ready(read) = std::pin::pin!(io.read_packet()).poll(cx) {
                             return Poll::Ready(Woke::Read(read));
                         }
@@ -190,8 +192,8 @@ impl Live {
                         return Poll::Ready(Woke::KeepAlive);
                     }
                     if due {
-                        // A blackhole or half-open connection still reads, and drops what it
-                        // reads: the device's packets are lost, as on a dead network.
+                        // A deadline that is due has its wait ready above, so this is not reached;
+                        // should it be, the wait still wakes for the device's next packet.
                         if let Poll::Ready(read) = std::pin::pin!(io.read_packet()).poll(cx) {
                             return Poll::Ready(Woke::Read(read));
                         }
