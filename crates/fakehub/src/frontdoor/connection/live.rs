@@ -172,6 +172,7 @@ impl Live {
                     if let Some(r) = close.pending() {
                         return Poll::Ready(Woke::Close(r));
                     }
+                    // A deadline that has fired makes its wait below ready: the read waits.
                     let due = token.as_ref().is_some_and(Timer::has_fired) || keepalive.has_fired();
                     if !due {
                         // A blackhole or half-open connection still reads, and drops what it
@@ -190,13 +191,6 @@ impl Live {
                     }
                     if std::pin::pin!(keepalive.wait()).poll(cx).is_ready() {
                         return Poll::Ready(Woke::KeepAlive);
-                    }
-                    if due {
-                        // A deadline that is due has its wait ready above, so this is not reached;
-                        // should it be, the wait still wakes for the device's next packet.
-                        if let Poll::Ready(read) = std::pin::pin!(io.read_packet()).poll(cx) {
-                            return Poll::Ready(Woke::Read(read));
-                        }
                     }
                     outgoing.poll_recv(cx).map(Woke::Out)
                 })
