@@ -64,6 +64,16 @@ const BUSY_STEPS: [(Duration, f64); 2] = [
     (Duration::from_millis(50), 10.0),
     (Duration::from_millis(300), 50.0),
 ];
+/// The speed while something has been busy without a pause for `busy_for`: the run's own speed
+/// until the first of [`BUSY_STEPS`], then that of the last step reached.
+fn busy_speed(base: f64, busy_for: Duration) -> f64 {
+    BUSY_STEPS
+        .iter()
+        .rev()
+        .find(|(after, _)| busy_for >= *after)
+        .map_or(base, |(_, k)| base * k)
+}
+
 /// A thread whose deadline passed but that still sleeps is woken again after this long, doubling.
 const REWAKE: Duration = Duration::from_millis(1);
 const MAX_REWAKE: Duration = Duration::from_millis(100);
@@ -338,12 +348,7 @@ fn drive(
                 report.busy_looks = report.busy_looks.saturating_add(1);
                 let since = *busy_since.get_or_insert_with(Instant::now);
                 let busy_for = since.elapsed();
-                let faster = BUSY_STEPS
-                    .iter()
-                    .rev()
-                    .find(|(after, _)| busy_for >= *after)
-                    .map_or(base_speed, |(_, k)| base_speed * k);
-                set_speed(faster);
+                set_speed(busy_speed(base_speed, busy_for));
                 if scan.due.is_empty() {
                     rewake_after = REWAKE;
                 } else if last_rewake.elapsed() >= rewake_after {
@@ -360,4 +365,26 @@ fn drive(
         }
     }
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A short burst keeps the run's speed; a party busy for longer is sped up step by step, each
+    /// step from its threshold on, and never beyond the last.
+    #[test]
+    fn busy_time_speeds_up_in_steps() {
+        let ms = Duration::from_millis;
+        assert_eq!(busy_speed(1.0, Duration::ZERO), 1.0);
+        assert_eq!(busy_speed(1.0, ms(49)), 1.0);
+        assert_eq!(busy_speed(1.0, ms(50)), 10.0);
+        assert_eq!(busy_speed(1.0, ms(299)), 10.0);
+        assert_eq!(busy_speed(1.0, ms(300)), 50.0);
+        assert_eq!(busy_speed(1.0, Duration::from_secs(3600)), 50.0);
+        // The steps multiply the run's own speed (a run at 60× goes to 600× and 3,000×).
+        assert_eq!(busy_speed(60.0, ms(10)), 60.0);
+        assert_eq!(busy_speed(60.0, ms(100)), 600.0);
+        assert_eq!(busy_speed(60.0, ms(400)), 3000.0);
+    }
 }
