@@ -2,7 +2,7 @@
 //! hub with its devices, judging the expectations, and writing JUnit and HTML reports; `serve`
 //! with its control API ([`control`]), which plays the same timeline steps ([`service_steps`]) over
 //! HTTP; exploring generated fault schedules ([`explore`]); and the benchmark against mosquitto
-//! ([`bench`]).
+//! ([`mod@bench`]).
 
 pub mod bench;
 pub mod control;

@@ -1,5 +1,8 @@
 //! The `fakehub` command.
 
+// The doc comments below are clap's help text, plain text where `<name>` is not an HTML tag.
+#![allow(rustdoc::invalid_html_tags)]
+
 use fakehub_scenario::{bench, explore, junit, report, runner, scenario, serve};
 use fakehub_scenario::{say, say_part, tell};
 

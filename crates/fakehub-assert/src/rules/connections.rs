@@ -440,7 +440,7 @@ const NO_JITTER_SPREAD: f64 = 0.01;
 
 /// Reconnects back off: the delays grow, stop at the cap, show jitter, and start low again after a
 /// success. Growth compares the mean wait of each run's last third with its first third (see
-/// [`envelope`]); jitter is judged on the steps between consecutive delays below half the cap once
+/// `envelope`); jitter is judged on the steps between consecutive delays below half the cap once
 /// there are enough of them (see the constants above). Runs during an outage that refuses TCP, and
 /// runs whose attempts overlap, are not timed: the hub cannot see the device's own delays there.
 pub fn backoff(log: &Log, device: &str, rule: BackoffRule) -> Verdict {

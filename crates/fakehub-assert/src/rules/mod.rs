@@ -4,7 +4,7 @@
 //! nor a fail the log does not support).
 //!
 //! One module per family: [`connections`] (connecting, recovering, renewing, backing off, ending),
-//! [`fleet`], [`messages`] (the QoS 1 ledger, subscriptions), [`records`], [`service`] (what the
+//! [`fleet`], [`messages`] (the QoS 1 ledger, subscriptions), [`mod@records`], [`service`] (what the
 //! service side asked of the device), [`provisioning`] (the Device Provisioning Service).
 
 pub mod connections;

@@ -9,7 +9,7 @@
 //! * [`generate`] — the proptest strategies;
 //! * [`trial`] — running and judging one schedule;
 //! * [`shrink`] — shrinking a failing schedule;
-//! * [`write`] — writing the minimal scenario;
+//! * [`mod@write`] — writing the minimal scenario;
 //! * [`progress`] — what `fakehub explore` shows while it runs.
 
 pub mod generate;

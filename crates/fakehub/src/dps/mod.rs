@@ -16,7 +16,7 @@
 //! * [`allocation`]: hashed and static allocation.
 //!
 //! The device's MQTT side (topics, CONNACK, events) is the front door's; faults are consulted
-//! there and given here as a [`DpsVerdict`].
+//! there and given here as a `DpsVerdict`.
 
 pub mod allocation;
 pub mod enrollment;

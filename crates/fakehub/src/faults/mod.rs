@@ -6,9 +6,9 @@
 //! the active set synchronously before every packet — and gone when `end` returns; each fault
 //! undoes only what it did. Fault start and end are events.
 //!
-//! Each fault family is one file: a parameter type that builds a [`FaultUnit`], the single
-//! interface with hooks at the points where a fault can act (see [`unit`]). Adding a fault is one
-//! file and one line in the [`catalogue!`] below.
+//! Each fault family is one file: a parameter type that builds a `FaultUnit`, the single
+//! interface with hooks at the points where a fault can act (see `unit`). Adding a fault is one
+//! file and one line in the `catalogue!` below.
 
 mod active;
 mod blackhole;

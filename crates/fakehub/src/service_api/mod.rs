@@ -1,6 +1,6 @@
 //! The IoT Hub service REST API, as the official service SDKs (Python `azure-iot-hub`, Node
 //! `azure-iothub`) call it, on an HTTPS listener of its own: the identity registry
-//! ([`registry`]), twins ([`twins`]), direct methods ([`methods`]) and the C2D purge, with IoT
+//! (`registry`), twins (`twins`), direct methods (`methods`) and the C2D purge, with IoT
 //! Hub's shapes, status codes, ETags and errors ([`error`]), authenticated with shared access
 //! policies ([`auth`]). Cloud-to-device *sending* is AMQP in both SDKs and is not here: the
 //! control API of `fakehub serve` offers it.

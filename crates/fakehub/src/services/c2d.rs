@@ -6,7 +6,7 @@
 //! `$.ct`, `$.ce`, `iothub-ack`; captures in research §4.2 and Microsoft's mosquitto walkthrough),
 //! then the application properties, all percent-encoded.
 //!
-//! A device's queue (kept by [`crate::sessions`]) holds every message it has not acknowledged, at
+//! A device's queue (kept by `crate::sessions`) holds every message it has not acknowledged, at
 //! most [`MAX_QUEUE_DEPTH`]; one more is refused with 403004 DeviceMaximumQueueDepthExceeded.
 
 use std::collections::BTreeMap;

@@ -3,7 +3,7 @@
 //! answer (twin GET, reported-properties PATCH, method responses).
 //!
 //! They keep their own state (twins, pending method calls) and reach devices through
-//! [`Sessions`], which knows who is connected and subscribed; nothing here reads the event log.
+//! `Sessions`, which knows who is connected and subscribed; nothing here reads the event log.
 
 pub mod c2d;
 pub mod identities;
